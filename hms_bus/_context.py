@@ -1,0 +1,58 @@
+"""What a step handler receives: :class:`StepContext`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ._events import ErrorInfo
+from ._results import Next
+
+__all__ = ["StepContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """One attempt of one step, as its handler sees it.
+
+    Attributes:
+        payload: the step's input: an instance of the step's ``input=`` model when one is
+            declared, else the JSON value (usually a dict).
+        workflow_id: the workflow instance.
+        workflow: the workflow's name.
+        step: this step's name.
+        seq: this step execution's position in the workflow (1 for the first).
+        attempt: 1 for the first attempt, 2 for the first retry, …
+        idempotency_key: the same for every attempt of this step execution
+            (``<workflow_id>:<step>:<seq>``): pass it to payment and other external
+            APIs so a retried or redelivered attempt does not repeat a side effect.
+        error: for a step reached through an error path, why the earlier step failed.
+        started_at: when this attempt started (UTC).
+        log: a logger whose records carry the workflow id, step and attempt.
+    """
+
+    payload: Any
+    workflow_id: str
+    workflow: str
+    step: str
+    seq: int
+    attempt: int
+    idempotency_key: str
+    started_at: datetime
+    error: ErrorInfo | None = None
+    log: logging.LoggerAdapter[logging.Logger] = field(
+        default_factory=lambda: logging.LoggerAdapter(logging.getLogger("hms_bus.step"), {})
+    )
+
+    def schedule(
+        self, step: str, data: Any = None, *, delay: timedelta | float | None = None
+    ) -> Next:
+        """Return this from the handler to run ``step`` after ``delay`` (a durable timer).
+
+        ``return ctx.schedule("checkPaymentStatus", delay=timedelta(hours=1))`` is the
+        same as returning ``Next("checkPaymentStatus", delay=timedelta(hours=1))``: the
+        timer is kept in the store and fires even if every process restarts meanwhile.
+        """
+        return Next(step, data, delay)

@@ -1,0 +1,341 @@
+"""Event envelopes and their orjson codec.
+
+Every message hms-bus puts on the bus is one of these pydantic models, encoded as JSON
+by orjson. Each carries ``v`` (the envelope version; readers accept what they know),
+a unique ``event_id``, its ``type`` and a UTC timestamp ``ts``. Workflow events are
+keyed by ``workflow_id`` so one workflow's events keep their order in a partition.
+
+Topics (see :mod:`hms_bus._topics`):
+
+- ``<workflow>.<step>``: :class:`StepCommand` — run this step (consumed by workers).
+- ``hms.events``: every lifecycle event below; the workflow's history.
+- ``hms.dead-letter``: :class:`DeadLetter` — what could not be processed, and why.
+- ``hms.heartbeats``: :class:`Heartbeat` and :class:`ProcessDown` (monitor).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from ._errors import SerializationError
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "CancelRequested",
+    "DeadLetter",
+    "ErrorInfo",
+    "Heartbeat",
+    "ProcessDown",
+    "RetryScheduled",
+    "SlaBreached",
+    "StepCommand",
+    "StepCompleted",
+    "StepScheduled",
+    "StepStarted",
+    "WorkflowCancelled",
+    "WorkflowCompleted",
+    "WorkflowEvent",
+    "WorkflowFailed",
+    "WorkflowStarted",
+    "decode_command",
+    "decode_event",
+    "encode",
+    "new_id",
+    "utcnow",
+]
+
+ENVELOPE_VERSION = 1
+
+
+def new_id() -> str:
+    """A fresh unique event id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class _Envelope(BaseModel):
+    # Unknown fields from newer writers are ignored, so readers keep working.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: int = ENVELOPE_VERSION
+    event_id: str = Field(default_factory=new_id)
+    ts: datetime = Field(default_factory=utcnow)
+
+
+class ErrorInfo(BaseModel):
+    """Why a step attempt failed.
+
+    Attributes:
+        message: the error's text.
+        type: the exception's class name (``Fail``, ``TimeoutError``, ``KeyError``…).
+        retriable: False for ``Fail``, bad input and bad return values.
+        step: the step that failed (set when passed down an error path).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    message: str
+    type: str
+    retriable: bool = True
+    step: str | None = None
+
+
+class _WorkflowEnvelope(_Envelope):
+    workflow_id: str
+    workflow: str
+
+
+class StepCommand(_WorkflowEnvelope):
+    """Run one attempt of one step: what a worker consumes from ``<workflow>.<step>``.
+
+    ``seq`` numbers the step executions of a workflow (1, 2, …); the attempt counts
+    from 1 and grows on retries. ``error`` is set when the command follows an error path.
+    """
+
+    type: Literal["runStep"] = "runStep"
+    step: str
+    seq: int
+    attempt: int = 1
+    payload: Any = None
+    error: ErrorInfo | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries of this step execution: ``<workflow_id>:<step>:<seq>``."""
+        return f"{self.workflow_id}:{self.step}:{self.seq}"
+
+
+class WorkflowStarted(_WorkflowEnvelope):
+    """A workflow instance was started with ``payload``."""
+
+    type: Literal["workflowStarted"] = "workflowStarted"
+    payload: Any = None
+    service: str | None = None
+
+
+class StepScheduled(_WorkflowEnvelope):
+    """The coordinator published (or, with ``due_at``, timed) a step command."""
+
+    type: Literal["stepScheduled"] = "stepScheduled"
+    step: str
+    seq: int
+    attempt: int = 1
+    due_at: datetime | None = None
+
+
+class StepStarted(_WorkflowEnvelope):
+    """A worker began an attempt."""
+
+    type: Literal["stepStarted"] = "stepStarted"
+    step: str
+    seq: int
+    attempt: int
+    worker: str | None = None
+
+
+class StepCompleted(_WorkflowEnvelope):
+    """The ``completeStep`` event: a worker finished an attempt, succeeded or failed.
+
+    On success ``directive`` holds where to go next (``kind`` next/default/complete,
+    ``step``, ``data``, ``delay`` seconds). On failure ``error`` says why. ``payload``
+    is the attempt's input, which a retry or an error path needs.
+    """
+
+    type: Literal["completeStep"] = "completeStep"
+    step: str
+    seq: int
+    attempt: int
+    outcome: Literal["succeeded", "failed"]
+    payload: Any = None
+    directive: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    started_at: datetime
+    finished_at: datetime
+
+
+class RetryScheduled(_WorkflowEnvelope):
+    """A failed attempt will be retried as ``attempt`` at ``due_at``."""
+
+    type: Literal["retryScheduled"] = "retryScheduled"
+    step: str
+    seq: int
+    attempt: int
+    due_at: datetime
+    error: ErrorInfo
+
+
+class WorkflowCompleted(_WorkflowEnvelope):
+    """The workflow ended ``completed`` with ``result``."""
+
+    type: Literal["workflowCompleted"] = "workflowCompleted"
+    result: Any = None
+
+
+class WorkflowFailed(_WorkflowEnvelope):
+    """The workflow ended ``failed``; ``error`` names the step and the reason."""
+
+    type: Literal["workflowFailed"] = "workflowFailed"
+    error: ErrorInfo
+
+
+class CancelRequested(_WorkflowEnvelope):
+    """A client asked to cancel the workflow."""
+
+    type: Literal["cancelRequested"] = "cancelRequested"
+    reason: str | None = None
+
+
+class WorkflowCancelled(_WorkflowEnvelope):
+    """The coordinator cancelled the workflow; no further step will be scheduled."""
+
+    type: Literal["workflowCancelled"] = "workflowCancelled"
+    reason: str | None = None
+
+
+class SlaBreached(_WorkflowEnvelope):
+    """A step (``step`` set) or the whole workflow ran past its ``sla`` seconds."""
+
+    type: Literal["slaBreached"] = "slaBreached"
+    step: str | None = None
+    seq: int | None = None
+    sla: float
+    elapsed: float
+
+
+WorkflowEvent = Annotated[
+    WorkflowStarted
+    | StepScheduled
+    | StepStarted
+    | StepCompleted
+    | RetryScheduled
+    | WorkflowCompleted
+    | WorkflowFailed
+    | CancelRequested
+    | WorkflowCancelled
+    | SlaBreached,
+    Field(discriminator="type"),
+]
+
+
+class Heartbeat(_Envelope):
+    """A process is alive: what it runs, how busy it is. Sent every ``interval`` seconds."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+    process_id: str
+    service: str
+    roles: list[str]
+    host: str
+    pid: int
+    steps: list[str] = Field(default_factory=list)
+    in_flight: int = 0
+    interval: float
+    stopping: bool = False
+
+
+class ProcessDown(_Envelope):
+    """The monitor stopped hearing from a process."""
+
+    type: Literal["processDown"] = "processDown"
+    process_id: str
+    service: str
+    last_seen: datetime
+
+
+class DeadLetter(_Envelope):
+    """What could not be processed, with the reason, on ``hms.dead-letter``.
+
+    ``original`` holds the message as parsed JSON, or as text when it was not JSON.
+    """
+
+    type: Literal["deadLetter"] = "deadLetter"
+    reason: str
+    source_topic: str
+    source_partition: int | None = None
+    source_offset: int | None = None
+    workflow_id: str | None = None
+    workflow: str | None = None
+    step: str | None = None
+    error: ErrorInfo | None = None
+    original: Any = None
+
+
+_EVENT: TypeAdapter[Any] = TypeAdapter(WorkflowEvent)
+_HEARTBEAT: TypeAdapter[Any] = TypeAdapter(
+    Annotated[Heartbeat | ProcessDown, Field(discriminator="type")]
+)
+
+
+def encode(message: BaseModel) -> bytes:
+    """Encode an envelope as JSON bytes (orjson)."""
+    try:
+        return orjson.dumps(message.model_dump(), option=orjson.OPT_UTC_Z)
+    except TypeError as exc:
+        raise SerializationError(f"cannot encode {type(message).__name__}: {exc}") from exc
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise SerializationError(f"message is not JSON: {exc}") from exc
+
+
+def _check_version(obj: Any) -> None:
+    if isinstance(obj, dict):
+        v = obj.get("v")
+        if isinstance(v, int) and v > ENVELOPE_VERSION:
+            raise SerializationError(
+                f"envelope version {v} is newer than this hms-bus understands ({ENVELOPE_VERSION})"
+            )
+
+
+def _validate(adapter: TypeAdapter[Any], obj: Any, what: str) -> Any:
+    _check_version(obj)
+    try:
+        return adapter.validate_python(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise SerializationError(
+            f"not a valid {what}: {loc}: {first['msg']} ({exc.error_count()} error(s))"
+        ) from exc
+
+
+def decode_event(data: bytes) -> Any:
+    """Decode bytes from ``hms.events`` into one of the workflow event models."""
+    return _validate(_EVENT, _loads(data), "workflow event")
+
+
+def decode_command(data: bytes) -> StepCommand:
+    """Decode bytes from a step topic into a :class:`StepCommand`."""
+    obj = _loads(data)
+    _check_version(obj)
+    try:
+        return StepCommand.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise SerializationError(f"not a valid step command: {loc}: {first['msg']}") from exc
+
+
+def decode_heartbeat(data: bytes) -> Heartbeat | ProcessDown:
+    """Decode bytes from ``hms.heartbeats``."""
+    result: Heartbeat | ProcessDown = _validate(_HEARTBEAT, _loads(data), "heartbeat")
+    return result
+
+
+def original_for_dead_letter(data: bytes) -> Any:
+    """The message as JSON if it parses, else as text (invalid UTF-8 replaced)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data.decode("utf-8", errors="replace")

@@ -1,0 +1,181 @@
+"""Settings: one pydantic model, from keyword arguments and ``HMS_*`` environment variables.
+
+Keyword arguments to :func:`hms_bus.init` win over the environment, which wins over
+the defaults. Nested sections read ``HMS_<SECTION>__<FIELD>``, e.g.
+``HMS_WORKER__CONCURRENCY=16``.
+
+=============================  ==============================  ==================
+setting (``init`` keyword)     environment variable            default
+=============================  ==============================  ==================
+``bus``                        ``HMS_BUS_URL``                 ``memory://``
+``store``                      ``HMS_STORE_URL``               ``memory://``
+``namespace``                  ``HMS_NAMESPACE``               (empty)
+``roles``                      ``HMS_ROLES`` (comma list)      ``all``
+``worker.concurrency``         ``HMS_WORKER__CONCURRENCY``     64
+``worker.steps``               ``HMS_WORKER__STEPS``           all steps
+``worker.shutdown_grace``      ``HMS_WORKER__SHUTDOWN_GRACE``  30 s
+``scheduler.poll_interval``    ``HMS_SCHEDULER__POLL_INTERVAL`` 1 s
+``monitor.heartbeat_interval`` ``HMS_MONITOR__HEARTBEAT_INTERVAL`` 5 s
+``transport.partitions``       ``HMS_TRANSPORT__PARTITIONS``   6
+=============================  ==============================  ==================
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ._errors import ConfigError
+
+__all__ = [
+    "ALL_ROLES",
+    "CoordinatorSettings",
+    "MonitorSettings",
+    "SchedulerSettings",
+    "Settings",
+    "TransportSettings",
+    "WorkerSettings",
+    "build_settings",
+]
+
+ALL_ROLES: tuple[str, ...] = ("worker", "coordinator", "projector", "scheduler", "monitor")
+
+
+def _csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkerSettings(_Section):
+    """How workers run handlers.
+
+    Attributes:
+        concurrency: handlers running at once in this process.
+        steps: ``workflow.step`` names this process serves; None serves every step
+            that has a handler.
+        max_in_flight: records fetched but not finished (defaults to 2 × concurrency).
+        shutdown_grace: seconds to let in-flight steps finish on stop before they are
+            abandoned (and redelivered elsewhere). Match Kubernetes'
+            ``terminationGracePeriodSeconds``.
+    """
+
+    concurrency: int = Field(64, ge=1, le=10_000)
+    steps: Annotated[tuple[str, ...] | None, NoDecode] = None
+    max_in_flight: int | None = Field(None, ge=1)
+    shutdown_grace: float = Field(30.0, ge=0)
+
+    _split = field_validator("steps", mode="before")(_csv)
+
+
+class CoordinatorSettings(_Section):
+    """How the coordinator and projector consume ``hms.events``.
+
+    Attributes:
+        batch_size: events read and decided per round trip to the store.
+    """
+
+    batch_size: int = Field(500, ge=1)
+
+
+class SchedulerSettings(_Section):
+    """How timers are fired.
+
+    Attributes:
+        poll_interval: longest sleep between looks at the store for due timers.
+        lease: seconds a claimed timer stays invisible to other schedulers.
+        batch_size: timers claimed per look.
+    """
+
+    poll_interval: float = Field(1.0, gt=0)
+    lease: float = Field(30.0, gt=0)
+    batch_size: int = Field(500, ge=1)
+
+
+class MonitorSettings(_Section):
+    """Heartbeats and SLA checks.
+
+    Attributes:
+        heartbeat_interval: seconds between a process's heartbeats (0 disables them).
+        missed_heartbeats: heartbeats a process may miss before it is reported down.
+        check_interval: seconds between SLA deadline checks.
+    """
+
+    heartbeat_interval: float = Field(5.0, ge=0)
+    missed_heartbeats: int = Field(3, ge=1)
+    check_interval: float = Field(1.0, gt=0)
+
+
+class TransportSettings(_Section):
+    """Bus options common to every backend.
+
+    Attributes:
+        partitions: partitions per topic created by hms-bus.
+        max_message_bytes: records larger than this are refused before sending.
+    """
+
+    partitions: int = Field(6, ge=1, le=10_000)
+    max_message_bytes: int = Field(1_048_576, ge=1024)
+
+
+class Settings(BaseSettings):
+    """Everything a :class:`~hms_bus.Management` is configured with (see module docs)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HMS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    service_name: str = Field("hms-bus", min_length=1)
+    bus_url: str = "memory://"
+    store_url: str = "memory://"
+    namespace: str = Field("", pattern=r"^[A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+    roles: Annotated[tuple[str, ...], NoDecode] = ALL_ROLES
+    worker: WorkerSettings = WorkerSettings()
+    coordinator: CoordinatorSettings = CoordinatorSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    transport: TransportSettings = TransportSettings()
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, value: Any) -> Any:
+        if value == "all" or value == ("all",):
+            return ALL_ROLES
+        value = _csv(value)
+        if isinstance(value, (list, tuple)):
+            value = tuple("" if v is None else v for v in value)
+            if "all" in value:
+                return ALL_ROLES
+            bad = [v for v in value if v not in ALL_ROLES]
+            if bad:
+                raise ValueError(
+                    f"unknown role(s) {', '.join(map(repr, bad))}; roles are "
+                    f"{', '.join(ALL_ROLES)}, 'all', or () for a pure client"
+                )
+            return tuple(dict.fromkeys(value))
+        return value
+
+
+def build_settings(**values: Any) -> Settings:
+    """Build :class:`Settings`, turning pydantic's errors into one ConfigError."""
+    values = {k: v for k, v in values.items() if v is not None}
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                problems.append(f"unknown setting {loc!r}")
+            else:
+                problems.append(f"{loc}={e.get('input')!r}: {e['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from exc
