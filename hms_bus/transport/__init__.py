@@ -1,0 +1,193 @@
+"""The message bus seam: the :class:`Transport` and :class:`Consumer` Protocols.
+
+A transport behaves like Kafka whatever its backend: topics split into partitions;
+a record's key picks its partition, so records with one key keep their order;
+consumers join a *group*, the group's partitions are shared among its members, and a
+member reads each assigned partition from the group's committed offset. What a group
+has not committed is delivered again to whoever owns the partition next.
+
+Backends are chosen by URL scheme from a small registry that imports lazily:
+
+- ``memory://`` (the embedded default): a private in-process broker; ``memory://name``
+  shares one named broker among the Managements of a process.
+- ``kafka://host:9092[,host2:9092]``: Apache Kafka through aiokafka.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+from urllib.parse import urlsplit
+
+from .._errors import ConfigError
+
+__all__ = [
+    "Consumer",
+    "Outgoing",
+    "Record",
+    "RevokeCallback",
+    "TopicPartition",
+    "Transport",
+    "create_transport",
+]
+
+TopicPartition = tuple[str, int]
+"""(topic, partition)."""
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A record to publish. ``key`` picks the partition; headers carry trace context."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record as a consumer receives it.
+
+    Attributes:
+        topic, partition, offset: where it sits; ``offset + 1`` is what to commit once
+            it is processed.
+        key, value, headers: as published.
+        timestamp: publish time, seconds since the epoch.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers = ()
+    timestamp: float = 0.0
+
+    @property
+    def tp(self) -> TopicPartition:
+        """(topic, partition) of this record."""
+        return (self.topic, self.partition)
+
+
+RevokeCallback = Callable[[set[TopicPartition]], Awaitable[None]]
+"""Called with the partitions a consumer is about to lose, before another member may
+read them: the place to finish or abandon in-flight work and commit."""
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """A member of a consumer group. ``async with`` joins the group; leaving it leaves.
+
+    Offsets passed to :meth:`commit` are the *next* offset to read (last processed + 1),
+    as in Kafka. Nothing is committed implicitly.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def fetch(self, *, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
+        """Up to ``max_records`` records from the assigned partitions, in offset order
+        per partition; waits at most ``timeout`` seconds for the first; [] when none."""
+        ...
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit the next offset to read for each partition. Partitions the member no
+        longer owns are skipped (their records will be delivered again elsewhere)."""
+        ...
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member currently owns."""
+        ...
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records published but not yet fetched, per owned partition."""
+        ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A message bus. ``async with`` connects; leaving it flushes and disconnects."""
+
+    @property
+    def url(self) -> str:
+        """The URL this transport was made from (credentials removed)."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def ensure_topics(self, topics: Iterable[str]) -> None:
+        """Create any of ``topics`` that do not exist, with the configured partitions."""
+        ...
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Publish ``messages``; return only once every one is durably stored.
+
+        Records with the same topic and key keep their relative order. Raises
+        TransportError (``retriable=False``) for a record over the size limit,
+        before any record of the call is sent.
+        """
+        ...
+
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        on_revoked: RevokeCallback | None = None,
+    ) -> Consumer:
+        """A new member of ``group`` subscribed to ``topics`` (enter it to join)."""
+        ...
+
+
+_SCHEMES: dict[str, str] = {
+    "memory": "hms_bus.transport.memory:MemoryTransport",
+    "kafka": "hms_bus.transport.kafka:KafkaTransport",
+}
+
+
+def create_transport(url: str, **options: Any) -> Transport:
+    """Build the transport for ``url`` (``memory://``, ``kafka://…``).
+
+    Raises:
+        ConfigError: for an unknown scheme (naming the known ones) or a backend whose
+            module is missing.
+    """
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    target = _SCHEMES.get(scheme)
+    if target is None:
+        raise ConfigError(
+            f"unknown bus URL {url!r}: the scheme must be one of "
+            f"{', '.join(s + '://' for s in _SCHEMES)}"
+        )
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise ConfigError(
+                f"the {scheme}:// bus is not available in this version of hms-bus"
+            ) from exc
+        raise ConfigError(
+            f"the {scheme}:// bus needs the package {exc.name!r}: pip install hms-bus"
+        ) from exc
+    factory: Callable[..., Transport] = getattr(module, attr)
+    return factory(url, **options)
