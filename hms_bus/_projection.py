@@ -1,0 +1,178 @@
+"""How events fold into workflow and step status: idempotent and monotonic.
+
+The rules, which every store follows:
+
+- A workflow is created ``running`` by its start; a terminal status (completed,
+  failed, cancelled) is final: later events never change it.
+- A step execution (workflow_id, seq) moves forward only. Its position is the pair
+  (attempt, phase) with phase pending < running < finished; an event whose position is
+  not beyond the current one is ignored, so a late ``stepStarted`` cannot undo a
+  ``completeStep`` and a retry's ``pending`` does supersede the failed attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ._events import (
+    RetryScheduled,
+    SlaBreached,
+    StepCompleted,
+    StepScheduled,
+    StepStarted,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+)
+from ._status import StepState, StepStatus, WorkflowState, WorkflowStatus
+
+__all__ = ["StepRow", "WorkflowRow", "apply_event", "phase"]
+
+_PHASE = {StepState.PENDING: 0, StepState.RUNNING: 1, StepState.SUCCEEDED: 2, StepState.FAILED: 2}
+
+
+def phase(status: StepState) -> int:
+    """Rank of a step status within one attempt: pending 0, running 1, finished 2."""
+    return _PHASE[status]
+
+
+@dataclass(slots=True)
+class StepRow:
+    """Mutable projection of one step execution."""
+
+    step: str
+    seq: int
+    status: StepState = StepState.PENDING
+    attempts: int = 0
+    scheduled_at: datetime | None = None
+    due_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    sla_breached: bool = False
+
+    def advance(self, attempt: int, status: StepState) -> bool:
+        """Move to (attempt, status) if that is forward; return whether it moved."""
+        if (attempt, phase(status)) <= (self.attempts, phase(self.status)):
+            return False
+        self.attempts = attempt
+        self.status = status
+        return True
+
+    def freeze(self) -> StepStatus:
+        """An immutable :class:`StepStatus` of this row."""
+        return StepStatus(
+            step=self.step,
+            seq=self.seq,
+            status=self.status,
+            attempts=self.attempts,
+            scheduled_at=self.scheduled_at,
+            due_at=self.due_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            error=self.error,
+            sla_breached=self.sla_breached,
+        )
+
+
+@dataclass(slots=True)
+class WorkflowRow:
+    """Mutable projection of one workflow and its step executions."""
+
+    workflow_id: str
+    workflow: str
+    created_at: datetime
+    updated_at: datetime
+    status: WorkflowState = WorkflowState.RUNNING
+    payload: Any = None
+    result: Any = None
+    error: str | None = None
+    finished_at: datetime | None = None
+    sla_breached: bool = False
+    start_event_id: str = ""
+    confirmed: bool = False
+    steps: dict[int, StepRow] = field(default_factory=dict)
+
+    def freeze(self, with_steps: bool = True) -> WorkflowStatus:
+        """An immutable :class:`WorkflowStatus` of this row."""
+        return WorkflowStatus(
+            workflow_id=self.workflow_id,
+            workflow=self.workflow,
+            status=self.status,
+            payload=self.payload,
+            result=self.result,
+            error=self.error,
+            steps=[self.steps[k].freeze() for k in sorted(self.steps)] if with_steps else [],
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            finished_at=self.finished_at,
+            sla_breached=self.sla_breached,
+        )
+
+    def _step(self, name: str, seq: int) -> StepRow:
+        row = self.steps.get(seq)
+        if row is None:
+            row = self.steps[seq] = StepRow(step=name, seq=seq)
+        return row
+
+    def _finish(self, status: WorkflowState, at: datetime) -> bool:
+        if self.status.terminal:
+            return False
+        self.status = status
+        self.finished_at = at
+        return True
+
+
+def apply_event(row: WorkflowRow, event: Any) -> bool:
+    """Fold one event into ``row``; return whether anything changed."""
+    changed = True
+    if isinstance(event, WorkflowStarted):
+        changed = not row.confirmed
+        row.confirmed = True
+        if row.payload is None:
+            row.payload = event.payload
+    elif isinstance(event, StepScheduled):
+        s = row._step(event.step, event.seq)
+        if changed := s.advance(event.attempt, StepState.PENDING):
+            s.scheduled_at, s.due_at = event.ts, event.due_at
+    elif isinstance(event, StepStarted):
+        s = row._step(event.step, event.seq)
+        if changed := s.advance(event.attempt, StepState.RUNNING):
+            s.started_at, s.finished_at, s.due_at = event.ts, None, None
+    elif isinstance(event, StepCompleted):
+        s = row._step(event.step, event.seq)
+        ok = event.outcome == "succeeded"
+        if changed := s.advance(event.attempt, StepState.SUCCEEDED if ok else StepState.FAILED):
+            s.started_at, s.finished_at = event.started_at, event.finished_at
+            s.error = None if ok or event.error is None else event.error.message
+    elif isinstance(event, RetryScheduled):
+        s = row._step(event.step, event.seq)
+        if changed := s.advance(event.attempt, StepState.PENDING):
+            s.due_at, s.error = event.due_at, event.error.message
+    elif isinstance(event, WorkflowCompleted):
+        if changed := row._finish(WorkflowState.COMPLETED, event.ts):
+            row.result = event.result
+    elif isinstance(event, WorkflowFailed):
+        if changed := row._finish(WorkflowState.FAILED, event.ts):
+            where = f"step {event.error.step!r}: " if event.error.step else ""
+            row.error = f"{where}{event.error.message}"
+    elif isinstance(event, WorkflowCancelled):
+        if changed := row._finish(WorkflowState.CANCELLED, event.ts):
+            row.error = event.reason or "cancelled"
+    elif isinstance(event, SlaBreached):
+        if event.seq is not None and event.seq in row.steps:
+            changed = not row.steps[event.seq].sla_breached
+            row.steps[event.seq].sla_breached = True
+        elif event.step is None:
+            changed = not row.sla_breached
+            row.sla_breached = True
+        else:
+            changed = False
+    else:  # cancelRequested and future types: history only
+        changed = False
+    if changed:
+        row.updated_at = max(row.updated_at, event.ts)
+    return changed

@@ -1,0 +1,231 @@
+"""The state seam: the :class:`StateStore` Protocol and the records it keeps.
+
+A store holds four things (DESIGN §4):
+
+- **workflows and steps**, written by the projector from ``hms.events`` — idempotent by
+  event id and monotonic (a late or duplicate event never moves a status backwards);
+- **the coordinator's transition ledger**, keyed by (workflow_id, transition), so a
+  redelivered event never advances a workflow twice; a workflow that ended is *closed*
+  and every later transition for it is refused;
+- **durable timers** (delays and retry backoff), claimed with a lease so that several
+  schedulers fire each timer once;
+- **start records**, so ``start(workflow_id=…)`` is idempotent.
+
+Backends are chosen by URL scheme: ``memory://`` (private), ``memory://name`` (shared
+in-process) and ``postgresql://…`` (asyncpg).
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+from urllib.parse import urlsplit
+
+from .._errors import ConfigError
+from .._status import WorkflowPage, WorkflowState, WorkflowStatus
+from ..transport import Outgoing
+
+__all__ = [
+    "ClaimResult",
+    "ClaimState",
+    "ListQuery",
+    "StartResult",
+    "StateStore",
+    "Timer",
+    "TransitionClaim",
+    "create_store",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A message to publish at ``due_at`` (a delayed step or a retry)."""
+
+    timer_id: str
+    workflow_id: str
+    due_at: datetime
+    message: Outgoing
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionClaim:
+    """What the coordinator decided for one event, to record once.
+
+    Attributes:
+        workflow_id: the workflow.
+        transition_id: unique per workflow for the event's transition, e.g.
+            ``"start"``, ``"cancel"`` or ``"<step>:<seq>:<attempt>"``.
+        messages: what to publish now.
+        timers: what to publish later; stored atomically with the claim.
+        closes: the transition ends the workflow; pending timers of the workflow are
+            dropped and every later claim for it is refused (``CLOSED``).
+    """
+
+    workflow_id: str
+    transition_id: str
+    messages: tuple[Outgoing, ...] = ()
+    timers: tuple[Timer, ...] = ()
+    closes: bool = False
+
+
+class ClaimState(enum.Enum):
+    """The answer to a :class:`TransitionClaim`."""
+
+    NEW = "new"
+    """First time: the claim is recorded; publish its messages."""
+    UNPUBLISHED = "unpublished"
+    """Recorded before but never marked published: publish the *recorded* messages."""
+    DONE = "done"
+    """Recorded and published before: do nothing."""
+    CLOSED = "closed"
+    """The workflow has ended: do nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """The state of one claim and the messages (if any) to publish for it."""
+
+    state: ClaimState
+    messages: tuple[Outgoing, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    """The answer to :meth:`StateStore.register_start`.
+
+    Attributes:
+        created: True when this call registered the workflow.
+        workflow: the workflow name on record (the existing one if not created).
+        start_event_id: the event id of the workflowStarted event on record.
+        confirmed: True once the projector has seen that event (it is on the bus).
+        payload: the payload on record.
+    """
+
+    created: bool
+    workflow: str
+    start_event_id: str
+    confirmed: bool
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """Filters and paging of :meth:`StateStore.list_workflows`."""
+
+    workflow: str | None = None
+    status: WorkflowState | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Where workflow state lives. ``async with`` connects (and migrates, for SQL)."""
+
+    @property
+    def url(self) -> str:
+        """The URL this store was made from (credentials removed)."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def register_start(
+        self, workflow_id: str, workflow: str, payload: Any, start_event_id: str, now: datetime
+    ) -> StartResult:
+        """Register a workflow as ``running`` unless ``workflow_id`` exists already."""
+        ...
+
+    async def apply_events(self, events: Sequence[Any]) -> int:
+        """Project workflow events, in order; return how many were new (by event id)."""
+        ...
+
+    async def claim_transitions(self, claims: Sequence[TransitionClaim]) -> list[ClaimResult]:
+        """Record each claim once, in order (a claim sees the effect of earlier ones)."""
+        ...
+
+    async def mark_published(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Mark (workflow_id, transition_id) claims as published."""
+        ...
+
+    async def claim_due_timers(
+        self, *, now: datetime, limit: int, lease: float, owner: str
+    ) -> list[Timer]:
+        """Lease up to ``limit`` timers due by ``now`` to ``owner`` for ``lease`` seconds.
+
+        A leased timer is invisible to other claimers until the lease runs out, so a
+        scheduler that dies holding it does not lose it.
+        """
+        ...
+
+    async def delete_timers(self, timer_ids: Sequence[str]) -> None:
+        """Forget fired timers."""
+        ...
+
+    async def wait_for_timers(self, timeout: float) -> None:
+        """Sleep until a timer may be due or ``timeout`` seconds pass."""
+        ...
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowStatus | None:
+        """The workflow with its steps, or None."""
+        ...
+
+    async def list_workflows(self, query: ListQuery) -> WorkflowPage:
+        """Workflows matching ``query``, newest first, one page (without steps)."""
+        ...
+
+    async def history(self, workflow_id: str) -> list[Any]:
+        """The workflow's events in the order they were applied."""
+        ...
+
+    async def wait_for_change(self, workflow_id: str, timeout: float) -> None:
+        """Sleep until the workflow may have changed or ``timeout`` seconds pass."""
+        ...
+
+
+_SCHEMES: dict[str, str] = {
+    "memory": "hms_bus.store.memory:MemoryStore",
+    "postgresql": "hms_bus.store.postgres:PostgresStore",
+    "postgres": "hms_bus.store.postgres:PostgresStore",
+}
+
+
+def create_store(url: str, **options: Any) -> StateStore:
+    """Build the store for ``url`` (``memory://``, ``postgresql://…``).
+
+    Raises:
+        ConfigError: for an unknown scheme (naming the known ones) or a backend that is
+            not available.
+    """
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    target = _SCHEMES.get(scheme)
+    if target is None:
+        raise ConfigError(
+            f"unknown store URL {url!r}: the scheme must be one of memory://, postgresql://"
+        )
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise ConfigError(
+                f"the {scheme}:// store is not available in this version of hms-bus"
+            ) from exc
+        raise ConfigError(
+            f"the {scheme}:// store needs the package {exc.name!r}: pip install hms-bus"
+        ) from exc
+    factory: Callable[..., StateStore] = getattr(module, attr)
+    return factory(url, **options)

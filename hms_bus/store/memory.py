@@ -1,0 +1,297 @@
+"""The embedded state store: everything in this process's memory.
+
+``memory://`` is private to one Management; ``memory://name`` is shared by every
+Management of the process that names it, which is how a client, workers and a
+coordinator built as separate Managements see one state in a single process. It keeps
+everything until the process exits (no retention), which suits demos, tests and
+single-process deployments whose state need not outlive them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import heapq
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import orjson
+
+from .._errors import ConfigError, StoreError
+from .._projection import WorkflowRow, apply_event
+from .._status import WorkflowPage, WorkflowStatus
+from ..transport import Outgoing
+from . import ClaimResult, ClaimState, ListQuery, StartResult, Timer, TransitionClaim
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass(slots=True)
+class _Transition:
+    messages: tuple[Outgoing, ...] | None  # dropped once published
+    published: bool = False
+
+
+@dataclass(slots=True)
+class _State:
+    workflows: dict[str, WorkflowRow] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # creation order, oldest first
+    seen: set[str] = field(default_factory=set)
+    history: dict[str, list[Any]] = field(default_factory=dict)
+    transitions: dict[tuple[str, str], _Transition] = field(default_factory=dict)
+    closed: set[str] = field(default_factory=set)
+    timers: dict[str, Timer] = field(default_factory=dict)
+    timers_by_workflow: dict[str, set[str]] = field(default_factory=dict)
+    # (available_at as epoch seconds, timer_id); stale entries are skipped lazily
+    timer_heap: list[tuple[float, str]] = field(default_factory=list)
+    timer_added: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: dict[str, asyncio.Event] = field(default_factory=dict)
+
+
+_NAMED: dict[str, _State] = {}
+
+
+def _cursor(row: WorkflowRow) -> str:
+    raw = orjson.dumps([row.created_at.isoformat(), row.workflow_id])
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, wid = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), str(wid)
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"invalid list cursor {cursor!r}") from exc
+
+
+class MemoryStore:
+    """A :class:`~hms_bus.store.StateStore` in process memory (see module docs)."""
+
+    def __init__(self, url: str = "memory://", **_options: object) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "memory" or parts.path not in ("", "/") or parts.query:
+            raise ConfigError(f"invalid memory store URL {url!r}: use memory:// or memory://name")
+        self._url = url
+        self._name = parts.netloc
+        self._state: _State | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL this store was made from."""
+        return self._url
+
+    async def __aenter__(self) -> Self:
+        if self._name:
+            self._state = _NAMED.setdefault(self._name, _State())
+        else:
+            self._state = self._state or _State()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    @property
+    def _s(self) -> _State:
+        if self._state is None:
+            raise StoreError("the memory store is not open: use 'async with'")
+        return self._state
+
+    # -- starts -------------------------------------------------------------------------
+
+    async def register_start(
+        self, workflow_id: str, workflow: str, payload: Any, start_event_id: str, now: datetime
+    ) -> StartResult:
+        """Register a workflow as running unless its id exists already."""
+        s = self._s
+        row = s.workflows.get(workflow_id)
+        if row is not None:
+            return StartResult(False, row.workflow, row.start_event_id, row.confirmed, row.payload)
+        row = WorkflowRow(
+            workflow_id=workflow_id,
+            workflow=workflow,
+            created_at=now,
+            updated_at=now,
+            payload=payload,
+            start_event_id=start_event_id,
+        )
+        s.workflows[workflow_id] = row
+        s.order.append(workflow_id)
+        return StartResult(True, workflow, start_event_id, False, payload)
+
+    # -- projection ---------------------------------------------------------------------
+
+    async def apply_events(self, events: Sequence[Any]) -> int:
+        """Fold events into workflow status, skipping event ids seen before."""
+        s = self._s
+        applied = 0
+        touched: set[str] = set()
+        for ev in events:
+            if ev.event_id in s.seen:
+                continue
+            s.seen.add(ev.event_id)
+            applied += 1
+            row = s.workflows.get(ev.workflow_id)
+            if row is None:
+                row = WorkflowRow(
+                    workflow_id=ev.workflow_id,
+                    workflow=ev.workflow,
+                    created_at=ev.ts,
+                    updated_at=ev.ts,
+                    start_event_id=ev.event_id if ev.type == "workflowStarted" else "",
+                )
+                s.workflows[ev.workflow_id] = row
+                s.order.append(ev.workflow_id)
+            s.history.setdefault(ev.workflow_id, []).append(ev)
+            if apply_event(row, ev):
+                touched.add(ev.workflow_id)
+        for wid in touched:
+            waiter = s.waiters.pop(wid, None)
+            if waiter is not None:
+                waiter.set()
+        return applied
+
+    # -- coordinator ledger -------------------------------------------------------------
+
+    async def claim_transitions(self, claims: Sequence[TransitionClaim]) -> list[ClaimResult]:
+        """Record each claim once; refuse claims for closed workflows."""
+        s = self._s
+        results: list[ClaimResult] = []
+        for c in claims:
+            key = (c.workflow_id, c.transition_id)
+            known = s.transitions.get(key)
+            if known is not None:
+                if known.published:
+                    results.append(ClaimResult(ClaimState.DONE))
+                else:
+                    results.append(ClaimResult(ClaimState.UNPUBLISHED, known.messages or ()))
+                continue
+            if c.workflow_id in s.closed:
+                results.append(ClaimResult(ClaimState.CLOSED))
+                continue
+            s.transitions[key] = _Transition(messages=c.messages)
+            for t in c.timers:
+                self._add_timer(t)
+            if c.closes:
+                s.closed.add(c.workflow_id)
+                for tid in s.timers_by_workflow.pop(c.workflow_id, set()):
+                    s.timers.pop(tid, None)
+            results.append(ClaimResult(ClaimState.NEW, c.messages))
+        return results
+
+    async def mark_published(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Mark claims published and drop their recorded messages."""
+        for key in keys:
+            t = self._s.transitions.get(key)
+            if t is not None:
+                t.published = True
+                t.messages = None
+
+    # -- timers -------------------------------------------------------------------------
+
+    def _add_timer(self, timer: Timer) -> None:
+        s = self._s
+        if timer.timer_id in s.timers:
+            return
+        s.timers[timer.timer_id] = timer
+        s.timers_by_workflow.setdefault(timer.workflow_id, set()).add(timer.timer_id)
+        heapq.heappush(s.timer_heap, (timer.due_at.timestamp(), timer.timer_id))
+        s.timer_added.set()
+
+    async def claim_due_timers(
+        self, *, now: datetime, limit: int, lease: float, owner: str
+    ) -> list[Timer]:
+        """Lease due timers: each goes back on the heap at ``now + lease``."""
+        s = self._s
+        heap = s.timer_heap
+        out: list[Timer] = []
+        t_now = now.timestamp()
+        while heap and heap[0][0] <= t_now and len(out) < limit:
+            _, tid = heapq.heappop(heap)
+            timer = s.timers.get(tid)
+            if timer is None:
+                continue  # deleted, or dropped when its workflow closed
+            heapq.heappush(heap, (t_now + lease, tid))
+            out.append(timer)
+        return out
+
+    async def delete_timers(self, timer_ids: Sequence[str]) -> None:
+        """Forget timers (their heap entries are skipped when reached)."""
+        s = self._s
+        for tid in timer_ids:
+            timer = s.timers.pop(tid, None)
+            if timer is not None:
+                ids = s.timers_by_workflow.get(timer.workflow_id)
+                if ids is not None:
+                    ids.discard(tid)
+                    if not ids:
+                        del s.timers_by_workflow[timer.workflow_id]
+
+    async def wait_for_timers(self, timeout: float) -> None:
+        """Sleep until the earliest timer is due, a timer is added, or ``timeout``."""
+        s = self._s
+        if s.timer_heap:
+            timeout = min(timeout, max(0.0, s.timer_heap[0][0] - time.time()))
+        if timeout <= 0:
+            return
+        s.timer_added.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(s.timer_added.wait(), timeout)
+
+    # -- queries ------------------------------------------------------------------------
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowStatus | None:
+        """The workflow with its steps, or None."""
+        row = self._s.workflows.get(workflow_id)
+        return None if row is None else row.freeze()
+
+    async def list_workflows(self, query: ListQuery) -> WorkflowPage:
+        """Newest first by (created_at, workflow_id), filtered, keyset-paged."""
+        s = self._s
+        after = _parse_cursor(query.cursor) if query.cursor else None
+        rows = sorted(
+            (s.workflows[w] for w in s.order),
+            key=lambda r: (r.created_at, r.workflow_id),
+            reverse=True,
+        )
+        items: list[WorkflowRow] = []
+        more = False
+        for row in rows:
+            if after is not None and (row.created_at, row.workflow_id) >= after:
+                continue
+            if query.workflow is not None and row.workflow != query.workflow:
+                continue
+            if query.status is not None and row.status != query.status:
+                continue
+            if query.since is not None and row.created_at < query.since:
+                continue
+            if query.until is not None and row.created_at >= query.until:
+                continue
+            if len(items) == query.limit:
+                more = True
+                break
+            items.append(row)
+        return WorkflowPage(
+            items=[r.freeze(with_steps=False) for r in items],
+            next_cursor=_cursor(items[-1]) if more and items else None,
+        )
+
+    async def history(self, workflow_id: str) -> list[Any]:
+        """The events applied for the workflow, in order."""
+        return list(self._s.history.get(workflow_id, ()))
+
+    async def wait_for_change(self, workflow_id: str, timeout: float) -> None:
+        """Sleep until an event changes the workflow or ``timeout`` passes."""
+        waiter = self._s.waiters.setdefault(workflow_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter.wait(), timeout)
