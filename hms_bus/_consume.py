@@ -1,0 +1,299 @@
+"""Consumer loops shared by the roles, with at-least-once offset handling.
+
+Two shapes:
+
+- :class:`BatchLoop` (coordinator, projector, monitor): fetch a batch, process it
+  whole (retrying while the store or bus is down), then commit it.
+- :class:`KeyedLoop` (worker): records run concurrently, except that records with the
+  same key (one workflow) run one after another in offset order; offsets are committed
+  only up to the first record not yet finished (:class:`OffsetTracker`).
+
+Neither ever commits past a record whose effects are not durably published or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+
+from ._errors import HmsBusError
+from .transport import Consumer, Record, TopicPartition, Transport
+
+__all__ = ["BatchLoop", "KeyedLoop", "OffsetTracker", "retrying"]
+
+log = logging.getLogger("hms_bus.consume")
+
+
+class OffsetTracker:
+    """Which offsets of each partition are safe to commit.
+
+    Records are added in offset order per partition and may finish in any order; the
+    committable offset of a partition is one past the longest finished prefix.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartition, deque[list[int]]] = {}
+        self._ready: dict[TopicPartition, int] = {}
+
+    def add(self, tp: TopicPartition, offset: int) -> None:
+        """Note a record as in flight."""
+        self._pending.setdefault(tp, deque()).append([offset, 0])
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        """Note a record as finished (its effects are durable)."""
+        q = self._pending.get(tp)
+        if not q:
+            return
+        for item in q:
+            if item[0] == offset:
+                item[1] = 1
+                break
+        while q and q[0][1]:
+            self._ready[tp] = q.popleft()[0] + 1
+
+    def in_flight(self, tps: set[TopicPartition] | None = None) -> int:
+        """Records added but not yet finished (optionally only of ``tps``)."""
+        return sum(
+            sum(1 for item in q if not item[1])
+            for tp, q in self._pending.items()
+            if tps is None or tp in tps
+        )
+
+    def take_committable(self, tps: set[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        """Offsets to commit now (each returned once), optionally only of ``tps``."""
+        if tps is None:
+            out, self._ready = self._ready, {}
+            return out
+        return {tp: self._ready.pop(tp) for tp in list(self._ready) if tp in tps}
+
+    def forget(self, tps: set[TopicPartition]) -> None:
+        """Drop all tracking of ``tps`` (after they were revoked)."""
+        for tp in tps:
+            self._pending.pop(tp, None)
+            self._ready.pop(tp, None)
+
+
+async def retrying(
+    what: str,
+    op: Callable[[], Awaitable[None]],
+    stopping: asyncio.Event,
+    *,
+    initial: float = 0.1,
+    maximum: float = 5.0,
+) -> bool:
+    """Run ``op`` until it succeeds, backing off after each failure.
+
+    Used where giving up would lose data (the store or the bus is down): the loop
+    waits and tries again, logging each failure. Returns False if ``stopping`` was set
+    before ``op`` succeeded.
+    """
+    delay = initial
+    while True:
+        try:
+            await op()
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            transient = isinstance(exc, HmsBusError) and exc.retriable
+            log.log(
+                logging.WARNING if transient else logging.ERROR,
+                "%s failed (%s: %s); retrying in %.1fs",
+                what,
+                type(exc).__name__,
+                exc,
+                delay,
+                exc_info=not transient,
+            )
+        if stopping.is_set():
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+        delay = min(maximum, delay * 2)
+
+
+class BatchLoop:
+    """Fetch, process a whole batch, commit; repeat until stopped."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        group: str,
+        topics: Sequence[str],
+        process: Callable[[list[Record]], Awaitable[None]],
+        *,
+        name: str,
+        batch_size: int = 500,
+        fetch_timeout: float = 0.5,
+    ) -> None:
+        self._transport = transport
+        self._group = group
+        self._topics = list(topics)
+        self._process = process
+        self._name = name
+        self._batch_size = batch_size
+        self._fetch_timeout = fetch_timeout
+        self._stopping = asyncio.Event()
+        self.consumer: Consumer | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch, commit and leave."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`."""
+        consumer = self._transport.consumer(self._group, self._topics)
+        self.consumer = consumer
+        async with consumer:
+            while not self._stopping.is_set():
+                records = await consumer.fetch(
+                    max_records=self._batch_size, timeout=self._fetch_timeout
+                )
+                if not records:
+                    continue
+                ok = await retrying(
+                    f"{self._name}: processing {len(records)} record(s)",
+                    functools.partial(self._process, records),
+                    self._stopping,
+                )
+                if not ok:
+                    return  # stopping with the batch unprocessed: leave it uncommitted
+                offsets: dict[TopicPartition, int] = {}
+                for r in records:
+                    offsets[r.tp] = max(offsets.get(r.tp, 0), r.offset + 1)
+                await retrying(
+                    f"{self._name}: commit",
+                    functools.partial(consumer.commit, offsets),
+                    self._stopping,
+                )
+
+
+class KeyedLoop:
+    """Run records concurrently, one workflow's records in order; commit safely."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        group: str,
+        topics: Sequence[str],
+        handle: Callable[[Record], Awaitable[None]],
+        *,
+        name: str,
+        max_in_flight: int,
+        grace: float,
+        fetch_timeout: float = 0.2,
+    ) -> None:
+        self._transport = transport
+        self._group = group
+        self._topics = list(topics)
+        self._handle = handle
+        self._name = name
+        self._max_in_flight = max_in_flight
+        self._grace = grace
+        self._fetch_timeout = fetch_timeout
+        self._tracker = OffsetTracker()
+        self._tasks: dict[asyncio.Task[None], Record] = {}
+        self._tails: dict[tuple[TopicPartition, bytes | None], asyncio.Task[None]] = {}
+        self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.consumer: Consumer | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Records fetched and not yet finished."""
+        return len(self._tasks)
+
+    def stop(self) -> None:
+        """Stop fetching; :meth:`run` then drains in-flight records for ``grace`` seconds."""
+        self._stopping.set()
+        self._room.set()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`, then drain, commit and leave the group."""
+        consumer = self._transport.consumer(self._group, self._topics, on_revoked=self._revoked)
+        self.consumer = consumer
+        async with consumer:
+            try:
+                while not self._stopping.is_set():
+                    room = self._max_in_flight - len(self._tasks)
+                    if room <= 0:
+                        self._room.clear()
+                        await self._room.wait()
+                        await self._commit(consumer)
+                        continue
+                    records = await consumer.fetch(max_records=room, timeout=self._fetch_timeout)
+                    for record in records:
+                        self._dispatch(record)
+                    await self._commit(consumer)
+            finally:
+                await self._drain(set(self._tasks), self._grace)
+                await self._commit(consumer)
+
+    def _dispatch(self, record: Record) -> None:
+        self._tracker.add(record.tp, record.offset)
+        key = (record.tp, record.key)
+        previous = self._tails.get(key) if record.key is not None else None
+        task = asyncio.create_task(self._run_one(record, previous))
+        self._tasks[task] = record
+        if record.key is not None:
+            self._tails[key] = task
+        task.add_done_callback(self._finished)
+
+    async def _run_one(self, record: Record, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(previous)
+        await self._handle(record)
+        self._tracker.done(record.tp, record.offset)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        record = self._tasks.pop(task)
+        key = (record.tp, record.key)
+        if self._tails.get(key) is task:
+            del self._tails[key]
+        if not task.cancelled() and task.exception() is not None:
+            # The handler owns error handling; reaching here is a bug. The record is
+            # left uncommitted so it is delivered again after a restart or rebalance.
+            log.error(
+                "%s: record %s[%d]@%d was not processed",
+                self._name,
+                record.topic,
+                record.partition,
+                record.offset,
+                exc_info=task.exception(),
+            )
+        self._room.set()
+
+    async def _drain(self, tasks: set[asyncio.Task[None]], grace: float) -> None:
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        if pending:
+            log.warning(
+                "%s: abandoning %d in-flight record(s) after %.1fs; they will be delivered again",
+                self._name,
+                len(pending),
+                grace,
+            )
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending)
+
+    async def _commit(self, consumer: Consumer, tps: set[TopicPartition] | None = None) -> None:
+        offsets = self._tracker.take_committable(tps)
+        if offsets:
+            await retrying(
+                f"{self._name}: commit", lambda: consumer.commit(offsets), self._stopping
+            )
+
+    async def _revoked(self, tps: set[TopicPartition]) -> None:
+        tasks = {t for t, r in self._tasks.items() if r.tp in tps}
+        await self._drain(tasks, self._grace)
+        consumer = self.consumer
+        if consumer is not None:
+            await self._commit(consumer, tps)
+        self._tracker.forget(tps)

@@ -1,0 +1,93 @@
+"""The five roles. Each is its own component: it talks to the others only through the
+transport (and reads or writes the store), exactly as it does across processes.
+
+- :class:`~hms_bus.roles.worker.Worker` runs handlers for step commands.
+- :class:`~hms_bus.roles.coordinator.Coordinator` routes completed steps onwards.
+- :class:`~hms_bus.roles.projector.Projector` records status in the store.
+- :class:`~hms_bus.roles.scheduler.Scheduler` fires durable timers.
+- :class:`~hms_bus.roles.monitor.Monitor` watches heartbeats and SLA deadlines.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .._definitions import Registry
+from .._errors import TransportError
+from .._events import DeadLetter, ErrorInfo, encode, original_for_dead_letter
+from .._settings import Settings
+from .._topics import Topics
+from ..store import StateStore
+from ..transport import Outgoing, Record, Transport
+
+__all__ = ["Role", "Runtime"]
+
+log = logging.getLogger("hms_bus")
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What every role of one Management shares."""
+
+    settings: Settings
+    registry: Registry
+    transport: Transport
+    store: StateStore
+    topics: Topics
+    process_id: str
+
+    def dead_letter(
+        self,
+        record: Record | None,
+        reason: str,
+        *,
+        source_topic: str | None = None,
+        original: object = None,
+        workflow_id: str | None = None,
+        workflow: str | None = None,
+        step: str | None = None,
+        error: ErrorInfo | None = None,
+    ) -> Outgoing:
+        """A :class:`DeadLetter` record for ``record`` (or for ``original``)."""
+        letter = DeadLetter(
+            reason=reason,
+            source_topic=record.topic if record is not None else (source_topic or ""),
+            source_partition=record.partition if record is not None else None,
+            source_offset=record.offset if record is not None else None,
+            workflow_id=workflow_id,
+            workflow=workflow,
+            step=step,
+            error=error,
+            original=original_for_dead_letter(record.value) if record is not None else original,
+        )
+        key = (workflow_id or "").encode() or (record.key if record is not None else None)
+        log.warning("dead letter from %s: %s", letter.source_topic, reason)
+        return Outgoing(self.topics.dead_letter, encode(letter), key=key)
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Publish, mapping unexpected backend errors to TransportError."""
+        if not messages:
+            return
+        try:
+            await self.transport.publish(messages)
+        except TransportError:
+            raise
+        except Exception as exc:  # pragma: no cover - backend bug guard
+            raise TransportError(f"publish failed: {exc}", retriable=True) from exc
+
+
+class Role(Protocol):
+    """A long-running part of a Management: ``run`` until ``stop`` is called."""
+
+    name: str
+
+    async def run(self) -> None:
+        """Do the role's work until stopped."""
+        ...
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish gracefully."""
+        ...

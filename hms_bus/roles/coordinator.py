@@ -1,0 +1,269 @@
+"""The coordinator: decides every workflow transition, once.
+
+It consumes ``hms.events``. For ``workflowStarted`` it schedules the first step; for a
+``completeStep`` it schedules the next step (now, or as a durable timer when a delay
+was asked for), a retry with backoff, the error path, or the end of the workflow; for
+``cancelRequested`` it cancels. Each decision is a
+:class:`~hms_bus.store.TransitionClaim` keyed by (workflow_id, step, seq, attempt):
+the store records it once, so a redelivered or duplicated event never advances a
+workflow twice, and a workflow that has ended refuses every later transition.
+
+Order of effects per batch (at least once, nothing lost): claim in the store (timers
+are stored with the claim) → publish the claimed messages → mark them published →
+commit the offsets. A crash between any two steps repeats the later ones only.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from .._consume import BatchLoop
+from .._definitions import WorkflowDefinition
+from .._errors import SerializationError
+from .._events import (
+    CancelRequested,
+    ErrorInfo,
+    RetryScheduled,
+    StepCommand,
+    StepCompleted,
+    StepScheduled,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+    decode_event,
+    encode,
+    new_id,
+    utcnow,
+)
+from ..store import ClaimState, Timer, TransitionClaim
+from ..transport import Outgoing, Record
+from . import Runtime
+
+__all__ = ["Coordinator"]
+
+log = logging.getLogger("hms_bus.coordinator")
+
+
+class Coordinator:
+    """Routes completed steps to what comes next (see module docs)."""
+
+    name = "coordinator"
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._loop = BatchLoop(
+            rt.transport,
+            rt.topics.group("coordinator"),
+            [rt.topics.events],
+            self._process,
+            name="coordinator",
+            batch_size=rt.settings.coordinator.batch_size,
+        )
+
+    async def run(self) -> None:
+        """Consume ``hms.events`` until stopped."""
+        await self._loop.run()
+
+    def stop(self) -> None:
+        """Finish the current batch, commit and stop."""
+        self._loop.stop()
+
+    # -- one batch ----------------------------------------------------------------------
+
+    async def _process(self, records: list[Record]) -> None:
+        rt = self._rt
+        claims: list[TransitionClaim] = []
+        dead: list[Outgoing] = []
+        for record in records:
+            try:
+                event = decode_event(record.value)
+            except SerializationError as exc:
+                dead.append(rt.dead_letter(record, f"undecodable event: {exc}"))
+                continue
+            claim = self._decide(event, dead)
+            if claim is not None:
+                claims.append(claim)
+        results = await rt.store.claim_transitions(claims) if claims else []
+        out: list[Outgoing] = list(dead)
+        keys: list[tuple[str, str]] = []
+        for claim, result in zip(claims, results, strict=True):
+            if result.state in (ClaimState.NEW, ClaimState.UNPUBLISHED):
+                out.extend(result.messages)
+                keys.append((claim.workflow_id, claim.transition_id))
+            elif result.state is ClaimState.CLOSED:
+                log.debug("%s: %s ignored, workflow closed", claim.workflow_id, claim.transition_id)
+        await rt.publish(out)
+        if keys:
+            await rt.store.mark_published(keys)
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def _decide(self, event: Any, dead: list[Outgoing]) -> TransitionClaim | None:
+        if isinstance(event, WorkflowStarted):
+            wf = self._workflow(event, dead)
+            if wf is None:
+                return self._fail(event, "start", f"unknown workflow {event.workflow!r}", None)
+            msgs = self._schedule(event, wf.first_step, seq=1, attempt=1, payload=event.payload)
+            return TransitionClaim(event.workflow_id, "start", msgs)
+        if isinstance(event, StepCompleted):
+            return self._completed(event, dead)
+        if isinstance(event, CancelRequested):
+            cancelled = WorkflowCancelled(
+                workflow_id=event.workflow_id,
+                workflow=event.workflow,
+                reason=event.reason or "cancelled",
+            )
+            return TransitionClaim(
+                event.workflow_id, "cancel", (self._event(cancelled),), closes=True
+            )
+        return None  # progress and alert events need no decision
+
+    def _completed(self, ev: StepCompleted, dead: list[Outgoing]) -> TransitionClaim | None:
+        tid = f"{ev.step}:{ev.seq}:{ev.attempt}"
+        wf = self._workflow(ev, dead)
+        if wf is None or ev.step not in wf.steps:
+            return self._fail(ev, tid, f"unknown step {ev.workflow}.{ev.step}", ev.step)
+        if ev.outcome == "succeeded":
+            d = ev.directive or {"kind": "default", "data": ev.payload}
+            data = d.get("data")
+            if d.get("kind") == "complete":
+                return self._complete(ev, tid, data)
+            target = d.get("step") if d.get("kind") == "next" else wf.next_after(ev.step)
+            if target is None:
+                return self._complete(ev, tid, data)
+            if target not in wf.steps:
+                msg = f"step {ev.step!r} routed to unknown step {target!r}"
+                return self._fail(ev, tid, msg, ev.step)
+            delay = d.get("delay")
+            msgs, timers = self._next(ev, target, ev.seq + 1, 1, data, None, delay)
+            return TransitionClaim(ev.workflow_id, tid, msgs, timers)
+        error = ev.error or ErrorInfo(message="step failed", type="Error")
+        step = wf.steps[ev.step]
+        if error.retriable and step.retry.allows_another(ev.attempt):
+            delay = step.retry.delay(ev.attempt)
+            due = utcnow() + timedelta(seconds=delay)
+            notice = RetryScheduled(
+                workflow_id=ev.workflow_id,
+                workflow=ev.workflow,
+                step=ev.step,
+                seq=ev.seq,
+                attempt=ev.attempt + 1,
+                due_at=due,
+                error=error,
+            )
+            command = self._command(ev, ev.step, ev.seq, ev.attempt + 1, ev.payload, None)
+            if delay > 0:
+                timer = Timer(new_id(), ev.workflow_id, due, command)
+                return TransitionClaim(ev.workflow_id, tid, (self._event(notice),), (timer,))
+            return TransitionClaim(ev.workflow_id, tid, (self._event(notice), command))
+        route = wf.error_route(ev.step)
+        if route is not None:
+            info = error.model_copy(update={"step": ev.step})
+            msgs, timers = self._next(ev, route, ev.seq + 1, 1, ev.payload, info, None)
+            return TransitionClaim(ev.workflow_id, tid, msgs, timers)
+        return self._fail(ev, tid, error.message, ev.step, error, original=ev)
+
+    # -- building blocks ----------------------------------------------------------------
+
+    def _workflow(self, ev: Any, dead: list[Outgoing]) -> WorkflowDefinition | None:
+        return self._rt.registry.workflows.get(ev.workflow)
+
+    def _event(self, event: Any) -> Outgoing:
+        return Outgoing(self._rt.topics.events, encode(event), key=event.workflow_id.encode())
+
+    def _command(
+        self,
+        ev: Any,
+        step: str,
+        seq: int,
+        attempt: int,
+        payload: Any,
+        error: ErrorInfo | None,
+    ) -> Outgoing:
+        cmd = StepCommand(
+            workflow_id=ev.workflow_id,
+            workflow=ev.workflow,
+            step=step,
+            seq=seq,
+            attempt=attempt,
+            payload=payload,
+            error=error,
+        )
+        return Outgoing(
+            self._rt.topics.step(ev.workflow, step), encode(cmd), key=ev.workflow_id.encode()
+        )
+
+    def _schedule(
+        self, ev: Any, step: str, *, seq: int, attempt: int, payload: Any
+    ) -> tuple[Outgoing, ...]:
+        msgs, _ = self._next(ev, step, seq, attempt, payload, None, None)
+        return msgs
+
+    def _next(
+        self,
+        ev: Any,
+        step: str,
+        seq: int,
+        attempt: int,
+        payload: Any,
+        error: ErrorInfo | None,
+        delay: float | None,
+    ) -> tuple[tuple[Outgoing, ...], tuple[Timer, ...]]:
+        due = utcnow() + timedelta(seconds=delay) if delay else None
+        notice = StepScheduled(
+            workflow_id=ev.workflow_id,
+            workflow=ev.workflow,
+            step=step,
+            seq=seq,
+            attempt=attempt,
+            due_at=due,
+        )
+        command = self._command(ev, step, seq, attempt, payload, error)
+        if due is None:
+            return (self._event(notice), command), ()
+        return (self._event(notice),), (Timer(new_id(), ev.workflow_id, due, command),)
+
+    def _complete(self, ev: Any, tid: str, result: Any) -> TransitionClaim:
+        done = WorkflowCompleted(workflow_id=ev.workflow_id, workflow=ev.workflow, result=result)
+        return TransitionClaim(ev.workflow_id, tid, (self._event(done),), closes=True)
+
+    def _fail(
+        self,
+        ev: Any,
+        tid: str,
+        message: str,
+        step: str | None,
+        error: ErrorInfo | None = None,
+        original: StepCompleted | None = None,
+    ) -> TransitionClaim:
+        info = error or ErrorInfo(message=message, type="ConfigError", retriable=False)
+        info = info.model_copy(update={"step": step})
+        failed = WorkflowFailed(workflow_id=ev.workflow_id, workflow=ev.workflow, error=info)
+        if original is not None:
+            command = StepCommand(
+                workflow_id=original.workflow_id,
+                workflow=original.workflow,
+                step=original.step,
+                seq=original.seq,
+                attempt=original.attempt,
+                payload=original.payload,
+            )
+            source = self._rt.topics.step(original.workflow, original.step)
+            body: Any = command.model_dump(mode="json")
+        else:
+            source, body = self._rt.topics.events, ev.model_dump(mode="json")
+        reason = f"workflow failed at step {step!r}: {message}" if step else message
+        letter = self._rt.dead_letter(
+            None,
+            reason,
+            source_topic=source,
+            original=body,
+            workflow_id=ev.workflow_id,
+            workflow=ev.workflow,
+            step=step,
+            error=info,
+        )
+        return TransitionClaim(ev.workflow_id, tid, (self._event(failed), letter), closes=True)

@@ -1,0 +1,242 @@
+"""The worker: runs step handlers and reports each attempt as a ``completeStep`` event.
+
+For every command on its step topics it publishes ``stepStarted``, validates the
+payload against the step's ``input=`` model, runs the handler under the concurrency
+limit and the step's timeout, reads the return value (see :mod:`hms_bus._results`) and
+publishes ``completeStep`` with the outcome. The command's offset is committed only
+after ``completeStep`` is published. Commands that cannot be read (not JSON, not an
+envelope, an unknown workflow or step) go to ``hms.dead-letter`` with the reason.
+
+Failures are classified here: ``Fail``, invalid input, an invalid return value and
+``HmsBusError(retriable=False)`` are not retriable; anything else (including the
+timeout) is, and the coordinator decides whether attempts remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from .._consume import KeyedLoop, retrying
+from .._context import StepContext
+from .._definitions import StepDefinition, validate_payload
+from .._errors import Fail, HmsBusError, PayloadValidationError, SerializationError
+from .._events import (
+    ErrorInfo,
+    StepCommand,
+    StepCompleted,
+    StepStarted,
+    decode_command,
+    encode,
+    utcnow,
+)
+from .._results import normalize_result
+from ..transport import Outgoing, Record
+from . import Runtime
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("hms_bus.worker")
+
+
+class Worker:
+    """Runs the handlers of ``steps`` (see module docs)."""
+
+    name = "worker"
+
+    def __init__(self, rt: Runtime, steps: list[StepDefinition]) -> None:
+        self._rt = rt
+        cfg = rt.settings.worker
+        self._steps = {rt.topics.step(s.workflow, s.name): s for s in steps}
+        self._semaphore = asyncio.Semaphore(cfg.concurrency)
+        self._stopping = asyncio.Event()
+        self.running = 0
+        self._loop = KeyedLoop(
+            rt.transport,
+            rt.topics.group("worker"),
+            list(self._steps),
+            self._handle,
+            name="worker",
+            max_in_flight=cfg.max_in_flight or 2 * cfg.concurrency,
+            grace=cfg.shutdown_grace,
+        )
+
+    @property
+    def steps(self) -> list[str]:
+        """``workflow.step`` names served."""
+        return [s.qualname for s in self._steps.values()]
+
+    @property
+    def in_flight(self) -> int:
+        """Commands fetched and not yet finished."""
+        return self._loop.in_flight
+
+    async def run(self) -> None:
+        """Consume step topics until stopped, then drain in-flight steps."""
+        await self._loop.run()
+
+    def stop(self) -> None:
+        """Stop fetching; in-flight steps get ``worker.shutdown_grace`` seconds."""
+        self._stopping.set()
+        self._loop.stop()
+
+    async def _publish(self, what: str, messages: list[Outgoing]) -> None:
+        # Never give up on a publish that acknowledges work: retry until the bus is back.
+        # If stopping cuts this short the offset stays uncommitted and the command is
+        # delivered again, which the coordinator's ledger makes harmless.
+        never = asyncio.Event()
+        await retrying(f"worker: publish {what}", lambda: self._rt.publish(messages), never)
+
+    async def _handle(self, record: Record) -> None:
+        rt = self._rt
+        step = self._steps.get(record.topic)
+        try:
+            cmd = decode_command(record.value)
+        except SerializationError as exc:
+            await self._publish(
+                "dead letter", [rt.dead_letter(record, f"undecodable command: {exc}")]
+            )
+            return
+        if step is None or (cmd.workflow, cmd.step) != (step.workflow, step.name):
+            reason = f"unknown step {cmd.workflow}.{cmd.step} on topic {record.topic}"
+            letter = rt.dead_letter(
+                record, reason, workflow_id=cmd.workflow_id, workflow=cmd.workflow, step=cmd.step
+            )
+            await self._publish("dead letter", [letter])
+            return
+        key = cmd.workflow_id.encode()
+        started = StepStarted(
+            workflow_id=cmd.workflow_id,
+            workflow=cmd.workflow,
+            step=cmd.step,
+            seq=cmd.seq,
+            attempt=cmd.attempt,
+            worker=rt.process_id,
+        )
+        await self._publish("stepStarted", [Outgoing(rt.topics.events, encode(started), key=key)])
+        async with self._semaphore:
+            self.running += 1
+            try:
+                completed = await self._execute(step, cmd, started.ts)
+            finally:
+                self.running -= 1
+        try:
+            body = encode(completed)
+        except SerializationError as exc:
+            completed = self._failure(cmd, started.ts, exc, retriable=False)
+            body = encode(completed)
+        await self._publish("completeStep", [Outgoing(rt.topics.events, body, key=key)])
+
+    async def _execute(
+        self, step: StepDefinition, cmd: StepCommand, started_at: Any
+    ) -> StepCompleted:
+        assert step.handler is not None
+        wf = self._rt.registry.workflows[step.workflow]
+        where = f"step {step.qualname}"
+        t0 = time.perf_counter()
+        try:
+            payload = validate_payload(wf.input_model(step.name), cmd.payload, where)
+            ctx = StepContext(
+                payload=payload,
+                workflow_id=cmd.workflow_id,
+                workflow=cmd.workflow,
+                step=cmd.step,
+                seq=cmd.seq,
+                attempt=cmd.attempt,
+                idempotency_key=cmd.idempotency_key,
+                started_at=started_at,
+                error=cmd.error,
+                log=logging.LoggerAdapter(
+                    logging.getLogger(f"hms_bus.step.{step.qualname}"),
+                    {"workflow_id": cmd.workflow_id, "step": cmd.step, "attempt": cmd.attempt},
+                ),
+            )
+            try:
+                async with asyncio.timeout(step.timeout) as scope:
+                    value = await step.handler(ctx)
+            except TimeoutError:
+                if scope.expired():
+                    raise _StepTimeout(f"timed out after {step.timeout:g}s") from None
+                raise
+            directive = normalize_result(value, cmd.payload)
+            if directive.kind == "next" and directive.step not in wf.steps:
+                raise HmsBusError(
+                    f"returned next step {directive.step!r}, which workflow "
+                    f"{wf.name!r} does not have (its steps: {', '.join(wf.steps)})",
+                    retriable=False,
+                )
+        except asyncio.CancelledError:
+            raise
+        except PayloadValidationError as exc:
+            return self._failure(cmd, started_at, exc, retriable=False)
+        except _StepTimeout as exc:
+            log.warning("%s %s attempt %d: %s", step.qualname, cmd.workflow_id, cmd.attempt, exc)
+            return self._failure(cmd, started_at, exc, retriable=True, type_name="TimeoutError")
+        except Fail as exc:
+            return self._failure(cmd, started_at, exc, retriable=False)
+        except Exception as exc:
+            retriable = exc.retriable if isinstance(exc, HmsBusError) else True
+            log.warning(
+                "%s %s attempt %d raised %s: %s",
+                step.qualname,
+                cmd.workflow_id,
+                cmd.attempt,
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, HmsBusError),
+            )
+            return self._failure(cmd, started_at, exc, retriable=retriable)
+        log.debug(
+            "%s %s done in %.1f ms",
+            step.qualname,
+            cmd.workflow_id,
+            1e3 * (time.perf_counter() - t0),
+        )
+        return StepCompleted(
+            workflow_id=cmd.workflow_id,
+            workflow=cmd.workflow,
+            step=cmd.step,
+            seq=cmd.seq,
+            attempt=cmd.attempt,
+            outcome="succeeded",
+            payload=cmd.payload,
+            directive={
+                "kind": directive.kind,
+                "step": directive.step,
+                "data": directive.data,
+                "delay": directive.delay,
+            },
+            started_at=started_at,
+            finished_at=utcnow(),
+        )
+
+    @staticmethod
+    def _failure(
+        cmd: StepCommand,
+        started_at: Any,
+        exc: BaseException,
+        *,
+        retriable: bool,
+        type_name: str | None = None,
+    ) -> StepCompleted:
+        message = str(exc) or repr(exc)
+        return StepCompleted(
+            workflow_id=cmd.workflow_id,
+            workflow=cmd.workflow,
+            step=cmd.step,
+            seq=cmd.seq,
+            attempt=cmd.attempt,
+            outcome="failed",
+            payload=cmd.payload,
+            error=ErrorInfo(
+                message=message, type=type_name or type(exc).__name__, retriable=retriable
+            ),
+            started_at=started_at,
+            finished_at=utcnow(),
+        )
+
+
+class _StepTimeout(Exception):
+    """The step's own ``timeout=`` ran out (not a TimeoutError raised by the handler)."""
