@@ -1,0 +1,431 @@
+"""The ``hms-bus`` command line.
+
+::
+
+    hms-bus demo                                   grant approvals on the embedded default
+    hms-bus start APP WORKFLOW [PAYLOAD] [--id ID] [--wait]
+    hms-bus status [--app APP] WORKFLOW_ID
+    hms-bus list [--app APP] [--workflow W] [--status S] [--limit N] [--cursor C]
+    hms-bus history [--app APP] WORKFLOW_ID
+    hms-bus cancel [--app APP] WORKFLOW_ID
+    hms-bus worker APP [--steps wf.a,wf.b] [--concurrency N]
+    hms-bus coordinator|projector|scheduler|monitor APP
+    hms-bus run APP                                every role in one process
+
+``APP`` is ``module:attribute`` naming a :class:`~hms_bus.Management` (or a function
+returning one); ``module`` alone means ``module:mgmt``. Bad input (an unknown workflow,
+JSON that does not parse, an app that does not import) prints one line and exits 2.
+Exit codes: 0 success, 1 a workflow ended failed or cancelled, 2 bad input or
+configuration, 3 the bus or store failed, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, NoReturn
+
+import orjson
+
+from ._errors import ConfigError, HmsBusError, NotFoundError, WaitTimeoutError
+from ._management import Management, init
+from ._settings import ALL_ROLES
+from ._status import WorkflowStatus
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_WORKFLOW_FAILED, EXIT_USAGE, EXIT_BACKEND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit 2."""
+
+
+# -- app loading ----------------------------------------------------------------------
+
+
+def load_app(spec: str) -> Management:
+    """Import ``module:attribute`` and return the Management it names."""
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "mgmt"
+    if not module_name:
+        raise UsageError(f"app {spec!r} must look like 'module:attribute'")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except HmsBusError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"cannot import app {spec!r}: {exc}") from exc
+    except Exception as exc:
+        raise UsageError(f"importing app {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        obj: Any = getattr(module, attr)
+    except AttributeError:
+        raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if callable(obj) and not isinstance(obj, Management):
+        try:
+            inspect.signature(obj).bind()
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"{spec!r} is a callable that needs arguments, not an hms_bus.Management"
+            ) from None
+        try:
+            obj = obj()
+        except HmsBusError:
+            raise
+        except Exception as exc:
+            raise UsageError(f"calling {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(obj, Management):
+        raise UsageError(f"{spec!r} is a {type(obj).__name__}, not an hms_bus.Management")
+    return obj
+
+
+def _app_or_client(args: argparse.Namespace) -> Management:
+    mgmt = load_app(args.app) if getattr(args, "app", None) else init(roles=())
+    _apply_common(mgmt, args, roles=())
+    return mgmt
+
+
+def _apply_common(mgmt: Management, args: argparse.Namespace, **extra: Any) -> None:
+    mgmt.configure(
+        bus=args.bus, store=args.store, namespace=args.namespace, **{k: v for k, v in extra.items()}
+    )
+
+
+def _memory_note(mgmt: Management, what: str) -> None:
+    s = mgmt.settings
+    if s.store_url.startswith("memory:"):
+        _err(
+            f"note: the store is {s.store_url} (inside this process only), so {what} sees "
+            "only this process's workflows; set HMS_STORE_URL or --store to a shared store"
+        )
+
+
+# -- output ---------------------------------------------------------------------------
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    _err(f"hms-bus: error: {message}")
+    raise SystemExit(code)
+
+
+def _fmt_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _json_out(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _print_status(st: WorkflowStatus) -> None:
+    print(f"workflow   {st.workflow_id}")
+    print(f"type       {st.workflow}")
+    print(f"status     {st.status}{'  (SLA breached)' if st.sla_breached else ''}")
+    print(f"started    {_fmt_time(st.created_at)}")
+    print(f"finished   {_fmt_time(st.finished_at)}")
+    if st.error:
+        print(f"error      {st.error}")
+    if st.result is not None:
+        print(f"result     {json.dumps(st.result, default=str)}")
+    if st.steps:
+        print()
+        rows = [("#", "STEP", "STATUS", "ATTEMPTS", "STARTED", "FINISHED", "ERROR")]
+        for s in st.steps:
+            rows.append(
+                (
+                    str(s.seq),
+                    s.step,
+                    s.status.value + (" (SLA)" if s.sla_breached else ""),
+                    str(s.attempts),
+                    _fmt_time(s.started_at),
+                    _fmt_time(s.finished_at),
+                    s.error or "",
+                )
+            )
+        _table(rows)
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+def _parse_payload(text: str | None) -> Any:
+    if text is None:
+        return {}
+    source = "payload"
+    if text == "-":
+        text, source = sys.stdin.read(), "stdin"
+    elif text.startswith("@"):
+        path = text[1:]
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text, source = fh.read(), path
+        except OSError as exc:
+            raise UsageError(f"cannot read payload file {path!r}: {exc.strerror}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{source} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from exc
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from step_handlers.demo import run_demo
+
+    await run_demo(color=False if args.no_color else None)
+    return EXIT_OK
+
+
+async def cmd_start(args: argparse.Namespace) -> int:
+    mgmt = load_app(args.app)
+    payload = _parse_payload(args.payload)
+    local = mgmt.settings.bus_url.startswith("memory:")
+    # On an in-process bus nobody else can run the workflow: run it here and wait.
+    _apply_common(mgmt, args, roles=ALL_ROLES if local else ())
+    async with mgmt:
+        started = await mgmt.start(args.workflow, payload, workflow_id=args.id)
+        verb = "started" if started.created else "already exists:"
+        _err(f"{verb} {started.workflow} {started.workflow_id}")
+        if local:
+            _err("(memory:// bus: running every role in this process until the workflow ends)")
+        if not (args.wait or local):
+            print(started.workflow_id)
+            return EXIT_OK
+        final = await mgmt.wait(started.workflow_id, timeout=args.timeout)
+    if args.json:
+        _json_out(final.model_dump(mode="json"))
+    else:
+        _print_status(final)
+    return EXIT_OK if final.status == "completed" else EXIT_WORKFLOW_FAILED
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    mgmt = _app_or_client(args)
+    async with mgmt:
+        st = await mgmt.status(args.workflow_id)
+    if st is None:
+        _memory_note(mgmt, "status")
+        raise NotFoundError(f"no workflow {args.workflow_id!r}")
+    if args.json:
+        _json_out(st.model_dump(mode="json"))
+    else:
+        _print_status(st)
+    return EXIT_OK
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    mgmt = _app_or_client(args)
+    async with mgmt:
+        page = await mgmt.list(args.workflow, args.status, limit=args.limit, cursor=args.cursor)
+    if args.json:
+        _json_out(page.model_dump(mode="json"))
+        return EXIT_OK
+    if not page.items:
+        _memory_note(mgmt, "list")
+        print("no workflows")
+        return EXIT_OK
+    rows = [("WORKFLOW ID", "WORKFLOW", "STATUS", "STARTED", "FINISHED", "ERROR")]
+    for w in page.items:
+        rows.append(
+            (
+                w.workflow_id,
+                w.workflow,
+                w.status.value,
+                _fmt_time(w.created_at),
+                _fmt_time(w.finished_at),
+                w.error or "",
+            )
+        )
+    _table(rows)
+    if page.next_cursor:
+        _err(f"more: hms-bus list --cursor {page.next_cursor}")
+    return EXIT_OK
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    mgmt = _app_or_client(args)
+    async with mgmt:
+        events = await mgmt.history(args.workflow_id)
+    if not events:
+        _memory_note(mgmt, "history")
+        raise NotFoundError(f"no history for workflow {args.workflow_id!r}")
+    if args.json:
+        _json_out([e.model_dump(mode="json") for e in events])
+        return EXIT_OK
+    for e in events:
+        detail = []
+        for name in ("step", "seq", "attempt", "outcome"):
+            value = getattr(e, name, None)
+            if value is not None:
+                detail.append(f"{name}={value}")
+        error = getattr(e, "error", None)
+        if error is not None:
+            detail.append(f"error={getattr(error, 'message', error)!r}")
+        print(f"{e.ts.strftime('%H:%M:%S.%f')[:-3]}  {e.type:<18} {' '.join(detail)}")
+    return EXIT_OK
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    mgmt = _app_or_client(args)
+    async with mgmt:
+        requested = await mgmt.cancel(args.workflow_id, reason=args.reason)
+    print("cancellation requested" if requested else "workflow has already ended")
+    return EXIT_OK
+
+
+async def cmd_role(args: argparse.Namespace) -> int:
+    mgmt = load_app(args.app)
+    roles = ALL_ROLES if args.command == "run" else (args.command,)
+    worker: dict[str, Any] = {}
+    if getattr(args, "steps", None):
+        worker["steps"] = [s.strip() for s in args.steps.split(",") if s.strip()]
+    if getattr(args, "concurrency", None):
+        worker["concurrency"] = args.concurrency
+    _apply_common(mgmt, args, roles=roles, worker=worker or None)
+    s = mgmt.settings
+    if s.bus_url.startswith("memory:") and args.command != "run":
+        _err(
+            "warning: the bus is memory:// (inside this process only): a lone "
+            f"{args.command} cannot reach the others. Set HMS_BUS_URL=kafka://… or use 'run'."
+        )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, mgmt.request_stop)
+    async with mgmt:
+        served = ""
+        w = mgmt.role("worker")
+        if w is not None:
+            served = f"; steps: {', '.join(getattr(w, 'steps', []))}"
+        _err(
+            f"hms-bus {args.command}: {s.service_name} on {s.bus_url} / {s.store_url}, "
+            f"roles {','.join(roles)}{served}. Ctrl-C or SIGTERM to stop."
+        )
+        await mgmt.serve()
+        _err("stopping: draining in-flight work")
+    _err("stopped")
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--bus", help="bus URL (default: the app's, HMS_BUS_URL, memory://)")
+    common.add_argument("--store", help="store URL (default: the app's, HMS_STORE_URL, memory://)")
+    common.add_argument("--namespace", help="topic and group prefix (HMS_NAMESPACE)")
+    common.add_argument(
+        "--log-level",
+        default=None,
+        help="logging level (HMS_LOG_LEVEL; INFO for role commands, else WARNING)",
+    )
+
+    p = argparse.ArgumentParser(
+        prog="hms-bus", description="hms-bus: event-driven workflows on a message bus."
+    )
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"hms-bus {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="run grant approvals on the embedded default")
+    d.add_argument("--no-color", action="store_true", help="plain output")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("start", parents=[common], help="start a workflow")
+    s.add_argument("app", help="module:attribute of the app")
+    s.add_argument("workflow", help="workflow name")
+    s.add_argument("payload", nargs="?", help="JSON payload, @file, or - for stdin (default {})")
+    s.add_argument("--id", help="workflow id (makes start idempotent)")
+    s.add_argument("--wait", action="store_true", help="wait for the end and print the status")
+    s.add_argument("--timeout", type=float, default=None, help="seconds to wait (with --wait)")
+    s.add_argument("--json", action="store_true", help="print the final status as JSON")
+    s.set_defaults(func=cmd_start)
+
+    for name, func, text in (
+        ("status", cmd_status, "show a workflow and its steps"),
+        ("history", cmd_history, "show a workflow's events"),
+        ("cancel", cmd_cancel, "cancel a workflow"),
+    ):
+        c = sub.add_parser(name, parents=[common], help=text)
+        c.add_argument("workflow_id")
+        c.add_argument("--app", help="module:attribute (default: bus/store from the environment)")
+        if name == "cancel":
+            c.add_argument("--reason", help="recorded as the workflow's error")
+        else:
+            c.add_argument("--json", action="store_true", help="print JSON")
+        c.set_defaults(func=func)
+
+    ls = sub.add_parser("list", parents=[common], help="list workflows, newest first")
+    ls.add_argument("--app", help="module:attribute (default: bus/store from the environment)")
+    ls.add_argument("--workflow", help="only this workflow")
+    ls.add_argument("--status", help="running, completed, failed or cancelled")
+    ls.add_argument("--limit", type=int, default=20, help="rows per page (20)")
+    ls.add_argument("--cursor", help="next_cursor of the previous page")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=cmd_list)
+
+    for role in (*ALL_ROLES, "run"):
+        text = "run every role in one process" if role == "run" else f"run the {role} role"
+        r = sub.add_parser(role, parents=[common], help=text)
+        r.add_argument("app", help="module:attribute of the app")
+        if role in ("worker", "run"):
+            r.add_argument(
+                "--steps", help="comma-separated workflow.step names to serve (default: all)"
+            )
+            r.add_argument(
+                "--concurrency", type=int, help="handlers at once (HMS_WORKER__CONCURRENCY)"
+            )
+        r.set_defaults(func=cmd_role)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hms-bus`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    default = "INFO" if args.func is cmd_role else "WARNING"
+    level = str(
+        getattr(args, "log_level", None) or os.environ.get("HMS_LOG_LEVEL") or default
+    ).upper()
+    if level not in logging.getLevelNamesMapping():
+        _fail(f"unknown log level {args.log_level!r}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = asyncio.run(args.func(args))
+        return code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except (UsageError, ConfigError, NotFoundError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except WaitTimeoutError as exc:
+        _fail(str(exc), EXIT_WORKFLOW_FAILED)
+    except HmsBusError as exc:
+        _fail(str(exc), EXIT_BACKEND)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
