@@ -1,0 +1,1 @@
+"""The reference application of hms-bus: the HMS grant approval workflow."""

@@ -1,0 +1,218 @@
+"""``hms-bus demo``: a handful of grant applications on the embedded default.
+
+Runs every role in this process on ``memory://`` (nothing to install or start), prints
+each workflow's steps as they progress, and ends with a status table: approved
+applications, one rejected through the error path, one retried after the credit
+bureau's outage, and two refused by validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from datetime import date
+from typing import Any, TextIO
+
+import hms_bus
+
+from .grant_approval import SimulatedCreditBureau, create_app
+
+__all__ = ["APPLICATIONS", "run_demo"]
+
+_ACCOUNT = {"routingNumber": "011000015", "accountNumber": "4401923377"}
+
+APPLICATIONS: list[dict[str, Any]] = [
+    {
+        "applicationId": "GR-2026-0001",
+        "amount": "25000.00",
+        "region": "northeast",
+        "applicant": {"name": "Acme Bakery LLC", "taxId": "12-3456789"},
+        "bankAccount": _ACCOUNT,
+    },
+    {
+        "applicationId": "GR-2026-0002",
+        "amount": "48000.00",
+        "region": "midwest",
+        "applicant": {"name": "Rivera Family Farms", "taxId": "98-7654321"},
+        "bankAccount": {"routingNumber": "021000021", "accountNumber": "000123456789"},
+    },
+    {
+        "applicationId": "GR-2026-0003",
+        "amount": "15000.00",
+        "region": "southeast",
+        "applicant": {"name": "Blue Harbor Fisheries", "taxId": "45-1112223"},
+        "bankAccount": _ACCOUNT,
+    },
+    {
+        "applicationId": "GR-2026-0004",
+        "amount": "90000.00",
+        "region": "west",
+        "applicant": {"name": "Quick Cash Ventures", "taxId": "77-0000001"},
+        "bankAccount": _ACCOUNT,
+    },
+    {
+        "applicationId": "GR-2026-0005",
+        "amount": "12000.00",
+        "region": "northeast",
+        "applicant": {"name": "", "taxId": "33-4445556"},
+        "bankAccount": _ACCOUNT,
+    },
+    {
+        "applicationId": "GR-2026-0006",
+        "amount": "30000.00",
+        "region": "west",
+        "applicant": {"name": "Summit Outfitters", "taxId": "66-2223334"},
+        "bankAccount": {"routingNumber": "12345678", "accountNumber": "55512"},
+    },
+]
+
+
+class _Printer:
+    def __init__(self, out: TextIO, color: bool) -> None:
+        self.out = out
+        self.color = color
+        self.t0 = time.monotonic()
+        enc = (getattr(out, "encoding", None) or "ascii").lower()
+        fancy = "utf" in enc
+        self.ok, self.bad, self.retry, self.run = (
+            ("✓", "✗", "↻", "▶") if fancy else ("ok", "x", "retry", ">")
+        )
+
+    def paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.color else text
+
+    def line(self, wid: str, step: str, text: str) -> None:
+        stamp = f"{time.monotonic() - self.t0:6.2f}s"
+        self.out.write(f"  {self.paint(stamp, '2')}  {wid:<13} {step:<19} {text}\n")
+        self.out.flush()
+
+
+def _describe(status: hms_bus.WorkflowStatus) -> str:
+    r = status.result if isinstance(status.result, dict) else {}
+    if status.status == "completed" and r.get("decision") == "approved":
+        amount = float(r["amount"])
+        return f"approved {r['approvalId']}: ${amount:,.2f}, inspection {r['inspectionDate']}"
+    if status.status == "completed" and r.get("decision") == "rejected":
+        return f"rejected: {r.get('reason')}"
+    if status.status == "failed":
+        return f"refused: {status.error}"
+    return str(status.status)
+
+
+async def _watch(
+    mgmt: hms_bus.Management, ids: list[str], p: _Printer
+) -> dict[str, hms_bus.WorkflowStatus]:
+    seen: dict[tuple[str, int], tuple[str, int]] = {}
+    final: dict[str, hms_bus.WorkflowStatus] = {}
+    while len(final) < len(ids):
+        for wid in ids:
+            if wid in final:
+                continue
+            st = await mgmt.status(wid)
+            if st is None:
+                continue
+            for s in st.steps:
+                key, state = (wid, s.seq), (s.status.value, s.attempts)
+                if seen.get(key) == state:
+                    continue
+                seen[key] = state
+                if s.status == "running":
+                    extra = f" (attempt {s.attempts})" if s.attempts > 1 else ""
+                    p.line(wid, s.step, p.paint(f"{p.run} running{extra}", "36"))
+                elif s.status == "succeeded":
+                    ms = (
+                        (s.finished_at - s.started_at).total_seconds() * 1e3
+                        if s.finished_at and s.started_at
+                        else 0
+                    )
+                    p.line(wid, s.step, p.paint(f"{p.ok} succeeded", "32") + f" in {ms:.1f} ms")
+                elif s.status == "failed":
+                    p.line(wid, s.step, p.paint(f"{p.bad} failed: {s.error}", "31"))
+                elif s.status == "pending" and s.attempts > 1:
+                    p.line(
+                        wid,
+                        s.step,
+                        p.paint(
+                            f"{p.retry} attempt {s.attempts - 1} failed ({s.error}); retrying", "33"
+                        ),
+                    )
+            if st.terminal:
+                final[wid] = st
+                colour = "32" if st.status == "completed" else "31"
+                p.line(
+                    wid, "", p.paint(f"workflow {st.status}", colour + ";1") + f": {_describe(st)}"
+                )
+        await asyncio.sleep(0.02)
+    return final
+
+
+def _table(final: dict[str, hms_bus.WorkflowStatus], p: _Printer) -> None:
+    rows = [("APPLICATION", "STATUS", "STEPS", "OUTCOME")]
+    for wid, st in sorted(final.items()):
+        marks = []
+        for s in st.steps:
+            mark = p.ok if s.status == "succeeded" else p.bad
+            tries = f"x{s.attempts}" if s.attempts > 1 else ""
+            marks.append(f"{s.step}{mark}{tries}")
+        rows.append((wid, st.status.value, " ".join(marks), _describe(st)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    p.out.write("\n")
+    for n, r in enumerate(rows):
+        text = (
+            "  " + "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+        )
+        p.out.write((p.paint(text, "1") if n == 0 else text) + "\n")
+
+
+async def run_demo(
+    out: TextIO | None = None, *, color: bool | None = None
+) -> dict[str, hms_bus.WorkflowStatus]:
+    """Run the demo and return each application's final status."""
+    out = out or sys.stdout
+    color = out.isatty() if color is None else color
+    p = _Printer(out, color)
+    for name in ("hms_bus", "hms_bus.step", "hms_bus.worker"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # the live view shows failures
+    bureau = SimulatedCreditBureau(
+        scores={"77-0000001": 540},  # Quick Cash Ventures: below the minimum
+        outages={"GR-2026-0003": 2},  # the bureau is down for Blue Harbor's first two calls
+        latency=0.15,  # a believable round trip, so progress is visible
+    )
+    mgmt = hms_bus.init(
+        service_name="GrantWorkflow-demo",
+        bus="memory://",
+        store="memory://",
+        roles="all",
+        scheduler={"poll_interval": 0.05},
+        monitor={"heartbeat_interval": 0},
+    )
+    create_app(
+        mgmt,
+        bureau=bureau,
+        credit_retry=hms_bus.RetryPolicy(
+            max_attempts=4, initial_delay=0.3, max_delay=2.0, jitter=0.2
+        ),
+        today=date.today(),
+    )
+    out.write(
+        p.paint("hms-bus demo", "1") + f" - {len(APPLICATIONS)} grant applications through "
+        "validateApp -> creditCheck -> scheduleInspection -> finalize\n"
+        "  embedded default: memory:// bus and store, every role in this process\n\n"
+    )
+    async with mgmt:
+        ids = []
+        for app in APPLICATIONS:
+            started = await mgmt.start("grantApproval", app, workflow_id=app["applicationId"])
+            ids.append(started.workflow_id)
+        final = await asyncio.wait_for(_watch(mgmt, ids, p), timeout=60)
+    _table(final, p)
+    decisions = [(s.result or {}).get("decision") for s in final.values()]
+    out.write(
+        f"\n  {sum(1 for s in final.values() if s.status == 'completed')} completed "
+        f"({decisions.count('approved')} approved, {decisions.count('rejected')} rejected), "
+        f"{sum(1 for s in final.values() if s.status == 'failed')} failed validation; "
+        f"{time.monotonic() - p.t0:.2f}s\n"
+    )
+    return final

@@ -1,0 +1,157 @@
+"""The hms-bus command: output, exit codes, one-line errors, graceful stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hms_bus.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = "step_handlers.grant_approval:mgmt"
+GOOD = {
+    "applicationId": "GR-CLI-1",
+    "amount": "1000.00",
+    "applicant": {"name": "Acme Bakery LLC", "taxId": "12-3456789"},
+    "bankAccount": {"routingNumber": "011000015", "accountNumber": "4401923377"},
+}
+
+
+def _hms(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("HMS_BUS_URL", None)
+    env.pop("HMS_STORE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "hms_bus", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("hms-bus: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_demo_shows_approved_rejected_retried_and_refused() -> None:
+    proc = _hms("demo", "--no-color")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    table = out[out.index("APPLICATION") :]
+    assert table.count("approved APR-") == 3
+    assert "rejected: credit score 540" in table
+    assert "creditCheck✓x3" in table or "creditCheckokx3" in table  # retried after the outage
+    assert "refused: step 'validateApp': applicant name is missing" in table
+    assert "bank account is malformed" in table
+    assert "retrying" in out[: out.index("APPLICATION")]  # the live view showed the retry
+    assert "Traceback" not in proc.stderr
+
+
+def test_start_on_memory_runs_the_workflow_here(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["start", APP, "grantApproval", json.dumps(GOOD), "--id", "GR-CLI-1", "--json"])
+    assert code == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["status"] == "completed"
+    assert status["result"]["decision"] == "approved"
+    assert [s["step"] for s in status["steps"]] == [
+        "validateApp",
+        "creditCheck",
+        "scheduleInspection",
+        "finalize",
+    ]
+
+
+def test_start_exit_code_1_when_the_workflow_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    bad = {**GOOD, "applicant": {"name": ""}}
+    assert main(["start", APP, "grantApproval", json.dumps(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "status     failed" in out
+    assert "applicant name is missing" in out
+
+
+def test_payload_from_file_and_stdin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "app.json"
+    f.write_text(json.dumps(GOOD))
+    assert main(["start", APP, "grantApproval", f"@{f}"]) == 0
+    assert "status     completed" in capsys.readouterr().out
+    line = _one_line_error(capsys, ["start", APP, "grantApproval", f"@{tmp_path / 'nope.json'}"])
+    assert "cannot read payload file" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["start", APP, "noSuchFlow", "{}"],
+            "unknown workflow 'noSuchFlow' (defined: grantApproval)",
+        ),
+        (["start", APP, "grantApproval", "{not json"], "payload is not valid JSON"),
+        (
+            ["start", "no_such_module:mgmt", "grantApproval"],
+            "cannot import app 'no_such_module:mgmt'",
+        ),
+        (
+            ["start", "step_handlers.grant_approval:nope", "grantApproval"],
+            "has no attribute 'nope'",
+        ),
+        (["start", "json:dumps", "grantApproval"], "not an hms_bus.Management"),
+        (["start", "json:JSONDecoder", "grantApproval"], "not an hms_bus.Management"),
+        (["start", APP, "grantApproval", '{"amount": -5}'], "applicationId: Field required"),
+        (
+            ["start", APP, "grantApproval", "{}", "--bus", "rabbit://x"],
+            "unknown bus URL 'rabbit://x'",
+        ),
+        (["worker", APP, "--steps", "grantApproval.nope"], "has no step 'nope'"),
+        (["worker", APP, "--steps", "nodots"], "must look like 'workflow.step'"),
+        (["status", "no-such-id"], "no workflow 'no-such-id'"),
+        (["list", "--status", "sleeping"], "unknown status 'sleeping'"),
+        (["cancel", "no-such-id"], "no workflow 'no-such-id'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    assert expected in _one_line_error(capsys, argv)
+
+
+def test_role_command_stops_gracefully_on_sigterm() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hms_bus", "run", APP],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 20
+        seen = ""
+        while "Ctrl-C or SIGTERM to stop" not in seen:
+            assert time.monotonic() < deadline, seen
+            seen += proc.stderr.readline()
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, seen + rest
+    assert "stopped" in rest
+    assert "Traceback" not in seen + rest
+    assert "grantApproval.creditCheck" in seen  # it said which steps it serves
