@@ -1,0 +1,38 @@
+# One entry point for people and CI. Each target sets up what it needs in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The product as a user installs it (not editable), then the demo.
+demo: $(BIN)/python
+	$(BIN)/pip install --quiet .
+	$(BIN)/hms-bus demo
+
+$(VENV)/.dev: pyproject.toml $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy
+
+unit: $(VENV)/.dev
+	$(BIN)/pytest
+
+# Everything CI runs: lint, types, the whole test suite.
+test: lint typecheck unit
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/memory_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
