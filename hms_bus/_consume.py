@@ -138,11 +138,18 @@ class BatchLoop:
         self._batch_size = batch_size
         self._fetch_timeout = fetch_timeout
         self._stopping = asyncio.Event()
+        self._fetching: asyncio.Future[list[Record]] | None = None
         self.consumer: Consumer | None = None
 
     def stop(self) -> None:
-        """Ask the loop to finish its current batch, commit and leave."""
+        """Ask the loop to finish its current batch, commit and leave.
+
+        A fetch waiting for records is interrupted (nothing is taken from a partition
+        until a fetch returns), so stopping does not wait out the fetch timeout.
+        """
         self._stopping.set()
+        if self._fetching is not None:
+            self._fetching.cancel()
 
     async def run(self) -> None:
         """Consume until :meth:`stop`."""
@@ -150,9 +157,18 @@ class BatchLoop:
         self.consumer = consumer
         async with consumer:
             while not self._stopping.is_set():
-                records = await consumer.fetch(
-                    max_records=self._batch_size, timeout=self._fetch_timeout
+                self._fetching = asyncio.ensure_future(
+                    consumer.fetch(max_records=self._batch_size, timeout=self._fetch_timeout)
                 )
+                try:
+                    records = await self._fetching
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if self._stopping.is_set() and not (task and task.cancelling()):
+                        return  # interrupted by stop(); nothing was taken
+                    raise
+                finally:
+                    self._fetching = None
                 if not records:
                     continue
                 ok = await retrying(

@@ -46,6 +46,9 @@ __all__ = ["Coordinator"]
 
 log = logging.getLogger("hms_bus.coordinator")
 
+# The event types a transition hangs on; the others are progress the coordinator skips.
+_DECIDES = frozenset({"workflowStarted", "completeStep", "cancelRequested"})
+
 
 class Coordinator:
     """Routes completed steps to what comes next (see module docs)."""
@@ -79,9 +82,11 @@ class Coordinator:
         dead: list[Outgoing] = []
         for record in records:
             try:
-                event = decode_event(record.value)
+                event = decode_event(record.value, _DECIDES)
             except SerializationError as exc:
                 dead.append(rt.dead_letter(record, f"undecodable event: {exc}"))
+                continue
+            if event is None:
                 continue
             claim = self._decide(event, dead)
             if claim is not None:
@@ -90,9 +95,12 @@ class Coordinator:
         out: list[Outgoing] = list(dead)
         keys: list[tuple[str, str]] = []
         for claim, result in zip(claims, results, strict=True):
-            if result.state in (ClaimState.NEW, ClaimState.UNPUBLISHED):
+            key = (claim.workflow_id, claim.transition_id)
+            # A duplicate of an event earlier in this batch finds that event's claim
+            # recorded but not yet published: its messages are already in ``out``.
+            if result.state in (ClaimState.NEW, ClaimState.UNPUBLISHED) and key not in keys:
                 out.extend(result.messages)
-                keys.append((claim.workflow_id, claim.transition_id))
+                keys.append(key)
             elif result.state is ClaimState.CLOSED:
                 log.debug("%s: %s ignored, workflow closed", claim.workflow_id, claim.transition_id)
         await rt.publish(out)

@@ -49,6 +49,18 @@ __all__ = ["Breach", "Monitor", "ProcessInfo"]
 
 log = logging.getLogger("hms_bus.monitor")
 
+_WATCHES = frozenset(
+    {
+        "workflowStarted",
+        "stepStarted",
+        "completeStep",
+        "stepScheduled",
+        "workflowCompleted",
+        "workflowFailed",
+        "workflowCancelled",
+    }
+)
+
 
 @dataclass(slots=True)
 class ProcessInfo:
@@ -91,10 +103,15 @@ class Monitor:
         self._deadlines: dict[tuple[str, int | None], _Deadline] = {}
         self.breaches: list[Breach] = []
         self._stopping = asyncio.Event()
+        self._has_sla = any(
+            wf.sla or any(s.sla for s in wf.steps.values()) for wf in rt.registry.workflows.values()
+        )
+        # Without any sla= there are no deadlines, so the events topic need not be read.
+        topics = [rt.topics.heartbeats] + ([rt.topics.events] if self._has_sla else [])
         self._loop = BatchLoop(
             rt.transport,
             rt.topics.group("monitor"),
-            [rt.topics.events, rt.topics.heartbeats],
+            topics,
             self._process,
             name="monitor",
             batch_size=rt.settings.coordinator.batch_size,
@@ -129,7 +146,9 @@ class Monitor:
                 if record.topic == self._rt.topics.heartbeats:
                     self._on_heartbeat(decode_heartbeat(record.value))
                 else:
-                    self._on_event(decode_event(record.value))
+                    event = decode_event(record.value, _WATCHES)
+                    if event is not None:
+                        self._on_event(event)
             except SerializationError:
                 continue
 
@@ -179,10 +198,7 @@ class Monitor:
 
     async def _seed(self) -> None:
         """Rebuild open deadlines of running workflows from the store."""
-        if not any(
-            wf.sla or any(s.sla for s in wf.steps.values())
-            for wf in self._rt.registry.workflows.values()
-        ):
+        if not self._has_sla:
             return
         cursor: str | None = None
         try:

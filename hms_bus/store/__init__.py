@@ -192,7 +192,7 @@ class StateStore(Protocol):
         ...
 
     async def wait_for_change(self, workflow_id: str, timeout: float) -> None:
-        """Sleep until the workflow may have changed or ``timeout`` seconds pass."""
+        """Sleep until the workflow's status may have changed or ``timeout`` seconds pass."""
         ...
 
 

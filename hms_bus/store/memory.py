@@ -153,7 +153,8 @@ class MemoryStore:
                 s.workflows[ev.workflow_id] = row
                 s.order.append(ev.workflow_id)
             s.history.setdefault(ev.workflow_id, []).append(ev)
-            if apply_event(row, ev):
+            before = row.status
+            if apply_event(row, ev) and row.status is not before:
                 touched.add(ev.workflow_id)
         for wid in touched:
             waiter = s.waiters.pop(wid, None)
@@ -246,7 +247,8 @@ class MemoryStore:
             return
         s.timer_added.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(s.timer_added.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await s.timer_added.wait()
 
     # -- queries ------------------------------------------------------------------------
 
@@ -291,7 +293,12 @@ class MemoryStore:
         return list(self._s.history.get(workflow_id, ()))
 
     async def wait_for_change(self, workflow_id: str, timeout: float) -> None:
-        """Sleep until an event changes the workflow or ``timeout`` passes."""
+        """Sleep until the workflow's status (running, completed…) changes or ``timeout``.
+
+        Step progress does not wake waiters: :meth:`Management.wait` only needs the
+        workflow's own status, and waking on every step would rebuild it for nothing.
+        """
         waiter = self._s.waiters.setdefault(workflow_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await waiter.wait()
