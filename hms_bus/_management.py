@@ -18,7 +18,7 @@ from typing import Any, Self
 from pydantic import BaseModel
 
 from ._definitions import Handler, Registry, StepDefinition, WorkflowDefinition, validate_payload
-from ._errors import ConfigError, HmsBusError, NotFoundError, WaitTimeoutError
+from ._errors import ConfigError, HmsBusError, NotFoundError, TransportError, WaitTimeoutError
 from ._events import CancelRequested, Heartbeat, WorkflowStarted, encode, utcnow
 from ._results import to_jsonable
 from ._retry import RetryPolicy
@@ -414,6 +414,9 @@ class Management:
             ConfigError: unknown workflow, bad workflow_id, or an id already used by
                 another workflow.
             PayloadValidationError: the payload does not match the declared ``input=``.
+            SerializationError: the payload is not JSON-encodable.
+            TransportError: the payload is over ``transport.max_message_bytes``
+                (``retriable=False``; nothing was stored), or the bus is unreachable.
         """
         transport = self._require()
         wf = self._registry.workflow(workflow)
@@ -436,6 +439,14 @@ class Management:
             service=self._settings.service_name,
         )
         encoded = encode(event)  # fails here, before anything is stored, if not JSON
+        limit = self._settings.transport.max_message_bytes
+        if len(encoded) + len(workflow_id) > limit:
+            raise TransportError(
+                f"the start payload of {workflow!r} is {len(encoded)} bytes encoded, over the "
+                f"bus limit of {limit} (transport.max_message_bytes); keep large data "
+                "elsewhere and pass a reference",
+                retriable=False,
+            )
         result = await self._st.register_start(
             workflow_id, workflow, body, event.event_id, utcnow()
         )

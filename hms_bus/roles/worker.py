@@ -107,23 +107,32 @@ class Worker:
             await self._publish("dead letter", [letter])
             return
         key = cmd.workflow_id.encode()
-        started = StepStarted(
-            workflow_id=cmd.workflow_id,
-            workflow=cmd.workflow,
-            step=cmd.step,
-            seq=cmd.seq,
-            attempt=cmd.attempt,
-            worker=rt.process_id,
-        )
-        await self._publish("stepStarted", [Outgoing(rt.topics.events, encode(started), key=key)])
+        # Take a slot first: a step waiting for one is still pending, not started.
         async with self._semaphore:
+            started = StepStarted(
+                workflow_id=cmd.workflow_id,
+                workflow=cmd.workflow,
+                step=cmd.step,
+                seq=cmd.seq,
+                attempt=cmd.attempt,
+                worker=rt.process_id,
+            )
+            await self._publish(
+                "stepStarted", [Outgoing(rt.topics.events, encode(started), key=key)]
+            )
             self.running += 1
             try:
                 completed = await self._execute(step, cmd, started.ts)
             finally:
                 self.running -= 1
+        limit = rt.settings.transport.max_message_bytes - len(key) - 512
         try:
             body = encode(completed)
+            if len(body) > limit:
+                raise SerializationError(
+                    f"step result is {len(body)} bytes encoded, over the bus limit of {limit} "
+                    "(transport.max_message_bytes): keep large data elsewhere and pass a reference"
+                )
         except SerializationError as exc:
             completed = self._failure(cmd, started.ts, exc, retriable=False)
             body = encode(completed)
