@@ -10,7 +10,24 @@ from typing import Any
 from ._events import ErrorInfo
 from ._results import Next
 
-__all__ = ["StepContext"]
+__all__ = ["StepContext", "StepLogger"]
+
+
+class StepLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger whose lines start with ``[<workflow_id> <step>#<seq> attempt <n>]``.
+
+    The same values are also on each record as ``workflow_id``, ``step``, ``seq`` and
+    ``attempt``, for structured log formatters.
+    """
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        """Prefix the message and attach the context to the record."""
+        x = self.extra or {}
+        kwargs.setdefault("extra", {}).update(x)
+        prefix = (
+            f"[{x.get('workflow_id')} {x.get('step')}#{x.get('seq')} attempt {x.get('attempt')}]"
+        )
+        return f"{prefix} {msg}", kwargs
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +47,7 @@ class StepContext:
             APIs so a retried or redelivered attempt does not repeat a side effect.
         error: for a step reached through an error path, why the earlier step failed.
         started_at: when this attempt started (UTC).
-        log: a logger whose records carry the workflow id, step and attempt.
+        log: a :class:`StepLogger` whose lines name the workflow id, step and attempt.
     """
 
     payload: Any
@@ -43,7 +60,7 @@ class StepContext:
     started_at: datetime
     error: ErrorInfo | None = None
     log: logging.LoggerAdapter[logging.Logger] = field(
-        default_factory=lambda: logging.LoggerAdapter(logging.getLogger("hms_bus.step"), {})
+        default_factory=lambda: StepLogger(logging.getLogger("hms_bus.step"), {})
     )
 
     def schedule(

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from .._consume import KeyedLoop, retrying
-from .._context import StepContext
+from .._context import StepContext, StepLogger
 from .._definitions import StepDefinition, validate_payload
 from .._errors import Fail, HmsBusError, PayloadValidationError, SerializationError
 from .._events import (
@@ -157,9 +157,14 @@ class Worker:
                 idempotency_key=cmd.idempotency_key,
                 started_at=started_at,
                 error=cmd.error,
-                log=logging.LoggerAdapter(
+                log=StepLogger(
                     logging.getLogger(f"hms_bus.step.{step.qualname}"),
-                    {"workflow_id": cmd.workflow_id, "step": cmd.step, "attempt": cmd.attempt},
+                    {
+                        "workflow_id": cmd.workflow_id,
+                        "step": cmd.step,
+                        "seq": cmd.seq,
+                        "attempt": cmd.attempt,
+                    },
                 ),
             )
             try:
