@@ -1,0 +1,139 @@
+"""Fixtures of the contract suite.
+
+Every behaviour test takes ``make_mgmt`` and so runs once per entry of ``BACKENDS``
+(bus URL, store URL). Today only the embedded backends are listed; the Kafka and
+Postgres pairs join the list unchanged once their backends exist. Each test gets its
+own namespace (topics and consumer groups) and, for ``shared=True``, its own named
+in-process broker and store, so tests never see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+import hms_bus
+from hms_bus.transport import Outgoing, Record, Transport
+
+BACKENDS = [pytest.param(("memory://", "memory://"), id="memory")]
+
+# Fast settings for tests; a test may override any field of a section.
+FAST: dict[str, dict[str, Any]] = {
+    "scheduler": {"poll_interval": 0.02},
+    "monitor": {"heartbeat_interval": 0, "check_interval": 0.05},
+    "worker": {"shutdown_grace": 0.5},
+}
+
+
+def _shared(url: str, tag: str) -> str:
+    """The URL several Managements of one test share (a named broker/store for memory)."""
+    return f"memory://shared-{tag}" if url.rstrip("/") == "memory:" else url
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One (bus, store) pair, and this test's namespace and shared URLs."""
+
+    bus: str
+    store: str
+    namespace: str
+    shared_bus: str
+    shared_store: str
+
+    @property
+    def memory(self) -> bool:
+        """True when the bus is the embedded in-process broker."""
+        return self.bus.startswith("memory:")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    bus, store = request.param
+    tag = uuid.uuid4().hex[:12]
+    return Backend(bus, store, f"t{tag}", _shared(bus, tag), _shared(store, tag))
+
+
+MakeMgmt = Callable[..., hms_bus.Management]
+
+
+@pytest.fixture
+async def make_mgmt(backend: Backend) -> AsyncIterator[MakeMgmt]:
+    """``make_mgmt(shared=False, **settings)`` -> an unentered Management.
+
+    ``shared=True`` puts it on this test's shared bus and store, where several
+    Managements meet. Sections in ``settings`` (``worker={...}``) are merged into the
+    fast defaults. Managements still open at the end of the test are closed.
+    """
+    made: list[hms_bus.Management] = []
+
+    def make(
+        service_name: str = "test", *, shared: bool = False, **settings: Any
+    ) -> hms_bus.Management:
+        merged: dict[str, Any] = {
+            "namespace": backend.namespace,
+            "bus": backend.shared_bus if shared else backend.bus,
+            "store": backend.shared_store if shared else backend.store,
+        }
+        for section, fast in FAST.items():
+            merged[section] = {**fast, **settings.pop(section, {})}
+        merged.update(settings)
+        mgmt = hms_bus.init(service_name, **merged)
+        made.append(mgmt)
+        return mgmt
+
+    yield make
+    for mgmt in made:
+        await mgmt.close()
+
+
+def transport(mgmt: hms_bus.Management) -> Transport:
+    """The connected bus of ``mgmt`` (for reading and injecting raw records)."""
+    assert mgmt._transport is not None, "enter the Management first"
+    return mgmt._transport
+
+
+async def read_topic(
+    mgmt: hms_bus.Management, topic: str, *, idle: float = 0.1, most: float = 1.0
+) -> list[Record]:
+    """The records of ``topic`` so far, read by a fresh consumer group (any backend).
+
+    Reads until nothing arrives for ``idle`` seconds, or for at most ``most`` seconds
+    on a topic that never goes quiet (heartbeats).
+    """
+    group = f"{mgmt.settings.namespace}.probe-{uuid.uuid4().hex[:8]}"
+    records: list[Record] = []
+    deadline = time.monotonic() + most
+    async with transport(mgmt).consumer(group, [topic]) as consumer:
+        while time.monotonic() < deadline and (batch := await consumer.fetch(timeout=idle)):
+            records.extend(batch)
+    return records
+
+
+async def publish(mgmt: hms_bus.Management, topic: str, value: bytes, key: bytes | None) -> None:
+    """Put raw bytes on ``topic`` through ``mgmt``'s bus."""
+    await transport(mgmt).publish([Outgoing(topic, value, key=key)])
+
+
+async def eventually(
+    check: Callable[[], Any] | Callable[[], Awaitable[Any]],
+    *,
+    within: float = 5.0,
+    what: str = "condition",
+) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy; return that."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {within}s")
+        await asyncio.sleep(0.01)
