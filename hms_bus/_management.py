@@ -235,7 +235,7 @@ class Management:
             partitions=s.transport.partitions,
             max_message_bytes=s.transport.max_message_bytes,
         )
-        store = create_store(s.store_url)
+        store = create_store(s.store_url, namespace=s.namespace)
         await transport.__aenter__()
         try:
             await store.__aenter__()

@@ -12,7 +12,9 @@ A store holds four things (DESIGN §4):
 - **start records**, so ``start(workflow_id=…)`` is idempotent.
 
 Backends are chosen by URL scheme: ``memory://`` (private), ``memory://name`` (shared
-in-process) and ``postgresql://…`` (asyncpg).
+in-process) and ``postgresql://…`` (asyncpg). A store is opened for one namespace
+(``create_store(url, namespace=…)``) and sees only that namespace's data, just as the
+namespace's roles see only its topics.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class _State:
     waiters: dict[str, asyncio.Event] = field(default_factory=dict)
 
 
-_NAMED: dict[str, _State] = {}
+_NAMED: dict[tuple[str, str], _State] = {}
 
 
 def _cursor(row: WorkflowRow) -> str:
@@ -73,12 +73,13 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
 class MemoryStore:
     """A :class:`~hms_bus.store.StateStore` in process memory (see module docs)."""
 
-    def __init__(self, url: str = "memory://", **_options: object) -> None:
+    def __init__(self, url: str = "memory://", *, namespace: str = "", **_options: object) -> None:
         parts = urlsplit(url)
         if parts.scheme != "memory" or parts.path not in ("", "/") or parts.query:
             raise ConfigError(f"invalid memory store URL {url!r}: use memory:// or memory://name")
         self._url = url
         self._name = parts.netloc
+        self._namespace = namespace
         self._state: _State | None = None
 
     @property
@@ -88,7 +89,8 @@ class MemoryStore:
 
     async def __aenter__(self) -> Self:
         if self._name:
-            self._state = _NAMED.setdefault(self._name, _State())
+            # Each namespace has its own state, as it has its own topics.
+            self._state = _NAMED.setdefault((self._name, self._namespace), _State())
         else:
             self._state = self._state or _State()
         return self
