@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 import hms_bus
+from hms_bus._backends import redact
 from hms_bus._consume import OffsetTracker
 from hms_bus._events import (
     ErrorInfo,
@@ -415,3 +416,24 @@ def test_bad_environment_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("HMS_BUS_URL", "amqp://rabbit")
     with pytest.raises(hms_bus.ConfigError, match="memory://, kafka://"):
         hms_bus.init("t")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://user:s3cret@host:5672/vh", "amqp://user:***@host:5672/vh"),
+        ("memory://", "memory://"),
+        ("kafka://a:9092,b:9092", "kafka://a:9092,b:9092"),
+    ],
+)
+def test_urls_in_messages_never_show_passwords(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+def test_unknown_store_scheme_names_the_known_ones_without_the_password() -> None:
+    with pytest.raises(hms_bus.ConfigError) as exc:
+        hms_bus.init(store="mysql://root:pw@db/x")
+    assert str(exc.value) == (
+        "unknown store URL 'mysql://root:***@db/x': the scheme must be one of "
+        "memory://, postgresql://, postgres://"
+    )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .._consume import BatchLoop
 from .._definitions import Registry
 from .._errors import TransportError
 from .._events import DeadLetter, ErrorInfo, encode, original_for_dead_letter
@@ -23,7 +24,7 @@ from .._topics import Topics
 from ..store import StateStore
 from ..transport import Outgoing, Record, Transport
 
-__all__ = ["Role", "Runtime"]
+__all__ = ["BatchRole", "Role", "Runtime"]
 
 log = logging.getLogger("hms_bus")
 
@@ -77,6 +78,37 @@ class Runtime:
             raise
         except Exception as exc:  # pragma: no cover - backend bug guard
             raise TransportError(f"publish failed: {exc}", retriable=True) from exc
+
+
+class BatchRole:
+    """Base of the roles that consume whole batches (coordinator, projector, monitor).
+
+    The role's consumer group is ``hms.<name>``; subclasses implement ``_process``.
+    """
+
+    name = "role"
+
+    def __init__(self, rt: Runtime, topics: Sequence[str]) -> None:
+        self._rt = rt
+        self._loop = BatchLoop(
+            rt.transport,
+            rt.topics.group(self.name),
+            topics,
+            self._process,
+            name=self.name,
+            batch_size=rt.settings.coordinator.batch_size,
+        )
+
+    async def run(self) -> None:
+        """Consume until stopped."""
+        await self._loop.run()
+
+    def stop(self) -> None:
+        """Finish the current batch, commit and stop."""
+        self._loop.stop()
+
+    async def _process(self, records: list[Record]) -> None:
+        raise NotImplementedError
 
 
 class Role(Protocol):

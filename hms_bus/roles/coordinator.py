@@ -19,7 +19,6 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from .._consume import BatchLoop
 from .._definitions import WorkflowDefinition
 from .._errors import SerializationError
 from .._events import (
@@ -40,7 +39,7 @@ from .._events import (
 )
 from ..store import ClaimState, Timer, TransitionClaim
 from ..transport import Outgoing, Record
-from . import Runtime
+from . import BatchRole, Runtime
 
 __all__ = ["Coordinator"]
 
@@ -48,31 +47,16 @@ log = logging.getLogger("hms_bus.coordinator")
 
 # The event types a transition hangs on; the others are progress the coordinator skips.
 _DECIDES = frozenset({"workflowStarted", "completeStep", "cancelRequested"})
+_COMMAND_FIELDS = {"workflow_id", "workflow", "step", "seq", "attempt", "payload"}
 
 
-class Coordinator:
+class Coordinator(BatchRole):
     """Routes completed steps to what comes next (see module docs)."""
 
     name = "coordinator"
 
     def __init__(self, rt: Runtime) -> None:
-        self._rt = rt
-        self._loop = BatchLoop(
-            rt.transport,
-            rt.topics.group("coordinator"),
-            [rt.topics.events],
-            self._process,
-            name="coordinator",
-            batch_size=rt.settings.coordinator.batch_size,
-        )
-
-    async def run(self) -> None:
-        """Consume ``hms.events`` until stopped."""
-        await self._loop.run()
-
-    def stop(self) -> None:
-        """Finish the current batch, commit and stop."""
-        self._loop.stop()
+        super().__init__(rt, [rt.topics.events])
 
     # -- one batch ----------------------------------------------------------------------
 
@@ -114,7 +98,7 @@ class Coordinator:
             wf = self._workflow(event, dead)
             if wf is None:
                 return self._fail(event, "start", f"unknown workflow {event.workflow!r}", None)
-            msgs = self._schedule(event, wf.first_step, seq=1, attempt=1, payload=event.payload)
+            msgs, _ = self._next(event, wf.first_step, 1, 1, event.payload, None, None)
             return TransitionClaim(event.workflow_id, "start", msgs)
         if isinstance(event, StepCompleted):
             return self._completed(event, dead)
@@ -204,12 +188,6 @@ class Coordinator:
             self._rt.topics.step(ev.workflow, step), encode(cmd), key=ev.workflow_id.encode()
         )
 
-    def _schedule(
-        self, ev: Any, step: str, *, seq: int, attempt: int, payload: Any
-    ) -> tuple[Outgoing, ...]:
-        msgs, _ = self._next(ev, step, seq, attempt, payload, None, None)
-        return msgs
-
     def _next(
         self,
         ev: Any,
@@ -251,14 +229,8 @@ class Coordinator:
         info = info.model_copy(update={"step": step})
         failed = WorkflowFailed(workflow_id=ev.workflow_id, workflow=ev.workflow, error=info)
         if original is not None:
-            command = StepCommand(
-                workflow_id=original.workflow_id,
-                workflow=original.workflow,
-                step=original.step,
-                seq=original.seq,
-                attempt=original.attempt,
-                payload=original.payload,
-            )
+            # The command of the attempt that failed, as the worker received it.
+            command = StepCommand.model_validate(original.model_dump(include=_COMMAND_FIELDS))
             source = self._rt.topics.step(original.workflow, original.step)
             body: Any = command.model_dump(mode="json")
         else:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .._consume import BatchLoop
 from .._errors import SerializationError
 from .._events import (
     Heartbeat,
@@ -43,7 +42,7 @@ from .._events import (
 from .._status import StepState, WorkflowState
 from ..store import ListQuery
 from ..transport import Outgoing, Record
-from . import Runtime
+from . import BatchRole, Runtime
 
 __all__ = ["Breach", "Monitor", "ProcessInfo"]
 
@@ -92,13 +91,12 @@ class _Deadline:
     since: float  # epoch seconds
 
 
-class Monitor:
+class Monitor(BatchRole):
     """Watches heartbeats and SLA deadlines (see module docs)."""
 
     name = "monitor"
 
     def __init__(self, rt: Runtime) -> None:
-        self._rt = rt
         self._processes: dict[str, ProcessInfo] = {}
         self._deadlines: dict[tuple[str, int | None], _Deadline] = {}
         self.breaches: list[Breach] = []
@@ -108,14 +106,7 @@ class Monitor:
         )
         # Without any sla= there are no deadlines, so the events topic need not be read.
         topics = [rt.topics.heartbeats] + ([rt.topics.events] if self._has_sla else [])
-        self._loop = BatchLoop(
-            rt.transport,
-            rt.topics.group("monitor"),
-            topics,
-            self._process,
-            name="monitor",
-            batch_size=rt.settings.coordinator.batch_size,
-        )
+        super().__init__(rt, topics)
 
     def processes(self) -> list[ProcessInfo]:
         """Every process heard from, live or down."""

@@ -13,40 +13,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._consume import BatchLoop
 from .._errors import SerializationError
 from .._events import decode_event
 from ..transport import Record
-from . import Runtime
+from . import BatchRole, Runtime
 
 __all__ = ["Projector"]
 
 log = logging.getLogger("hms_bus.projector")
 
 
-class Projector:
+class Projector(BatchRole):
     """Folds ``hms.events`` into the store (see module docs)."""
 
     name = "projector"
 
     def __init__(self, rt: Runtime) -> None:
-        self._rt = rt
-        self._loop = BatchLoop(
-            rt.transport,
-            rt.topics.group("projector"),
-            [rt.topics.events],
-            self._process,
-            name="projector",
-            batch_size=rt.settings.coordinator.batch_size,
-        )
-
-    async def run(self) -> None:
-        """Consume ``hms.events`` until stopped."""
-        await self._loop.run()
-
-    def stop(self) -> None:
-        """Finish the current batch, commit and stop."""
-        self._loop.stop()
+        super().__init__(rt, [rt.topics.events])
 
     async def _process(self, records: list[Record]) -> None:
         events: list[Any] = []

@@ -208,22 +208,16 @@ class Worker:
             cmd.workflow_id,
             1e3 * (time.perf_counter() - t0),
         )
-        return StepCompleted(
-            workflow_id=cmd.workflow_id,
-            workflow=cmd.workflow,
-            step=cmd.step,
-            seq=cmd.seq,
-            attempt=cmd.attempt,
+        return _completed(
+            cmd,
+            started_at,
             outcome="succeeded",
-            payload=cmd.payload,
             directive={
                 "kind": directive.kind,
                 "step": directive.step,
                 "data": directive.data,
                 "delay": directive.delay,
             },
-            started_at=started_at,
-            finished_at=utcnow(),
         )
 
     @staticmethod
@@ -236,20 +230,25 @@ class Worker:
         type_name: str | None = None,
     ) -> StepCompleted:
         message = str(exc) or repr(exc)
-        return StepCompleted(
-            workflow_id=cmd.workflow_id,
-            workflow=cmd.workflow,
-            step=cmd.step,
-            seq=cmd.seq,
-            attempt=cmd.attempt,
-            outcome="failed",
-            payload=cmd.payload,
-            error=ErrorInfo(
-                message=message, type=type_name or type(exc).__name__, retriable=retriable
-            ),
-            started_at=started_at,
-            finished_at=utcnow(),
+        error = ErrorInfo(
+            message=message, type=type_name or type(exc).__name__, retriable=retriable
         )
+        return _completed(cmd, started_at, outcome="failed", error=error)
+
+
+def _completed(cmd: StepCommand, started_at: Any, **outcome: Any) -> StepCompleted:
+    """The ``completeStep`` event of ``cmd``'s attempt, finished now."""
+    return StepCompleted(
+        workflow_id=cmd.workflow_id,
+        workflow=cmd.workflow,
+        step=cmd.step,
+        seq=cmd.seq,
+        attempt=cmd.attempt,
+        payload=cmd.payload,
+        started_at=started_at,
+        finished_at=utcnow(),
+        **outcome,
+    )
 
 
 class _StepTimeout(Exception):

@@ -20,15 +20,13 @@ namespace's roles see only its topics.
 from __future__ import annotations
 
 import enum
-import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
-from urllib.parse import urlsplit
 
-from .._errors import ConfigError
+from .._backends import load_backend
 from .._status import WorkflowPage, WorkflowState, WorkflowStatus
 from ..transport import Outgoing
 
@@ -212,22 +210,5 @@ def create_store(url: str, **options: Any) -> StateStore:
         ConfigError: for an unknown scheme (naming the known ones) or a backend that is
             not available.
     """
-    scheme = urlsplit(url).scheme if "://" in url else ""
-    target = _SCHEMES.get(scheme)
-    if target is None:
-        raise ConfigError(
-            f"unknown store URL {url!r}: the scheme must be one of memory://, postgresql://"
-        )
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            raise ConfigError(
-                f"the {scheme}:// store is not available in this version of hms-bus"
-            ) from exc
-        raise ConfigError(
-            f"the {scheme}:// store needs the package {exc.name!r}: pip install hms-bus"
-        ) from exc
-    factory: Callable[..., StateStore] = getattr(module, attr)
-    return factory(url, **options)
+    backend: StateStore = load_backend("store", url, _SCHEMES, **options)
+    return backend

@@ -15,14 +15,12 @@ Backends are chosen by URL scheme from a small registry that imports lazily:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
-from urllib.parse import urlsplit
 
-from .._errors import ConfigError
+from .._backends import load_backend
 
 __all__ = [
     "Consumer",
@@ -171,23 +169,5 @@ def create_transport(url: str, **options: Any) -> Transport:
         ConfigError: for an unknown scheme (naming the known ones) or a backend whose
             module is missing.
     """
-    scheme = urlsplit(url).scheme if "://" in url else ""
-    target = _SCHEMES.get(scheme)
-    if target is None:
-        raise ConfigError(
-            f"unknown bus URL {url!r}: the scheme must be one of "
-            f"{', '.join(s + '://' for s in _SCHEMES)}"
-        )
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            raise ConfigError(
-                f"the {scheme}:// bus is not available in this version of hms-bus"
-            ) from exc
-        raise ConfigError(
-            f"the {scheme}:// bus needs the package {exc.name!r}: pip install hms-bus"
-        ) from exc
-    factory: Callable[..., Transport] = getattr(module, attr)
-    return factory(url, **options)
+    backend: Transport = load_backend("bus", url, _SCHEMES, **options)
+    return backend
