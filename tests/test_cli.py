@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import eventually
 
+import hms_bus
 from hms_bus.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,3 +161,76 @@ def test_role_command_stops_gracefully_on_sigterm() -> None:
     assert "stopped" in rest
     assert "Traceback" not in seen + rest
     assert "grantApproval.creditCheck" in seen  # it said which steps it serves
+
+
+def test_status_list_history_and_cancel_output(capsys: pytest.CaptureFixture[str]) -> None:
+    # A named in-process store outlives the Management that filled it, so the commands
+    # (run in this same process) read what a separate deployment would have written.
+    url = f"memory://cli-{uuid.uuid4().hex[:8]}"
+
+    async def populate() -> None:
+        mgmt = hms_bus.init("cli", bus=url, store=url, monitor={"heartbeat_interval": 0})
+        mgmt.define_workflow("wf", ["a", "b"])
+
+        @mgmt.on_step("wf.a")
+        async def a(ctx: hms_bus.StepContext) -> Any:
+            if ctx.payload.get("bad"):
+                raise hms_bus.Fail("bad input")
+            if ctx.payload.get("later"):
+                return hms_bus.Next("b", delay=3600)
+
+        @mgmt.on_step("wf.b")
+        async def b(ctx: hms_bus.StepContext) -> Any:
+            return {"done": True}
+
+        async with mgmt:
+            await mgmt.run("wf", {}, workflow_id="OK-1", timeout=5)
+            await mgmt.run("wf", {"bad": True}, workflow_id="BAD-1", timeout=5)
+            await mgmt.start("wf", {"later": True}, workflow_id="LATER-1")
+            await eventually(
+                lambda: _pending_b(mgmt, "LATER-1"), what="LATER-1 waiting on its timer"
+            )
+
+    asyncio.run(populate())
+    common = ["--bus", url, "--store", url]
+
+    assert main(["status", "OK-1", *common]) == 0
+    out = capsys.readouterr().out
+    assert "status     completed" in out
+    assert 'result     {"done": true}' in out
+    assert re.search(r"^2\s+b\s+succeeded\s+1\s", out, re.M), out
+
+    assert main(["status", "BAD-1", *common]) == 0
+    assert "error      step 'a': bad input" in capsys.readouterr().out
+
+    assert main(["list", *common]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["WORKFLOW", "ID", "WORKFLOW"]
+    assert [line.split()[0] for line in table[1:]] == ["LATER-1", "BAD-1", "OK-1"]
+
+    assert main(["list", "--status", "failed", "--json", *common]) == 0
+    page = json.loads(capsys.readouterr().out)
+    assert [w["workflow_id"] for w in page["items"]] == ["BAD-1"]
+
+    assert main(["list", "--limit", "1", *common]) == 0
+    captured = capsys.readouterr()
+    assert "more: hms-bus list --cursor " in captured.err
+    cursor = captured.err.split("--cursor ")[1].split()[0]
+    assert main(["list", "--limit", "1", "--cursor", cursor, *common]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("BAD-1")
+
+    assert main(["history", "OK-1", *common]) == 0
+    kinds = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
+    assert kinds[0] == "workflowStarted" and kinds[-1] == "workflowCompleted"
+    assert kinds.count("completeStep") == 2
+
+    assert main(["cancel", "LATER-1", "--reason", "withdrawn", *common]) == 0
+    assert capsys.readouterr().out.strip() == "cancellation requested"
+    assert main(["cancel", "OK-1", *common]) == 0
+    assert capsys.readouterr().out.strip() == "workflow has already ended"
+
+
+async def _pending_b(mgmt: hms_bus.Management, wid: str) -> bool:
+    st = await mgmt.status(wid)
+    step = st.step("b") if st else None
+    return step is not None and step.status == "pending" and step.due_at is not None
