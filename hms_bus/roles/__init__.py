@@ -51,8 +51,13 @@ class Runtime:
         workflow: str | None = None,
         step: str | None = None,
         error: ErrorInfo | None = None,
+        log_it: bool = True,
     ) -> Outgoing:
-        """A :class:`DeadLetter` record for ``record`` (or for ``original``)."""
+        """A :class:`DeadLetter` record for ``record`` (or for ``original``).
+
+        ``log_it=False`` leaves the warning to the caller, for a letter that may never be
+        published (the coordinator's, whose decision may turn out to be a duplicate).
+        """
         letter = DeadLetter(
             reason=reason,
             source_topic=record.topic if record is not None else (source_topic or ""),
@@ -65,7 +70,8 @@ class Runtime:
             original=original_for_dead_letter(record.value) if record is not None else original,
         )
         key = (workflow_id or "").encode() or (record.key if record is not None else None)
-        log.warning("dead letter from %s: %s", letter.source_topic, reason)
+        if log_it:
+            log.warning("dead letter from %s: %s", letter.source_topic, reason)
         return Outgoing(self.topics.dead_letter, encode(letter), key=key)
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:

@@ -19,7 +19,8 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from .._definitions import WorkflowDefinition
+import orjson
+
 from .._errors import SerializationError
 from .._events import (
     CancelRequested,
@@ -72,7 +73,7 @@ class Coordinator(BatchRole):
                 continue
             if event is None:
                 continue
-            claim = self._decide(event, dead)
+            claim = self._decide(event)
             if claim is not None:
                 claims.append(claim)
         results = await rt.store.claim_transitions(claims) if claims else []
@@ -85,23 +86,34 @@ class Coordinator(BatchRole):
             if result.state in (ClaimState.NEW, ClaimState.UNPUBLISHED) and key not in keys:
                 out.extend(result.messages)
                 keys.append(key)
+                if result.state is ClaimState.NEW:
+                    self._log_failure(claim)
             elif result.state is ClaimState.CLOSED:
                 log.debug("%s: %s ignored, workflow closed", claim.workflow_id, claim.transition_id)
         await rt.publish(out)
         if keys:
             await rt.store.mark_published(keys)
 
+    def _log_failure(self, claim: TransitionClaim) -> None:
+        # Logged once, when the decision is first recorded, not on every redelivery.
+        for message in claim.messages:
+            if message.topic == self._rt.topics.dead_letter:
+                letter = orjson.loads(message.value)
+                log.warning(
+                    "workflow %s failed; dead-lettered: %s", claim.workflow_id, letter["reason"]
+                )
+
     # -- decisions ----------------------------------------------------------------------
 
-    def _decide(self, event: Any, dead: list[Outgoing]) -> TransitionClaim | None:
+    def _decide(self, event: Any) -> TransitionClaim | None:
         if isinstance(event, WorkflowStarted):
-            wf = self._workflow(event, dead)
+            wf = self._rt.registry.workflows.get(event.workflow)
             if wf is None:
                 return self._fail(event, "start", f"unknown workflow {event.workflow!r}", None)
             msgs, _ = self._next(event, wf.first_step, 1, 1, event.payload, None, None)
             return TransitionClaim(event.workflow_id, "start", msgs)
         if isinstance(event, StepCompleted):
-            return self._completed(event, dead)
+            return self._completed(event)
         if isinstance(event, CancelRequested):
             cancelled = WorkflowCancelled(
                 workflow_id=event.workflow_id,
@@ -113,9 +125,9 @@ class Coordinator(BatchRole):
             )
         return None  # progress and alert events need no decision
 
-    def _completed(self, ev: StepCompleted, dead: list[Outgoing]) -> TransitionClaim | None:
+    def _completed(self, ev: StepCompleted) -> TransitionClaim | None:
         tid = f"{ev.step}:{ev.seq}:{ev.attempt}"
-        wf = self._workflow(ev, dead)
+        wf = self._rt.registry.workflows.get(ev.workflow)
         if wf is None or ev.step not in wf.steps:
             return self._fail(ev, tid, f"unknown step {ev.workflow}.{ev.step}", ev.step)
         if ev.outcome == "succeeded":
@@ -159,9 +171,6 @@ class Coordinator(BatchRole):
         return self._fail(ev, tid, error.message, ev.step, error, original=ev)
 
     # -- building blocks ----------------------------------------------------------------
-
-    def _workflow(self, ev: Any, dead: list[Outgoing]) -> WorkflowDefinition | None:
-        return self._rt.registry.workflows.get(ev.workflow)
 
     def _event(self, event: Any) -> Outgoing:
         return Outgoing(self._rt.topics.events, encode(event), key=event.workflow_id.encode())
@@ -239,6 +248,7 @@ class Coordinator(BatchRole):
         letter = self._rt.dead_letter(
             None,
             reason,
+            log_it=False,
             source_topic=source,
             original=body,
             workflow_id=ev.workflow_id,

@@ -1,0 +1,40 @@
+"""Log lines operators rely on: one per fact, not one per redelivery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from conftest import MakeMgmt, publish, read_topic
+
+import hms_bus
+
+
+async def test_a_failed_workflow_is_logged_and_dead_lettered_once(
+    make_mgmt: MakeMgmt, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="hms_bus")
+    mgmt = make_mgmt()
+    mgmt.define_workflow("wf", ["a"])
+
+    @mgmt.on_step("wf.a")
+    async def a(ctx: hms_bus.StepContext) -> Any:
+        raise hms_bus.Fail("no such applicant")
+
+    async with mgmt:
+        final = await mgmt.run("wf", {}, workflow_id="LOG-FAIL", timeout=5)
+        events = await read_topic(mgmt, mgmt.topics.events)
+        complete = next(r for r in events if b'"completeStep"' in r.value)
+        for _ in range(2):  # redelivered twice, as after a crash
+            await publish(mgmt, complete.topic, complete.value, complete.key)
+        await asyncio.sleep(0.3)
+        letters = await read_topic(mgmt, mgmt.topics.dead_letter)
+
+    assert final.status == "failed"
+    assert len(letters) == 1
+    lines = [r.getMessage() for r in caplog.records if "LOG-FAIL failed" in r.getMessage()]
+    assert lines == [
+        "workflow LOG-FAIL failed; dead-lettered: workflow failed at step 'a': no such applicant"
+    ]
