@@ -17,6 +17,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel
 
+from ._backends import redact
 from ._definitions import Handler, Registry, StepDefinition, WorkflowDefinition, validate_payload
 from ._errors import ConfigError, HmsBusError, NotFoundError, TransportError, WaitTimeoutError
 from ._events import CancelRequested, Heartbeat, WorkflowStarted, encode, utcnow
@@ -88,7 +89,7 @@ class Management:
 
     def __repr__(self) -> str:
         return (
-            f"<Management {self._settings.service_name!r} bus={self._settings.bus_url!r} "
+            f"<Management {self._settings.service_name!r} bus={redact(self._settings.bus_url)!r} "
             f"roles={','.join(self._settings.roles) or '()'}>"
         )
 
@@ -272,8 +273,8 @@ class Management:
         log.info(
             "%s connected (bus %s, store %s, roles %s)",
             s.service_name,
-            transport.url,
-            store.url,
+            redact(transport.url),
+            redact(store.url),
             ",".join(self._roles) or "none",
         )
 
@@ -342,8 +343,14 @@ class Management:
         """Run the roles until :meth:`request_stop` (or a role crashes, which re-raises)."""
         self._require()
         await self._stop.wait()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
         if self._failure is not None:
-            raise HmsBusError(f"a role stopped unexpectedly: {self._failure}") from self._failure
+            raise HmsBusError(
+                f"a role of this process stopped unexpectedly ({self._failure!r}); "
+                "see the log for the traceback"
+            ) from self._failure
 
     def request_stop(self) -> None:
         """Make :meth:`serve` return (signal handlers call this)."""
@@ -479,6 +486,7 @@ class Management:
         store = self._st
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            self._raise_if_failed()
             status = await store.get_workflow(workflow_id)
             if status is None:
                 raise NotFoundError(f"no workflow {workflow_id!r}")

@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 
 import orjson
 
+from ._backends import redact
 from ._errors import ConfigError, HmsBusError, NotFoundError, WaitTimeoutError
 from ._management import Management, init
 from ._settings import ALL_ROLES
@@ -320,7 +321,8 @@ async def cmd_role(args: argparse.Namespace) -> int:
         if w is not None:
             served = f"; steps: {', '.join(getattr(w, 'steps', []))}"
         _err(
-            f"hms-bus {args.command}: {s.service_name} on {s.bus_url} / {s.store_url}, "
+            f"hms-bus {args.command}: {s.service_name} on {redact(s.bus_url)} / "
+            f"{redact(s.store_url)}, "
             f"roles {','.join(roles)}{served}. Ctrl-C or SIGTERM to stop."
         )
         await mgmt.serve()

@@ -38,3 +38,33 @@ async def test_a_failed_workflow_is_logged_and_dead_lettered_once(
     assert lines == [
         "workflow LOG-FAIL failed; dead-lettered: workflow failed at step 'a': no such applicant"
     ]
+
+
+async def test_wait_raises_when_a_role_of_this_process_crashed(make_mgmt: MakeMgmt) -> None:
+    # No coordinator: the workflow cannot finish, so only the crash can end the wait.
+    mgmt = make_mgmt(roles=("worker", "projector"))
+    mgmt.define_workflow("wf", ["a"])
+
+    @mgmt.on_step("wf.a")
+    async def a(ctx: hms_bus.StepContext) -> Any:
+        return None
+
+    async with mgmt:
+        started = await mgmt.start("wf", {})
+        # A role dying of a bug (not a backend outage, which roles retry) is supervised
+        # like the built-in ones.
+        mgmt._tasks.append(mgmt._spawn(_Crashing()))
+        with pytest.raises(hms_bus.HmsBusError, match="stopped unexpectedly") as exc:
+            await mgmt.wait(started.workflow_id, timeout=5)
+    assert isinstance(exc.value.__cause__, SystemError)
+
+
+class _Crashing:
+    name = "crashing"
+
+    async def run(self) -> None:
+        await asyncio.sleep(0.05)
+        raise SystemError("bug in a role")
+
+    def stop(self) -> None:
+        pass
