@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -26,6 +27,9 @@ from .transport import Consumer, Record, TopicPartition, Transport
 __all__ = ["BatchLoop", "KeyedLoop", "OffsetTracker", "retrying"]
 
 log = logging.getLogger("hms_bus.consume")
+
+REVOKE_WAIT = 30.0
+"""Seconds a rebalance waits for a batch in progress to be processed and committed."""
 
 
 class OffsetTracker:
@@ -129,7 +133,9 @@ class BatchLoop:
         name: str,
         batch_size: int = 500,
         fetch_timeout: float = 0.5,
+        on_caught_up: Callable[[float], None] | None = None,
     ) -> None:
+        self._on_caught_up = on_caught_up
         self._transport = transport
         self._group = group
         self._topics = list(topics)
@@ -139,6 +145,10 @@ class BatchLoop:
         self._fetch_timeout = fetch_timeout
         self._stopping = asyncio.Event()
         self._fetching: asyncio.Future[list[Record]] | None = None
+        self._idle = asyncio.Event()  # set while no fetched batch awaits its commit
+        self._idle.set()
+        self.joined = asyncio.Event()
+        """Set once the consumer has joined its group."""
         self.consumer: Consumer | None = None
 
     def stop(self) -> None:
@@ -153,10 +163,12 @@ class BatchLoop:
 
     async def run(self) -> None:
         """Consume until :meth:`stop`."""
-        consumer = self._transport.consumer(self._group, self._topics)
+        consumer = self._transport.consumer(self._group, self._topics, on_revoked=self._revoked)
         self.consumer = consumer
         async with consumer:
+            self.joined.set()
             while not self._stopping.is_set():
+                asked = time.time()
                 self._fetching = asyncio.ensure_future(
                     consumer.fetch(max_records=self._batch_size, timeout=self._fetch_timeout)
                 )
@@ -170,22 +182,45 @@ class BatchLoop:
                 finally:
                     self._fetching = None
                 if not records:
+                    if self._on_caught_up is not None:
+                        self._on_caught_up(asked)
                     continue
-                ok = await retrying(
-                    f"{self._name}: processing {len(records)} record(s)",
-                    functools.partial(self._process, records),
-                    self._stopping,
-                )
-                if not ok:
-                    return  # stopping with the batch unprocessed: leave it uncommitted
-                offsets: dict[TopicPartition, int] = {}
-                for r in records:
-                    offsets[r.tp] = max(offsets.get(r.tp, 0), r.offset + 1)
-                await retrying(
-                    f"{self._name}: commit",
-                    functools.partial(consumer.commit, offsets),
-                    self._stopping,
-                )
+                self._idle.clear()
+                try:
+                    await self._process_and_commit(consumer, records)
+                finally:
+                    self._idle.set()
+
+    async def _process_and_commit(self, consumer: Consumer, records: list[Record]) -> None:
+        ok = await retrying(
+            f"{self._name}: processing {len(records)} record(s)",
+            functools.partial(self._process, records),
+            self._stopping,
+        )
+        if not ok:
+            return  # stopping with the batch unprocessed: leave it uncommitted
+        offsets: dict[TopicPartition, int] = {}
+        for r in records:
+            offsets[r.tp] = max(offsets.get(r.tp, 0), r.offset + 1)
+        await retrying(
+            f"{self._name}: commit",
+            functools.partial(consumer.commit, offsets),
+            self._stopping,
+        )
+
+    async def _revoked(self, tps: set[TopicPartition]) -> None:
+        # Let the batch in progress finish and commit while its partitions are still
+        # ours, so the next owner does not process it again. A batch stuck (the store
+        # is down) is not waited for forever: its records go to the next owner.
+        try:
+            async with asyncio.timeout(REVOKE_WAIT):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning(
+                "%s: partitions revoked while a batch was still in progress; "
+                "its records will be processed again by their next owner",
+                self._name,
+            )
 
 
 class KeyedLoop:
@@ -202,11 +237,13 @@ class KeyedLoop:
         max_in_flight: int,
         grace: float,
         fetch_timeout: float = 0.2,
+        keepalive: float = 1.0,
     ) -> None:
         self._transport = transport
         self._group = group
         self._topics = list(topics)
         self._handle = handle
+        self._keepalive = keepalive
         self._name = name
         self._max_in_flight = max_in_flight
         self._grace = grace
@@ -216,6 +253,8 @@ class KeyedLoop:
         self._tails: dict[tuple[TopicPartition, bytes | None], asyncio.Task[None]] = {}
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.joined = asyncio.Event()
+        """Set once the consumer has joined its group."""
         self.consumer: Consumer | None = None
 
     @property
@@ -233,12 +272,19 @@ class KeyedLoop:
         consumer = self._transport.consumer(self._group, self._topics, on_revoked=self._revoked)
         self.consumer = consumer
         async with consumer:
+            self.joined.set()
             try:
                 while not self._stopping.is_set():
                     room = self._max_in_flight - len(self._tasks)
                     if room <= 0:
                         self._room.clear()
-                        await self._room.wait()
+                        try:
+                            async with asyncio.timeout(self._keepalive):
+                                await self._room.wait()
+                        except TimeoutError:
+                            # Every slot is busy with slow steps: fetch nothing, to stay
+                            # in the group and let a pending rebalance proceed.
+                            await consumer.fetch(max_records=0, timeout=0)
                         await self._commit(consumer)
                         continue
                     records = await consumer.fetch(max_records=room, timeout=self._fetch_timeout)

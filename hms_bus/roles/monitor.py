@@ -9,7 +9,10 @@ silent for ``missed_heartbeats`` intervals is reported down (a ``processDown`` r
 It also reads ``hms.events`` and tracks deadlines: a step with ``sla=`` must finish
 within that many seconds of starting, a workflow with ``sla=`` must end within that
 many seconds of its start. A deadline that passes raises one ``slaBreached`` event on
-``hms.events`` and a warning log line; the step is not failed. On start the monitor
+``hms.events`` and a warning log line; the step is not failed. A deadline counts as
+passed only once the monitor has read the bus past it (up to its last empty fetch, or
+the newest record it read), so a monitor that reads late never reports a step that
+finished in time. On start the monitor
 rebuilds open deadlines of running workflows from the store, so a restart loses none.
 """
 
@@ -106,7 +109,12 @@ class Monitor(BatchRole):
         )
         # Without any sla= there are no deadlines, so the events topic need not be read.
         topics = [rt.topics.heartbeats] + ([rt.topics.events] if self._has_sla else [])
-        super().__init__(rt, topics)
+        # The bus time up to which this monitor has read everything: a deadline counts
+        # as missed only once the monitor has seen past it, so a monitor that reads
+        # late never reports a step that in fact finished in time.
+        self._watermark = 0.0
+        self._late: list[Outgoing] = []
+        super().__init__(rt, topics, on_caught_up=self._caught_up)
 
     def processes(self) -> list[ProcessInfo]:
         """Every process heard from, live or down."""
@@ -131,7 +139,12 @@ class Monitor(BatchRole):
 
     # -- input --------------------------------------------------------------------------
 
+    def _caught_up(self, asked: float) -> None:
+        self._watermark = max(self._watermark, asked)
+
     async def _process(self, records: list[Record]) -> None:
+        self._watermark = max(self._watermark, max(r.timestamp for r in records))
+        self._late = []
         for record in records:
             try:
                 if record.topic == self._rt.topics.heartbeats:
@@ -142,6 +155,8 @@ class Monitor(BatchRole):
                         self._on_event(event)
             except SerializationError:
                 continue
+        # Steps that finished after their deadline before a check saw it pass.
+        await self._rt.publish(self._late)
 
     def _on_heartbeat(self, hb: Heartbeat | ProcessDown) -> None:
         if isinstance(hb, ProcessDown):
@@ -172,20 +187,26 @@ class Monitor(BatchRole):
 
     def _on_event(self, ev: Any) -> None:
         wid = ev.workflow_id
+        at = ev.ts.timestamp()
         if isinstance(ev, WorkflowStarted):
-            self._watch(wid, ev.workflow, None, None, ev.ts.timestamp())
+            self._watch(wid, ev.workflow, None, None, at)
         elif isinstance(ev, StepStarted):
-            self._watch(wid, ev.workflow, ev.step, ev.seq, ev.ts.timestamp())
+            self._watch(wid, ev.workflow, ev.step, ev.seq, at)
         elif isinstance(ev, StepCompleted) and ev.outcome == "succeeded":
-            self._deadlines.pop((wid, ev.seq), None)
+            self._end((wid, ev.seq), at)
         elif isinstance(ev, StepScheduled):
-            for key in [
-                k for k in self._deadlines if k[0] == wid and k[1] is not None and k[1] < ev.seq
-            ]:
-                del self._deadlines[key]
+            for key in [k for k in self._deadlines if k[0] == wid and k[1] is not None]:
+                if key[1] is not None and key[1] < ev.seq:
+                    self._end(key, at)
         elif isinstance(ev, (WorkflowCompleted, WorkflowFailed, WorkflowCancelled)):
             for key in [k for k in self._deadlines if k[0] == wid]:
-                del self._deadlines[key]
+                self._end(key, at)
+
+    def _end(self, key: tuple[str, int | None], at: float) -> None:
+        """A watched step or workflow ended at ``at``: late is a breach all the same."""
+        d = self._deadlines.pop(key, None)
+        if d is not None and at - d.since > d.sla:
+            self._late.append(self._breach(key[0], d, at - d.since))
 
     async def _seed(self) -> None:
         """Rebuild open deadlines of running workflows from the store."""
@@ -225,30 +246,30 @@ class Monitor(BatchRole):
             except Exception as exc:  # keep checking; the next round retries
                 log.warning("monitor: check failed: %s", exc)
 
+    def _breach(self, wid: str, d: _Deadline, elapsed: float) -> Outgoing:
+        what = f"step {d.workflow}.{d.step} (seq {d.seq})" if d.step else f"workflow {d.workflow}"
+        log.warning("SLA breached: %s of %s ran %.1fs, SLA %.1fs", what, wid, elapsed, d.sla)
+        breach = SlaBreached(
+            workflow_id=wid,
+            workflow=d.workflow,
+            step=d.step,
+            seq=d.seq,
+            sla=d.sla,
+            elapsed=elapsed,
+        )
+        self.breaches.append(Breach(wid, d.workflow, d.step, d.seq, d.sla, elapsed))
+        return Outgoing(self._rt.topics.events, encode(breach), key=wid.encode())
+
     async def check(self, now: float | None = None) -> None:
         """Report missed deadlines and silent processes (runs every ``check_interval``)."""
         now = time.time() if now is None else now
+        seen = min(now, self._watermark)
         out: list[Outgoing] = []
         for key, d in list(self._deadlines.items()):
-            elapsed = now - d.since
-            if elapsed <= d.sla:
+            if seen - d.since <= d.sla:
                 continue
             del self._deadlines[key]
-            wid = key[0]
-            what = (
-                f"step {d.workflow}.{d.step} (seq {d.seq})" if d.step else f"workflow {d.workflow}"
-            )
-            log.warning("SLA breached: %s of %s ran %.1fs, SLA %.1fs", what, wid, elapsed, d.sla)
-            breach = SlaBreached(
-                workflow_id=wid,
-                workflow=d.workflow,
-                step=d.step,
-                seq=d.seq,
-                sla=d.sla,
-                elapsed=elapsed,
-            )
-            self.breaches.append(Breach(wid, d.workflow, d.step, d.seq, d.sla, elapsed))
-            out.append(Outgoing(self._rt.topics.events, encode(breach), key=wid.encode()))
+            out.append(self._breach(key[0], d, now - d.since))
         cfg = self._rt.settings.monitor
         for pid, info in self._processes.items():
             limit = info.heartbeat.interval * cfg.missed_heartbeats

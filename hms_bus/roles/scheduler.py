@@ -39,6 +39,9 @@ class Scheduler:
         """Stop after the current round of timers."""
         self._stopping.set()
 
+    async def ready(self) -> None:
+        """The scheduler reads only the store: it is ready at once."""
+
     async def run(self) -> None:
         """Fire timers until stopped."""
         cfg = self._rt.settings.scheduler

@@ -73,6 +73,10 @@ class Worker:
         """Commands fetched and not yet finished."""
         return self._loop.in_flight
 
+    async def ready(self) -> None:
+        """Return once the worker's consumer has joined its group."""
+        await self._loop.joined.wait()
+
     async def run(self) -> None:
         """Consume step topics until stopped, then drain in-flight steps."""
         await self._loop.run()

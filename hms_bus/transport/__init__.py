@@ -97,7 +97,11 @@ class Consumer(Protocol):
 
     async def fetch(self, *, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
         """Up to ``max_records`` records from the assigned partitions, in offset order
-        per partition; waits at most ``timeout`` seconds for the first; [] when none."""
+        per partition; waits at most ``timeout`` seconds for the first; [] when none.
+
+        ``max_records=0`` takes nothing and returns []: a member with no room for more
+        work calls it to stay in its group (Kafka removes a member that stops fetching
+        for longer than its poll interval) and to let pending rebalances proceed."""
         ...
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -134,6 +138,10 @@ class Transport(Protocol):
 
     async def ensure_topics(self, topics: Iterable[str]) -> None:
         """Create any of ``topics`` that do not exist, with the configured partitions."""
+        ...
+
+    async def list_topics(self) -> dict[str, int]:
+        """Every topic the bus has, with its partition count."""
         ...
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:

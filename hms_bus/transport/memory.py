@@ -195,9 +195,12 @@ class MemoryConsumer:
         with them (an exception from it propagates once they are released). Waits at
         most ``timeout`` seconds for records; [] on timeout or when not joined.
         """
-        if max_records < 1:
-            raise ValueError(f"max_records must be at least 1, not {max_records}")
+        if max_records < 0:
+            raise ValueError(f"max_records must not be negative, not {max_records}")
         async with self._fetching:
+            if max_records == 0:  # stay in the group, release what a rebalance took
+                await self._release_revoked()
+                return []
             loop = asyncio.get_running_loop()
             deadline = loop.time() + max(timeout, 0.0)
             while self._state == "joined":
@@ -450,6 +453,11 @@ class MemoryTransport:
     def topics(self) -> dict[str, int]:
         """Every topic of the broker with its partition count."""
         return {name: len(t.logs) for name, t in self._broker.topics.items()}
+
+    async def list_topics(self) -> dict[str, int]:
+        """Every topic of the broker with its partition count (see :meth:`topics`)."""
+        self._check_open()
+        return self.topics()
 
     def _check_open(self) -> None:
         if self._state != "open":

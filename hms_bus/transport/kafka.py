@@ -1,0 +1,544 @@
+"""The ``kafka://`` transport: Apache Kafka through aiokafka.
+
+``kafka://host:9092[,host2:9092]`` lists the bootstrap brokers. ``kafka://user:pass@host:9092``
+gives SASL credentials (the password is redacted from every message); the security
+protocol, SASL mechanism and TLS files come from the ``transport`` settings section.
+
+Producer: ``acks=all`` always; records are batched (``linger_ms``, ``batch_bytes``) and
+optionally compressed; :meth:`KafkaTransport.publish` sends a whole call's records, then
+waits until the broker has acknowledged every one. The idempotent producer is off by
+default, because brokers such as Tansu do not implement it; turn it on with
+``transport.enable_idempotence`` on Apache Kafka. Ordering per key does not depend on
+it: aiokafka keeps at most one batch in flight per partition.
+
+Consumers: one aiokafka consumer per role and group, offsets committed only by the
+caller (never automatically), reading from the earliest offset when a group has no
+committed one, so nothing published before a group first joined is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import unquote
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import TopicPartition as KafkaTP
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from .._backends import redact
+from .._errors import ConfigError, TransportError
+from . import Outgoing, Record, RevokeCallback, TopicPartition
+
+__all__ = ["KafkaConsumer", "KafkaTransport", "parse_kafka_url"]
+
+log = logging.getLogger(__name__)
+
+_SCHEME = "kafka://"
+_TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
+_RECORD_OVERHEAD = 512  # bytes of batch and record framing allowed on top of the limit
+
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
+def parse_kafka_url(url: str) -> tuple[str, str | None, str | None]:
+    """``kafka://[user:pass@]host:port[,host:port]`` -> (bootstrap, user, password).
+
+    Raises:
+        ConfigError: the URL is not of that form (the message redacts the password).
+    """
+    if not isinstance(url, str) or url[: len(_SCHEME)].lower() != _SCHEME:
+        raise ConfigError(f"invalid kafka bus URL {url!r}: use kafka://host:port[,host:port]")
+    rest = url[len(_SCHEME) :].split("/", 1)[0].split("?", 1)[0]
+    user = password = None
+    if "@" in rest:
+        creds, rest = rest.rsplit("@", 1)
+        user_part, _, pass_part = creds.partition(":")
+        user, password = unquote(user_part), unquote(pass_part)
+    hosts = [h.strip() for h in rest.split(",") if h.strip()]
+    if not hosts:
+        raise ConfigError(
+            f"invalid kafka bus URL {redact(url)!r}: no broker given; "
+            "use kafka://host:port[,host:port]"
+        )
+    for host in hosts:
+        name, sep, port = host.rpartition(":")
+        if not sep or not name or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"invalid kafka bus URL {redact(url)!r}: broker {host!r} must be host:port"
+            )
+    return ",".join(hosts), user, password
+
+
+def _error(what: str, exc: BaseException, retriable: bool = True) -> TransportError:
+    return TransportError(f"{what}: {type(exc).__name__}: {exc}", retriable=retriable)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Iterable[KafkaTP]) -> None:
+        await self._consumer._revoked({(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Iterable[KafkaTP]) -> None:
+        self._consumer._assigned({(tp.topic, tp.partition) for tp in assigned})
+
+
+class KafkaConsumer:
+    """A member of a consumer group on Kafka (see ``Consumer``).
+
+    Made by :meth:`KafkaTransport.consumer`; ``async with`` joins the group and returns
+    once the first assignment is known; leaving calls ``on_revoked`` with what is still
+    owned, then leaves the group (so the others rebalance at once, not after the
+    session timeout). Nothing is committed implicitly.
+    """
+
+    def __init__(
+        self,
+        transport: KafkaTransport,
+        group: str,
+        topics: Sequence[str],
+        on_revoked: RevokeCallback | None,
+    ) -> None:
+        self.group = group
+        self.topics = tuple(dict.fromkeys(topics))
+        self._transport = transport
+        self._on_revoked = on_revoked
+        self._consumer: AIOKafkaConsumer | None = None
+        self._positions: dict[TopicPartition, int] = {}  # next offset after the last fetched
+
+    async def __aenter__(self) -> Self:
+        t = self._transport
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=t._bootstrap,
+            group_id=self.group,
+            client_id=t._client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(t._opts["session_timeout"] * 1000),
+            heartbeat_interval_ms=int(t._opts["heartbeat_interval"] * 1000),
+            max_poll_interval_ms=int(t._opts["max_poll_interval"] * 1000),
+            # As in Kafka's Java client: members have as long to finish their revoke
+            # callback (the worker's drain) as they have between polls.
+            rebalance_timeout_ms=int(t._opts["max_poll_interval"] * 1000),
+            fetch_max_wait_ms=int(t._opts["fetch_max_wait"] * 1000),
+            max_partition_fetch_bytes=max(1_048_576, t._max_bytes + _RECORD_OVERHEAD),
+            request_timeout_ms=int(t._opts["request_timeout"] * 1000),
+            **t._security,
+        )
+        consumer.subscribe(list(self.topics), listener=_Listener(self))
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            await consumer.stop()
+            raise _error(f"consumer group {self.group!r} could not join", exc) from exc
+        except OSError as exc:
+            await consumer.stop()
+            raise _error(f"consumer group {self.group!r} could not reach the bus", exc) from exc
+        self._consumer = consumer
+        t._consumers.add(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        self._transport._consumers.discard(self)
+        try:
+            owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            if owned and self._on_revoked is not None:
+                await self._on_revoked(owned)
+        finally:
+            try:
+                await consumer.stop()
+            except KafkaError as exc:  # leaving is best effort; the session expires anyway
+                log.warning("group %r: leaving failed: %s", self.group, exc)
+
+    def _live(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise TransportError(
+                f"consumer of group {self.group!r} is not joined; use it inside 'async with'",
+                retriable=False,
+            )
+        return self._consumer
+
+    async def fetch(self, *, max_records: int = 500, timeout: float = 1.0) -> list[Record]:
+        """Up to ``max_records`` records, in offset order per partition; [] on timeout.
+
+        ``max_records=0`` takes nothing: it keeps the membership alive (a member that
+        does not fetch for ``transport.max_poll_interval`` leaves its group) while the
+        caller has no room for more work.
+        """
+        consumer = self._live()
+        timeout_ms = max(0, int(timeout * 1000))
+        try:
+            if max_records <= 0:
+                owned = list(consumer.assignment())
+                consumer.pause(*owned)
+                try:
+                    await consumer.getmany(timeout_ms=timeout_ms, max_records=1)
+                finally:
+                    consumer.resume(*[tp for tp in owned if tp in consumer.assignment()])
+                return []
+            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            raise _error(f"group {self.group!r}: fetch failed", exc) from exc
+        out: list[Record] = []
+        for tp, messages in batches.items():
+            for m in messages:
+                out.append(
+                    Record(
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        m.key,
+                        m.value if m.value is not None else b"",
+                        tuple((k, v if v is not None else b"") for k, v in m.headers),
+                        m.timestamp / 1000.0,
+                    )
+                )
+            if messages:
+                self._positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
+        return out
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit the next offset to read per partition; partitions not owned are skipped.
+
+        Raises:
+            TransportError: (retriable) the broker refused the commit, e.g. during a
+                rebalance; commit again once it has settled.
+        """
+        consumer = self._live()
+        for tp, offset in offsets.items():
+            if offset < 0:
+                raise ValueError(f"cannot commit negative offset {offset} for {tp}")
+        owned = consumer.assignment()
+        wanted = {KafkaTP(t, p): o for (t, p), o in offsets.items() if KafkaTP(t, p) in owned}
+        skipped = len(offsets) - len(wanted)
+        if skipped:
+            log.debug("group %r: skipped commit of %d partition(s) not owned", self.group, skipped)
+        if not wanted:
+            return
+        try:
+            await consumer.commit(wanted)
+        except KafkaError as exc:
+            raise _error(f"group {self.group!r}: commit failed", exc) from exc
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member currently owns."""
+        if self._consumer is None:
+            return frozenset()
+        return frozenset((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records on the broker not yet fetched by this member, per owned partition.
+
+        Known once a partition has been fetched from (the broker reports its end with
+        each fetch); partitions not fetched yet are left out.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        out: dict[TopicPartition, int] = {}
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            key = (tp.topic, tp.partition)
+            if end is not None and key in self._positions:
+                out[key] = max(0, end - self._positions[key])
+        return out
+
+    async def _revoked(self, tps: set[TopicPartition]) -> None:
+        for tp in tps:
+            self._positions.pop(tp, None)
+        if self._on_revoked is not None and tps:
+            try:
+                await self._on_revoked(tps)
+            except Exception:
+                log.exception("group %r: on_revoked failed", self.group)
+
+    def _assigned(self, tps: set[TopicPartition]) -> None:
+        log.debug("group %r: assigned %d partition(s)", self.group, len(tps))
+
+
+class KafkaTransport:
+    """The Kafka transport (see ``Transport`` and the module docs).
+
+    Args:
+        url: ``kafka://[user:pass@]host:port[,host:port]``.
+        partitions: partitions of each topic this transport creates.
+        replication_factor: replicas of each topic it creates (3 on a production cluster).
+        max_message_bytes: largest record accepted (value + key + headers); larger ones
+            are refused before anything is sent.
+        linger_ms: how long the producer waits to fill a batch.
+        batch_bytes: largest producer batch per partition.
+        compression: ``none``, ``gzip``, or ``snappy``/``lz4``/``zstd`` (these need
+            ``pip install cramjam``).
+        enable_idempotence: the idempotent producer (off: Tansu lacks it).
+        session_timeout, heartbeat_interval: group membership, in seconds.
+        max_poll_interval: seconds a member may go without fetching before it leaves
+            its group; also how long a rebalance waits for members to finish revoking.
+        fetch_max_wait: longest the broker holds a fetch that has no records yet.
+        request_timeout: seconds before a request to the broker is given up.
+        client_id: the client id brokers log.
+        security_protocol, sasl_mechanism, sasl_username, sasl_password, ssl_cafile,
+        ssl_certfile, ssl_keyfile: passed through to aiokafka. Credentials in the URL
+            win over ``sasl_username``/``sasl_password``.
+        **_ignored: options meant for other backends.
+
+    Raises:
+        ConfigError: a malformed URL or an unusable option.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        partitions: int = 6,
+        replication_factor: int = 1,
+        max_message_bytes: int = 1_048_576,
+        linger_ms: float = 5.0,
+        batch_bytes: int = 1_048_576,
+        compression: Compression = "none",
+        enable_idempotence: bool = False,
+        session_timeout: float = 10.0,
+        heartbeat_interval: float = 3.0,
+        max_poll_interval: float = 300.0,
+        fetch_max_wait: float = 0.1,
+        request_timeout: float = 40.0,
+        client_id: str = "hms-bus",
+        security_protocol: SecurityProtocol = "PLAINTEXT",
+        sasl_mechanism: str = "PLAIN",
+        sasl_username: str | None = None,
+        sasl_password: str | None = None,
+        ssl_cafile: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        **_ignored: object,
+    ) -> None:
+        self._bootstrap, user, password = parse_kafka_url(url)
+        self._url = redact(url)
+        if partitions < 1 or replication_factor < 1:
+            raise ConfigError(
+                f"kafka bus needs partitions >= 1 and replication_factor >= 1, got "
+                f"{partitions} and {replication_factor}"
+            )
+        if heartbeat_interval >= session_timeout:
+            raise ConfigError(
+                f"transport.heartbeat_interval ({heartbeat_interval}s) must be shorter than "
+                f"transport.session_timeout ({session_timeout}s)"
+            )
+        if compression not in ("none", "gzip"):
+            from aiokafka import codec
+
+            if not getattr(codec, f"has_{compression}", lambda: False)():
+                raise ConfigError(
+                    f"transport.compression={compression!r} needs the package 'cramjam': "
+                    "pip install cramjam"
+                )
+        self._partitions = partitions
+        self._replication = replication_factor
+        self._max_bytes = max_message_bytes
+        self._client_id = client_id
+        self._opts: dict[str, Any] = {
+            "linger_ms": linger_ms,
+            "batch_bytes": batch_bytes,
+            "compression": None if compression == "none" else compression,
+            "enable_idempotence": enable_idempotence,
+            "session_timeout": session_timeout,
+            "heartbeat_interval": heartbeat_interval,
+            "max_poll_interval": max_poll_interval,
+            "fetch_max_wait": fetch_max_wait,
+            "request_timeout": request_timeout,
+        }
+        security: dict[str, Any] = {"security_protocol": security_protocol}
+        user = user if user is not None else sasl_username
+        password = password if password is not None else sasl_password
+        if security_protocol.startswith("SASL"):
+            security.update(
+                sasl_mechanism=sasl_mechanism,
+                sasl_plain_username=user,
+                sasl_plain_password=password,
+            )
+        elif user is not None:
+            raise ConfigError(
+                f"kafka bus URL {self._url!r} has credentials but transport.security_protocol "
+                f"is {security_protocol}; use SASL_PLAINTEXT or SASL_SSL"
+            )
+        if security_protocol.endswith("SSL"):
+            context = ssl.create_default_context(cafile=ssl_cafile)
+            if ssl_certfile:
+                context.load_cert_chain(ssl_certfile, ssl_keyfile)
+            security["ssl_context"] = context
+        self._security = security
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._known_topics: set[str] = set()
+        self._consumers: set[KafkaConsumer] = set()
+        self._state: Literal["new", "open", "closed"] = "new"
+
+    @property
+    def url(self) -> str:
+        """The URL this transport was made from, password redacted."""
+        return self._url
+
+    async def __aenter__(self) -> Self:
+        if self._state == "closed":
+            raise TransportError(f"transport {self._url!r} is closed; make a new one")
+        o = self._opts
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            linger_ms=o["linger_ms"],
+            max_batch_size=o["batch_bytes"],
+            max_request_size=max(o["batch_bytes"], self._max_bytes + _RECORD_OVERHEAD),
+            compression_type=o["compression"],
+            enable_idempotence=o["enable_idempotence"],
+            request_timeout_ms=int(o["request_timeout"] * 1000),
+            **self._security,
+        )
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            request_timeout_ms=int(o["request_timeout"] * 1000),
+            **self._security,
+        )
+        try:
+            await producer.start()
+            await admin.start()
+        except (KafkaError, OSError) as exc:
+            await producer.stop()
+            await admin.close()
+            raise _error(f"cannot connect to the bus at {self._url}", exc) from exc
+        self._producer, self._admin = producer, admin
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._state = "closed"
+        for consumer in list(self._consumers):
+            await consumer.__aexit__(None, None, None)
+        producer, self._producer = self._producer, None
+        admin, self._admin = self._admin, None
+        try:
+            if producer is not None:
+                await producer.stop()  # flushes what is batched
+        finally:
+            if admin is not None:
+                await admin.close()
+
+    def _open(self) -> tuple[AIOKafkaProducer, AIOKafkaAdminClient]:
+        if self._state != "open" or self._producer is None or self._admin is None:
+            state = "closed" if self._state == "closed" else "not open"
+            raise TransportError(
+                f"transport {self._url!r} is {state}; use it inside 'async with'",
+                retriable=False,
+            )
+        return self._producer, self._admin
+
+    async def list_topics(self) -> dict[str, int]:
+        """Every topic on the cluster with its partition count (internal ones excluded)."""
+        _, admin = self._open()
+        try:
+            described = await admin.describe_topics()
+        except KafkaError as exc:
+            raise _error("listing topics failed", exc) from exc
+        return {
+            t["topic"]: len(t["partitions"])
+            for t in described
+            if not t.get("is_internal") and not t["topic"].startswith("__")
+        }
+
+    async def ensure_topics(self, topics: Iterable[str]) -> None:
+        """Create any of ``topics`` that do not exist (``partitions``, ``replication_factor``).
+
+        Safe when several processes do it at once: "already exists" counts as success.
+
+        Raises:
+            TransportError: the broker refused to create one (the reason is named).
+        """
+        _, admin = self._open()
+        wanted = [t for t in dict.fromkeys(topics) if t not in self._known_topics]
+        if not wanted:
+            return
+        try:
+            response = await admin.create_topics(
+                [NewTopic(t, self._partitions, self._replication) for t in wanted]
+            )
+        except KafkaError as exc:
+            raise _error("creating topics failed", exc) from exc
+        problems = [
+            f"{name}: {message or f'error {code}'}"
+            for name, code, message in response.topic_errors
+            if code not in (0, _TOPIC_EXISTS)
+        ]
+        if problems:
+            raise TransportError("could not create topics: " + "; ".join(problems))
+        self._known_topics.update(wanted)
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Send ``messages`` and return once the broker acknowledged each (acks=all).
+
+        Records of one topic and key keep their order. Raises TransportError
+        (``retriable=False``) before anything is sent when a record is over
+        ``max_message_bytes``; (``retriable=True``) when the broker is unreachable or
+        refuses a record; then some records of the call may have been stored, so the
+        caller publishes the whole call again (consumers tolerate duplicates).
+        """
+        producer, _ = self._open()
+        for message in messages:
+            size = (
+                len(message.value)
+                + len(message.key or b"")
+                + sum(len(k.encode()) + len(v) for k, v in message.headers)
+            )
+            if size > self._max_bytes:
+                raise TransportError(
+                    f"record for topic {message.topic!r} is {size} bytes, over the "
+                    f"limit of {self._max_bytes} bytes; nothing of the batch was published",
+                    retriable=False,
+                )
+        try:
+            futures = [
+                await producer.send(
+                    m.topic, m.value, key=m.key, headers=list(m.headers) if m.headers else None
+                )
+                for m in messages
+            ]
+            if futures:
+                await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise _error(f"publish to {self._url} failed", exc) from exc
+
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        on_revoked: RevokeCallback | None = None,
+    ) -> KafkaConsumer:
+        """A new member of ``group`` subscribed to ``topics`` (enter it to join).
+
+        Raises:
+            ConfigError: for an empty group name.
+        """
+        if not group:
+            raise ConfigError("a consumer group name must not be empty")
+        return KafkaConsumer(self, group, topics, on_revoked)
