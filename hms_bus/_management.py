@@ -110,6 +110,14 @@ class Management:
         """Topic and group names in this namespace."""
         return self._topics
 
+    def required_topics(self) -> list[str]:
+        """Every topic this app uses: ``hms.events``, ``hms.dead-letter``,
+        ``hms.heartbeats`` and one per defined step, namespace included. They are
+        created on connect (and by ``hms-bus topics --create``)."""
+        t = self._topics
+        steps = [t.step(d.workflow, d.name) for d in self._registry.all_steps()]
+        return [t.events, t.dead_letter, t.heartbeats, *steps]
+
     @property
     def process_id(self) -> str:
         """This process's id in heartbeats and ``stepStarted`` events."""
@@ -243,10 +251,8 @@ class Management:
         self._stop.clear()
         self._failure = None
         try:
-            t = self._topics
-            steps = [t.step(d.workflow, d.name) for d in self._registry.all_steps()]
-            await transport.ensure_topics([t.events, t.dead_letter, t.heartbeats, *steps])
-            rt = Runtime(s, self._registry, transport, store, t, self._process_id)
+            await transport.ensure_topics(self.required_topics())
+            rt = Runtime(s, self._registry, transport, store, self._topics, self._process_id)
             factories: dict[str, Callable[[], Role]] = {
                 "projector": lambda: Projector(rt),
                 "coordinator": lambda: Coordinator(rt),

@@ -10,7 +10,8 @@
     hms-bus cancel [--app APP] WORKFLOW_ID
     hms-bus worker APP [--steps wf.a,wf.b] [--concurrency N]
     hms-bus coordinator|projector|scheduler|monitor APP
-    hms-bus run APP                                every role in one process
+    hms-bus run APP [--roles coordinator,projector]   every role (or those) in one process
+    hms-bus topics [--app APP] [--create] [--partitions N] [--json]
 
 ``APP`` is ``module:attribute`` naming a :class:`~hms_bus.Management` (or a function
 returning one); ``module`` alone means ``module:mgmt``. Bad input (an unknown workflow,
@@ -42,6 +43,7 @@ from ._errors import ConfigError, HmsBusError, NotFoundError, WaitTimeoutError
 from ._management import Management, init
 from ._settings import ALL_ROLES
 from ._status import WorkflowStatus
+from .transport import create_transport
 
 __all__ = ["main"]
 
@@ -296,9 +298,63 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_topics(args: argparse.Namespace) -> int:
+    mgmt = _app_or_client(args)
+    s = mgmt.settings
+    if s.bus_url.startswith("memory:"):
+        _err(
+            "note: the bus is memory:// (inside this process only); its topics exist only "
+            "while an app runs. Set HMS_BUS_URL=kafka://… or --bus to manage a broker's topics."
+        )
+    wanted = mgmt.required_topics()
+    options = s.transport.options()
+    if args.partitions is not None:
+        if args.partitions < 1:
+            raise UsageError(f"--partitions must be at least 1, got {args.partitions}")
+        options["partitions"] = args.partitions
+    prefix = f"{s.namespace}." if s.namespace else ""
+    created: list[str] = []
+    async with create_transport(s.bus_url, **options) as bus:
+        existing = await bus.list_topics()
+        missing = [t for t in wanted if t not in existing]
+        if args.create and missing:
+            await bus.ensure_topics(missing)
+            created = missing
+            existing = await bus.list_topics()
+    ours = [t for t in existing if t.startswith(prefix) and t not in wanted]
+    if not prefix:  # without a namespace, only hms-bus's own topics are "ours"
+        ours = [t for t in ours if t.startswith("hms.")]
+    rows: list[dict[str, Any]] = []
+    for name in wanted:
+        state = "created" if name in created else "ok" if name in existing else "missing"
+        rows.append({"topic": name, "partitions": existing.get(name), "status": state})
+    for name in sorted(ours):
+        rows.append({"topic": name, "partitions": existing[name], "status": "not used by this app"})
+    if args.json:
+        _json_out(rows)
+    else:
+        table = [("TOPIC", "PARTITIONS", "STATUS")]
+        table += [(r["topic"], str(r["partitions"] or "-"), r["status"]) for r in rows]
+        _table(table)
+        still = [r["topic"] for r in rows if r["status"] == "missing"]
+        if still:
+            _err(f"{len(still)} topic(s) missing; run this command again with --create")
+    return EXIT_OK
+
+
 async def cmd_role(args: argparse.Namespace) -> int:
     mgmt = load_app(args.app)
-    roles = ALL_ROLES if args.command == "run" else (args.command,)
+    roles: tuple[str, ...] = (args.command,)
+    if args.command == "run":
+        roles = ALL_ROLES
+        if args.roles:
+            roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+            bad = [r for r in roles if r not in ALL_ROLES]
+            if bad or not roles:
+                raise UsageError(
+                    f"--roles: unknown role(s) {', '.join(map(repr, bad)) or '(none given)'}; "
+                    f"choose from {', '.join(ALL_ROLES)}"
+                )
     worker: dict[str, Any] = {}
     if getattr(args, "steps", None):
         worker["steps"] = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -306,7 +362,7 @@ async def cmd_role(args: argparse.Namespace) -> int:
         worker["concurrency"] = args.concurrency
     _apply_common(mgmt, args, roles=roles, worker=worker or None)
     s = mgmt.settings
-    if s.bus_url.startswith("memory:") and args.command != "run":
+    if s.bus_url.startswith("memory:") and set(roles) != set(ALL_ROLES):
         _err(
             "warning: the bus is memory:// (inside this process only): a lone "
             f"{args.command} cannot reach the others. Set HMS_BUS_URL=kafka://… or use 'run'."
@@ -390,10 +446,27 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=cmd_list)
 
+    tp = sub.add_parser(
+        "topics", parents=[common], help="list the bus topics an app needs; create missing ones"
+    )
+    tp.add_argument("--app", help="module:attribute (default: only the hms.* topics)")
+    tp.add_argument("--create", action="store_true", help="create the missing topics")
+    tp.add_argument(
+        "--partitions", type=int, help="partitions of created topics (HMS_TRANSPORT__PARTITIONS)"
+    )
+    tp.add_argument("--json", action="store_true", help="print JSON")
+    tp.set_defaults(func=cmd_topics)
+
     for role in (*ALL_ROLES, "run"):
         text = "run every role in one process" if role == "run" else f"run the {role} role"
         r = sub.add_parser(role, parents=[common], help=text)
         r.add_argument("app", help="module:attribute of the app")
+        if role == "run":
+            r.add_argument(
+                "--roles",
+                help="comma-separated roles to run here (default: all), "
+                "e.g. coordinator,projector,scheduler",
+            )
         if role in ("worker", "run"):
             r.add_argument(
                 "--steps", help="comma-separated workflow.step names to serve (default: all)"

@@ -234,3 +234,37 @@ async def _pending_b(mgmt: hms_bus.Management, wid: str) -> bool:
     st = await mgmt.status(wid)
     step = st.step("b") if st else None
     return step is not None and step.status == "pending" and step.due_at is not None
+
+
+@pytest.mark.kafka
+def test_topics_lists_then_creates_what_the_app_needs(
+    capsys: pytest.CaptureFixture[str], kafka_broker: Any
+) -> None:
+    ns = f"cli{uuid.uuid4().hex[:8]}"
+    common = ["--app", APP, "--bus", kafka_broker.url, "--namespace", ns]
+    assert main(["topics", *common]) == 0
+    out, err = capsys.readouterr()
+    assert f"{ns}.grantApproval.creditCheck" in out and "missing" in out
+    assert "--create" in err
+
+    assert main(["topics", *common, "--create", "--partitions", "2"]) == 0
+    out, _ = capsys.readouterr()
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert {r[0] for r in rows} >= {f"{ns}.hms.events", f"{ns}.grantApproval.finalize"}
+    assert {(r[1], r[2]) for r in rows} == {("2", "created")}
+
+    assert main(["topics", "--bus", kafka_broker.url, "--namespace", ns, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    by_name = {r["topic"]: r for r in listed}
+    assert by_name[f"{ns}.hms.events"] == {
+        "topic": f"{ns}.hms.events",
+        "partitions": 2,
+        "status": "ok",
+    }
+    # Without --app the step topics exist but are not this (empty) app's.
+    assert by_name[f"{ns}.grantApproval.reject"]["status"] == "not used by this app"
+
+
+def test_topics_and_run_refuse_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--partitions" in _one_line_error(capsys, ["topics", "--partitions", "0"])
+    assert "--roles" in _one_line_error(capsys, ["run", APP, "--roles", "coordinator,bogus"])

@@ -61,6 +61,8 @@ class Worker:
             name="worker",
             max_in_flight=cfg.max_in_flight or 2 * cfg.concurrency,
             grace=cfg.shutdown_grace,
+            # While every slot is busy, fetch nothing this often to stay in the group.
+            keepalive=min(1.0, rt.settings.transport.max_poll_interval / 4),
         )
 
     @property

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTP
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from .._backends import redact
 from .._errors import ConfigError, TransportError
@@ -216,9 +216,12 @@ class KafkaConsumer:
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit the next offset to read per partition; partitions not owned are skipped.
 
+        A commit the group refuses because it rebalanced without this member is
+        skipped the same way (logged): those partitions belong to another member now.
+
         Raises:
-            TransportError: (retriable) the broker refused the commit, e.g. during a
-                rebalance; commit again once it has settled.
+            TransportError: (retriable) the broker could not take the commit (e.g.
+                unreachable, or a rebalance in progress); commit again.
         """
         consumer = self._live()
         for tp, offset in offsets.items():
@@ -233,6 +236,18 @@ class KafkaConsumer:
             return
         try:
             await consumer.commit(wanted)
+        except CommitFailedError as exc:
+            # The group moved on without this member (it was too slow or lost its
+            # session): the partitions are someone else's now, as good as not owned.
+            # Their uncommitted records go to the new owner; the member rejoins on its
+            # next fetch. Retrying here would only block that fetch.
+            log.warning(
+                "group %r: commit of %d partition(s) refused after a rebalance; their "
+                "records will be delivered again: %s",
+                self.group,
+                len(wanted),
+                str(exc).splitlines()[0],
+            )
         except KafkaError as exc:
             raise _error(f"group {self.group!r}: commit failed", exc) from exc
 

@@ -1,0 +1,54 @@
+"""The app the multi-process tests deploy: every process imports it (``distributed_app:mgmt``).
+
+Each handler appends ``<workflow_id> <step> <pid> begin|end`` to the file named by
+``HMS_TEST_LEDGER`` (one ``write`` of a short line with O_APPEND, so lines from several
+processes never interleave): a side-effect counter shared by every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from typing import Any
+
+import hms_bus
+
+STEPS = ["s1", "s2", "s3", "s4"]
+
+
+def _mark(ctx: hms_bus.StepContext, what: str) -> None:
+    line = f"{ctx.workflow_id} {ctx.step} {os.getpid()} {what}\n".encode()
+    fd = os.open(os.environ["HMS_TEST_LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def make() -> hms_bus.Management:
+    """The app: ``order`` (four quick steps) and ``slow`` (one step of HMS_TEST_SLOW s)."""
+    mgmt = hms_bus.init("distributed-test")
+    mgmt.define_workflow("order", STEPS)
+    mgmt.define_workflow("slow", ["nap"])
+
+    async def step(ctx: hms_bus.StepContext) -> Any:
+        _mark(ctx, "begin")
+        await asyncio.sleep(random.uniform(0, 0.01))
+        _mark(ctx, "end")
+        return {"n": ctx.payload.get("n", 0), "last": ctx.step}
+
+    for name in STEPS:
+        mgmt.on_step(f"order.{name}")(step)
+
+    @mgmt.on_step("slow.nap")
+    async def nap(ctx: hms_bus.StepContext) -> Any:
+        _mark(ctx, "begin")
+        await asyncio.sleep(float(os.environ.get("HMS_TEST_SLOW", "2")))
+        _mark(ctx, "end")
+        return {"slept": True}
+
+    return mgmt
+
+
+mgmt = make()

@@ -1,0 +1,224 @@
+"""hms-bus deployed as separate processes on a real broker, as users run it.
+
+The processes are the real ``hms-bus`` command (``python -m hms_bus``) serving
+``distributed_app:mgmt``; this test process is the client that starts workflows and
+reads ``hms.events`` to see them end. Every handler writes begin/end lines to a shared
+ledger file, the side-effect counter the assertions read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import transport
+from distributed_app import STEPS
+from kafka_broker import Broker
+
+import hms_bus
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = "distributed_app:mgmt"
+
+
+class Deployment:
+    """The processes of one test, on one namespace of the session's broker."""
+
+    def __init__(self, broker: Broker, tmp: Path) -> None:
+        self.namespace = f"mp{uuid.uuid4().hex[:10]}"
+        self.ledger = tmp / "ledger.txt"
+        self.ledger.touch()
+        self.tmp = tmp
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
+            "HMS_BUS_URL": broker.url,
+            "HMS_STORE_URL": "memory://",
+            "HMS_NAMESPACE": self.namespace,
+            "HMS_TEST_LEDGER": str(self.ledger),
+            "HMS_TRANSPORT__SESSION_TIMEOUT": "2",
+            "HMS_TRANSPORT__HEARTBEAT_INTERVAL": "0.5",
+            "HMS_TRANSPORT__FETCH_MAX_WAIT": "0.01",
+            "HMS_MONITOR__HEARTBEAT_INTERVAL": "0",
+        }
+        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def spawn(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        """Start ``hms-bus ARGS`` and wait until it is serving (its banner is printed)."""
+        log = self.tmp / f"proc-{len(self.procs)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hms_bus", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**self.env, **env},
+                cwd=self.tmp,
+            )
+        self.procs.append((proc, log))
+        deadline = time.monotonic() + 30
+        while b"to stop." not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{args} did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        return proc
+
+    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
+        return next(log.read_text() for p, log in self.procs if p is proc)
+
+    def lines(self) -> list[tuple[str, str, int, str]]:
+        out = []
+        for line in self.ledger.read_text().splitlines():
+            wid, step, pid, what = line.split()
+            out.append((wid, step, int(pid), what))
+        return out
+
+    def stop_all(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def deployment(kafka_broker: Broker, tmp_path: Path) -> Iterator[Deployment]:
+    d = Deployment(kafka_broker, tmp_path)
+    try:
+        yield d
+    finally:
+        d.stop_all()
+
+
+def _client(d: Deployment) -> hms_bus.Management:
+    mgmt = hms_bus.init(
+        "client",
+        bus=d.env["HMS_BUS_URL"],
+        store="memory://",
+        namespace=d.namespace,
+        roles=(),
+        transport={"session_timeout": 2.0, "heartbeat_interval": 0.5, "fetch_max_wait": 0.01},
+    )
+    mgmt.define_workflow("order", STEPS)
+    mgmt.define_workflow("slow", ["nap"])
+    return mgmt
+
+
+async def _ended(client: hms_bus.Management, wanted: set[str], within: float) -> dict[str, str]:
+    """Read ``hms.events`` until every workflow of ``wanted`` has ended: id -> end type."""
+    ends = {"workflowCompleted", "workflowFailed", "workflowCancelled"}
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + within
+    group = f"{client.settings.namespace}.probe-{uuid.uuid4().hex[:6]}"
+    async with transport(client).consumer(group, [client.topics.events]) as consumer:
+        while not wanted <= seen.keys():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{len(wanted - seen.keys())} of {len(wanted)} workflows did not end "
+                    f"within {within}s"
+                )
+            for record in await consumer.fetch(max_records=1000, timeout=0.5):
+                event = orjson.loads(record.value)
+                if event["type"] in ends:
+                    seen[event["workflow_id"]] = event["type"]
+    return seen
+
+
+@pytest.mark.timeout(240)
+async def test_500_workflows_across_processes_survive_a_worker_killed(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    d.spawn("run", APP, "--roles", "coordinator,projector,scheduler")
+    victim = d.spawn("worker", APP, "--concurrency", "16")
+    survivor = d.spawn("worker", APP, "--concurrency", "16")
+    client = _client(d)
+    async with client:
+        ids = [f"order-{i}" for i in range(500)]
+        for i, wid in enumerate(ids):
+            await client.start("order", {"n": i}, workflow_id=wid)
+        # Kill one worker without warning once both have done a share of the work.
+        deadline = time.monotonic() + 60
+        while True:
+            done_by = defaultdict(int)
+            for _, _, pid, what in d.lines():
+                if what == "end":
+                    done_by[pid] += 1
+            if done_by[victim.pid] >= 50 and done_by[survivor.pid] >= 50:
+                break
+            assert time.monotonic() < deadline, f"work did not spread: {dict(done_by)}"
+            await asyncio.sleep(0.01)
+        victim.kill()
+        ended = await _ended(client, set(ids), within=120)
+
+    assert set(ended.values()) == {"workflowCompleted"}
+    runs: dict[tuple[str, str], list[int]] = defaultdict(list)
+    applied: dict[tuple[str, str], int] = defaultdict(int)
+    for wid, step, pid, what in d.lines():
+        if what == "begin":
+            runs[(wid, step)].append(pid)
+        else:
+            applied[(wid, step)] += 1
+    every = {(wid, step) for wid in ids for step in STEPS}
+    # At least once: every step of every workflow was applied.
+    assert {k for k, n in applied.items() if n >= 1} == every
+    # Exactly once wherever the killed worker never touched the step.
+    untouched = {k: pids for k, pids in runs.items() if victim.pid not in pids}
+    repeated = {k: pids for k, pids in untouched.items() if len(pids) != 1}
+    assert repeated == {}
+    assert len(untouched) > 1000  # most steps ran where nothing was killed
+    print(
+        f"victim ran {sum(1 for p in runs.values() if victim.pid in p)} steps; "
+        f"{sum(1 for p in runs.values() if len(p) > 1)} ran twice"
+    )
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_drains_in_flight_steps_commits_and_leaves(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    d.spawn("run", APP, "--roles", "coordinator,projector,scheduler")
+    first = d.spawn("worker", APP, HMS_TEST_SLOW="2", HMS_WORKER__SHUTDOWN_GRACE="20")
+    client = _client(d)
+    async with client:
+        ids = [f"slow-{i}" for i in range(3)]
+        for wid in ids:
+            await client.start("slow", {}, workflow_id=wid)
+        deadline = time.monotonic() + 30
+        while sum(1 for line in d.lines() if line[3] == "begin") < 3:
+            assert time.monotonic() < deadline, "steps did not start"
+            await asyncio.sleep(0.02)
+        first.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(first.wait, 30)
+        assert code == 0
+        # Every step that had begun finished during the drain.
+        assert sorted(wid for wid, _, pid, what in d.lines() if what == "end") == ids
+        assert "draining" in d.log_of(first)
+        ended = await _ended(client, set(ids), within=30)
+        assert set(ended.values()) == {"workflowCompleted"}
+
+        # A new worker starts from the committed offsets: nothing runs twice.
+        second = d.spawn("worker", APP, HMS_TEST_SLOW="0")
+        await client.start("slow", {}, workflow_id="slow-after")
+        await _ended(client, {"slow-after"}, within=30)
+        await asyncio.sleep(1.0)
+    begins = [(wid, pid) for wid, _, pid, what in d.lines() if what == "begin"]
+    assert sorted(begins) == sorted(
+        [(wid, first.pid) for wid in ids] + [("slow-after", second.pid)]
+    )
