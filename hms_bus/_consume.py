@@ -120,6 +120,52 @@ async def retrying(
         delay = min(maximum, delay * 2)
 
 
+class Committer:
+    """Commits offsets in the background, one commit at a time, newest offsets winning.
+
+    A loop hands over offsets only once their records are processed, then goes on
+    fetching while the commit travels to the broker: a commit round trip is never on
+    the path of the next record. Offsets handed over while a commit is in flight are
+    merged into the next one. :meth:`flush` waits until everything handed over is
+    committed (before a rebalance takes partitions away, and before leaving).
+    """
+
+    def __init__(self, consumer: Consumer, name: str, stopping: asyncio.Event) -> None:
+        self._consumer = consumer
+        self._name = name
+        self._stopping = stopping
+        self._pending: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, offsets: dict[TopicPartition, int]) -> None:
+        """Queue ``offsets`` (next offset to read per partition) for committing."""
+        if not offsets:
+            return
+        pending = self._pending
+        for tp, offset in offsets.items():
+            if offset > pending.get(tp, -1):
+                pending[tp] = offset
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"hms-{self._name}-commit")
+
+    async def flush(self) -> None:
+        """Return once every offset handed over so far is committed (or given up)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                offsets, self._pending = self._pending, {}
+                await retrying(
+                    f"{self._name}: commit",
+                    functools.partial(self._consumer.commit, offsets),
+                    self._stopping,
+                )
+        finally:
+            self._task = None
+
+
 class BatchLoop:
     """Fetch, process a whole batch, commit; repeat until stopped."""
 
@@ -150,6 +196,7 @@ class BatchLoop:
         self.joined = asyncio.Event()
         """Set once the consumer has joined its group."""
         self.consumer: Consumer | None = None
+        self._committer: Committer | None = None
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch, commit and leave.
@@ -165,31 +212,38 @@ class BatchLoop:
         """Consume until :meth:`stop`."""
         consumer = self._transport.consumer(self._group, self._topics, on_revoked=self._revoked)
         self.consumer = consumer
+        self._committer = Committer(consumer, self._name, self._stopping)
         async with consumer:
             self.joined.set()
-            while not self._stopping.is_set():
-                asked = time.time()
-                self._fetching = asyncio.ensure_future(
-                    consumer.fetch(max_records=self._batch_size, timeout=self._fetch_timeout)
-                )
-                try:
-                    records = await self._fetching
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if self._stopping.is_set() and not (task and task.cancelling()):
-                        return  # interrupted by stop(); nothing was taken
-                    raise
-                finally:
-                    self._fetching = None
-                if not records:
-                    if self._on_caught_up is not None:
-                        self._on_caught_up(asked)
-                    continue
-                self._idle.clear()
-                try:
-                    await self._process_and_commit(consumer, records)
-                finally:
-                    self._idle.set()
+            try:
+                await self._consume(consumer)
+            finally:
+                await self._committer.flush()
+
+    async def _consume(self, consumer: Consumer) -> None:
+        while not self._stopping.is_set():
+            asked = time.time()
+            self._fetching = asyncio.ensure_future(
+                consumer.fetch(max_records=self._batch_size, timeout=self._fetch_timeout)
+            )
+            try:
+                records = await self._fetching
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._stopping.is_set() and not (task and task.cancelling()):
+                    return  # interrupted by stop(); nothing was taken
+                raise
+            finally:
+                self._fetching = None
+            if not records:
+                if self._on_caught_up is not None:
+                    self._on_caught_up(asked)
+                continue
+            self._idle.clear()
+            try:
+                await self._process_and_commit(consumer, records)
+            finally:
+                self._idle.set()
 
     async def _process_and_commit(self, consumer: Consumer, records: list[Record]) -> None:
         ok = await retrying(
@@ -202,11 +256,8 @@ class BatchLoop:
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             offsets[r.tp] = max(offsets.get(r.tp, 0), r.offset + 1)
-        await retrying(
-            f"{self._name}: commit",
-            functools.partial(consumer.commit, offsets),
-            self._stopping,
-        )
+        assert self._committer is not None
+        self._committer.add(offsets)
 
     async def _revoked(self, tps: set[TopicPartition]) -> None:
         # Let the batch in progress finish and commit while its partitions are still
@@ -215,6 +266,8 @@ class BatchLoop:
         try:
             async with asyncio.timeout(REVOKE_WAIT):
                 await self._idle.wait()
+                if self._committer is not None:
+                    await self._committer.flush()
         except TimeoutError:
             log.warning(
                 "%s: partitions revoked while a batch was still in progress; "
@@ -256,6 +309,7 @@ class KeyedLoop:
         self.joined = asyncio.Event()
         """Set once the consumer has joined its group."""
         self.consumer: Consumer | None = None
+        self._committer: Committer | None = None
 
     @property
     def in_flight(self) -> int:
@@ -271,6 +325,7 @@ class KeyedLoop:
         """Consume until :meth:`stop`, then drain, commit and leave the group."""
         consumer = self._transport.consumer(self._group, self._topics, on_revoked=self._revoked)
         self.consumer = consumer
+        self._committer = Committer(consumer, self._name, self._stopping)
         async with consumer:
             self.joined.set()
             try:
@@ -294,6 +349,7 @@ class KeyedLoop:
             finally:
                 await self._drain(set(self._tasks), self._grace)
                 await self._commit(consumer)
+                await self._committer.flush()
 
     def _dispatch(self, record: Record) -> None:
         self._tracker.add(record.tp, record.offset)
@@ -346,16 +402,14 @@ class KeyedLoop:
             await asyncio.wait(pending)
 
     async def _commit(self, consumer: Consumer, tps: set[TopicPartition] | None = None) -> None:
-        offsets = self._tracker.take_committable(tps)
-        if offsets:
-            await retrying(
-                f"{self._name}: commit", lambda: consumer.commit(offsets), self._stopping
-            )
+        if self._committer is not None:
+            self._committer.add(self._tracker.take_committable(tps))
 
     async def _revoked(self, tps: set[TopicPartition]) -> None:
         tasks = {t for t, r in self._tasks.items() if r.tp in tps}
         await self._drain(tasks, self._grace)
         consumer = self.consumer
-        if consumer is not None:
+        if consumer is not None and self._committer is not None:
             await self._commit(consumer, tps)
+            await self._committer.flush()
         self._tracker.forget(tps)

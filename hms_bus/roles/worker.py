@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from .._consume import KeyedLoop, retrying
@@ -123,9 +124,14 @@ class Worker:
                 attempt=cmd.attempt,
                 worker=rt.process_id,
             )
-            await self._publish(
-                "stepStarted", [Outgoing(rt.topics.events, encode(started), key=key)]
-            )
+            # stepStarted is handed to the bus but its acknowledgement is not awaited
+            # before the handler runs: that would add a broker round trip to every step.
+            # It is awaited (and sent again if it failed) before the offset can commit.
+            started_out = Outgoing(rt.topics.events, encode(started), key=key)
+            try:
+                started_ack: Awaitable[None] | None = await rt.transport.send([started_out])
+            except Exception:
+                started_ack = None  # sent again with completeStep below
             self.running += 1
             try:
                 completed = await self._execute(step, cmd, started.ts)
@@ -142,7 +148,16 @@ class Worker:
         except SerializationError as exc:
             completed = self._failure(cmd, started.ts, exc, retriable=False)
             body = encode(completed)
-        await self._publish("completeStep", [Outgoing(rt.topics.events, body, key=key)])
+        out = [Outgoing(rt.topics.events, body, key=key)]
+        if started_ack is not None:
+            try:
+                await started_ack
+            except Exception as exc:
+                log.warning("worker: stepStarted was not acknowledged (%s); sending it again", exc)
+                started_ack = None
+        if started_ack is None:
+            out.insert(0, started_out)
+        await self._publish("completeStep", out)
 
     async def _execute(
         self, step: StepDefinition, cmd: StepCommand, started_at: Any

@@ -144,6 +144,18 @@ class Transport(Protocol):
         """Every topic the bus has, with its partition count."""
         ...
 
+    async def send(self, messages: Sequence[Outgoing]) -> Awaitable[None]:
+        """Hand ``messages`` to the bus, in order, and return an awaitable that completes
+        once every one is durably stored (or raises TransportError).
+
+        ``publish(m)`` is ``await (await send(m))``. Sending without waiting lets a
+        caller overlap the acknowledgement with other work; it must still await the
+        result before it treats the messages as published (e.g. before a commit).
+        Raises TransportError (``retriable=False``) at once for a record over the size
+        limit, before any record of the call is handed over.
+        """
+        ...
+
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publish ``messages``; return only once every one is durably stored.
 

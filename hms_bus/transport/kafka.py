@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import unquote
@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka import TopicPartition as KafkaTP
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.partitioner import murmur2
 
 from .._backends import redact
 from .._errors import ConfigError, TransportError
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 _SCHEME = "kafka://"
 _TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
 _RECORD_OVERHEAD = 512  # bytes of batch and record framing allowed on top of the limit
+_PARTITION_CACHE = 100_000  # keys whose partition is remembered, per topic
 
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -78,6 +80,27 @@ def parse_kafka_url(url: str) -> tuple[str, str | None, str | None]:
 
 def _error(what: str, exc: BaseException, retriable: bool = True) -> TransportError:
     return TransportError(f"{what}: {type(exc).__name__}: {exc}", retriable=retriable)
+
+
+class _Acks:
+    """Awaitable: the broker's acknowledgements of one :meth:`KafkaTransport.send`.
+
+    A plain object rather than a coroutine, so one that is never awaited (its sender
+    was cancelled) leaves no "never awaited" warning behind.
+    """
+
+    __slots__ = ("_futures", "_url")
+
+    def __init__(self, futures: list[asyncio.Future[Any]], url: str) -> None:
+        self._futures = futures
+        self._url = url
+
+    def __await__(self) -> Generator[Any, None, None]:
+        try:
+            for future in self._futures:
+                yield from future.__await__()
+        except KafkaError as exc:
+            raise _error(f"publish to {self._url} failed", exc) from exc
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -400,6 +423,7 @@ class KafkaTransport:
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._known_topics: set[str] = set()
+        self._partitions_of: dict[str, tuple[dict[bytes, int], int]] = {}
         self._consumers: set[KafkaConsumer] = set()
         self._state: Literal["new", "open", "closed"] = "new"
 
@@ -517,30 +541,60 @@ class KafkaTransport:
         refuses a record; then some records of the call may have been stored, so the
         caller publishes the whole call again (consumers tolerate duplicates).
         """
+        await (await self.send(messages))
+
+    async def send(self, messages: Sequence[Outgoing]) -> Awaitable[None]:
+        """Hand ``messages`` to the producer in order; the result completes once the
+        broker acknowledged every one (see :meth:`publish` for the errors)."""
         producer, _ = self._open()
-        for message in messages:
-            size = (
-                len(message.value)
-                + len(message.key or b"")
-                + sum(len(k.encode()) + len(v) for k, v in message.headers)
-            )
-            if size > self._max_bytes:
+        limit = self._max_bytes
+        for m in messages:
+            size = len(m.value) + (len(m.key) if m.key else 0)
+            if m.headers:
+                size += sum(len(k) + len(v) for k, v in m.headers)
+            if size > limit:
                 raise TransportError(
-                    f"record for topic {message.topic!r} is {size} bytes, over the "
-                    f"limit of {self._max_bytes} bytes; nothing of the batch was published",
+                    f"record for topic {m.topic!r} is {size} bytes, over the "
+                    f"limit of {limit} bytes; nothing of the batch was published",
                     retriable=False,
                 )
+        futures: list[asyncio.Future[Any]] = []
         try:
-            futures = [
-                await producer.send(
-                    m.topic, m.value, key=m.key, headers=list(m.headers) if m.headers else None
+            for m in messages:
+                futures.append(
+                    await producer.send(
+                        m.topic,
+                        m.value,
+                        key=m.key,
+                        partition=self._partition(producer, m.topic, m.key),
+                        headers=list(m.headers) if m.headers else None,
+                    )
                 )
-                for m in messages
-            ]
-            if futures:
-                await asyncio.gather(*futures)
         except KafkaError as exc:
             raise _error(f"publish to {self._url} failed", exc) from exc
+        return _Acks(futures, self._url)
+
+    def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int | None:
+        """Kafka's default partition of ``key`` (murmur2), cached per topic.
+
+        A workflow's id keys every one of its records, so the same keys come back
+        again and again; aiokafka's pure-Python murmur2 is worth not repeating.
+        """
+        if key is None:
+            return None
+        cache = self._partitions_of.get(topic)
+        if cache is None:
+            count = len(producer.client.cluster.partitions_for_topic(topic) or ())
+            if not count:
+                return None  # metadata not known yet: let the producer fetch it
+            cache = self._partitions_of[topic] = ({}, count)
+        known, count = cache
+        partition = known.get(key)
+        if partition is None:
+            if len(known) >= _PARTITION_CACHE:
+                known.clear()
+            partition = known[key] = (murmur2(key) & 0x7FFFFFFF) % count
+        return partition
 
     def consumer(
         self,

@@ -19,7 +19,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Literal, Self
 
@@ -33,6 +33,19 @@ _log = logging.getLogger(__name__)
 _SCHEME = "memory://"
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's rule for topic names
+
+
+class _Done:
+    """An awaitable that is already complete (what :meth:`MemoryTransport.send` returns)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield  # makes this a generator
+
+
+_DONE = _Done()
 
 _BROKERS: dict[str, MemoryBroker] = {}
 """The named brokers of the process (``memory://name``); they live as long as it does."""
@@ -379,6 +392,11 @@ class MemoryTransport:
         self._check_open()
         for topic in topics:
             self._broker.ensure_topic(topic, self._partitions)
+
+    async def send(self, messages: Sequence[Outgoing]) -> Awaitable[None]:
+        """Publish ``messages`` now (see :meth:`publish`); the result is already done."""
+        await self.publish(messages)
+        return _DONE
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Append ``messages`` in order to their partitions and wake their consumers.
