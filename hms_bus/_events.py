@@ -15,6 +15,7 @@ Topics (see :mod:`hms_bus._topics`):
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Container
 from datetime import UTC, datetime
@@ -53,9 +54,17 @@ __all__ = [
 ENVELOPE_VERSION = 1
 
 
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4)))
+
+
 def new_id() -> str:
-    """A fresh unique event id: 128 random bits as 32 hex characters (as uuid4().hex)."""
-    return os.urandom(16).hex()
+    """A fresh unique event id: 32 hex characters (the shape of ``uuid4().hex``).
+
+    64 random bits drawn once per process, then a 64-bit counter: unique across
+    processes without a system call per id (ids are made several times per step).
+    """
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def utcnow() -> datetime:

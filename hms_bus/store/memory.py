@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .._errors import ConfigError, StoreError
+from .._events import decode_event, encode
 from .._projection import WorkflowRow, apply_event
 from .._status import WorkflowPage, WorkflowStatus
 from ..transport import Outgoing
@@ -43,7 +44,9 @@ class _State:
     workflows: dict[str, WorkflowRow] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # creation order, oldest first
     seen: set[str] = field(default_factory=set)
-    history: dict[str, list[Any]] = field(default_factory=dict)
+    # Encoded, not as models: one untracked bytes object per event instead of a few
+    # tracked objects each, which keeps the garbage collector's full passes short.
+    history: dict[str, list[bytes]] = field(default_factory=dict)
     transitions: dict[tuple[str, str], _Transition] = field(default_factory=dict)
     closed: set[str] = field(default_factory=set)
     timers: dict[str, Timer] = field(default_factory=dict)
@@ -154,7 +157,7 @@ class MemoryStore:
                 )
                 s.workflows[ev.workflow_id] = row
                 s.order.append(ev.workflow_id)
-            s.history.setdefault(ev.workflow_id, []).append(ev)
+            s.history.setdefault(ev.workflow_id, []).append(encode(ev))
             before = row.status
             if apply_event(row, ev) and row.status is not before:
                 touched.add(ev.workflow_id)
@@ -292,7 +295,7 @@ class MemoryStore:
 
     async def history(self, workflow_id: str) -> list[Any]:
         """The events applied for the workflow, in order."""
-        return list(self._s.history.get(workflow_id, ()))
+        return [decode_event(data) for data in self._s.history.get(workflow_id, ())]
 
     async def wait_for_change(self, workflow_id: str, timeout: float) -> None:
         """Sleep until the workflow's status (running, completed…) changes or ``timeout``.

@@ -82,6 +82,10 @@ def _error(what: str, exc: BaseException, retriable: bool = True) -> TransportEr
     return TransportError(f"{what}: {type(exc).__name__}: {exc}", retriable=retriable)
 
 
+def _headers(headers: Sequence[tuple[str, bytes | None]]) -> tuple[tuple[str, bytes], ...]:
+    return tuple((k, v if v is not None else b"") for k, v in headers)
+
+
 class _Acks:
     """Awaitable: the broker's acknowledgements of one :meth:`KafkaTransport.send`.
 
@@ -228,7 +232,7 @@ class KafkaConsumer:
                         m.offset,
                         m.key,
                         m.value if m.value is not None else b"",
-                        tuple((k, v if v is not None else b"") for k, v in m.headers),
+                        _headers(m.headers) if m.headers else (),
                         m.timestamp / 1000.0,
                     )
                 )
