@@ -66,12 +66,16 @@ class WorkerSettings(_Section):
         shutdown_grace: seconds to let in-flight steps finish on stop before they are
             abandoned (and redelivered elsewhere). Match Kubernetes'
             ``terminationGracePeriodSeconds``.
+        announce_after: a step's ``stepStarted`` event is published once it has run
+            this long; a quicker step sends it together with its ``completeStep`` (same
+            history, one send instead of two). 0 announces every step at once.
     """
 
     concurrency: int = Field(64, ge=1, le=10_000)
     steps: Annotated[tuple[str, ...] | None, NoDecode] = None
     max_in_flight: int | None = Field(None, ge=1)
     shutdown_grace: float = Field(30.0, ge=0)
+    announce_after: float = Field(0.05, ge=0)
 
     _split = field_validator("steps", mode="before")(_csv)
 

@@ -1042,3 +1042,45 @@ async def test_duplicate_complete_step_does_not_advance_twice(make_mgmt: MakeMgm
     assert len(b_commands) == 1
     assert sum(r.value == original.value for r in events) == 3
     assert [s.step for s in final.steps] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("announce_after", [0.0, 0.05])
+async def test_a_running_step_is_announced_and_a_quick_one_keeps_its_real_start(
+    make_mgmt: MakeMgmt, announce_after: float
+) -> None:
+    """A slow step shows ``running`` while it runs; a quick one, whose ``stepStarted``
+    travels with its ``completeStep``, still has its true start time and order."""
+    mgmt = make_mgmt(worker={"announce_after": announce_after})
+    mgmt.define_workflow("wf", ["quick", "slow"])
+    release = asyncio.Event()
+
+    @mgmt.on_step("wf.quick")
+    async def quick(ctx: hms_bus.StepContext) -> Any:
+        return None
+
+    @mgmt.on_step("wf.slow")
+    async def slow(ctx: hms_bus.StepContext) -> Any:
+        await release.wait()
+
+    async with mgmt:
+        started = await mgmt.start("wf", {})
+
+        async def slow_running() -> bool:
+            st = await started.status()
+            return (
+                st is not None
+                and st.step("slow") is not None
+                and st.step("slow").status == "running"
+            )  # type: ignore[union-attr]
+
+        await eventually(slow_running, within=10, what="the slow step shown running")
+        release.set()
+        final = await started.wait(timeout=10)
+        history = await mgmt.history(started.workflow_id)
+
+    assert final.status == "completed"
+    quick_events = [e for e in history if getattr(e, "step", None) == "quick"]
+    assert [e.type for e in quick_events] == ["stepScheduled", "stepStarted", "completeStep"]
+    began, done = quick_events[1], quick_events[2]
+    assert began.ts == done.started_at  # the real start, not when it was published
+    assert final.step("quick").started_at == began.ts  # type: ignore[union-attr]

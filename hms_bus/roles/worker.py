@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 from .._consume import KeyedLoop, retrying
@@ -65,6 +64,7 @@ class Worker:
             # While every slot is busy, fetch nothing this often to stay in the group.
             keepalive=min(1.0, rt.settings.transport.max_poll_interval / 4),
         )
+        self._announce_after = cfg.announce_after
 
     @property
     def steps(self) -> list[str]:
@@ -124,19 +124,14 @@ class Worker:
                 attempt=cmd.attempt,
                 worker=rt.process_id,
             )
-            # stepStarted is handed to the bus but its acknowledgement is not awaited
-            # before the handler runs: that would add a broker round trip to every step.
-            # It is awaited (and sent again if it failed) before the offset can commit.
             started_out = Outgoing(rt.topics.events, encode(started), key=key)
-            try:
-                started_ack: Awaitable[None] | None = await rt.transport.send([started_out])
-            except Exception:
-                started_ack = None  # sent again with completeStep below
+            announcer = _Announcer(rt, started_out, self._announce_after)
             self.running += 1
             try:
                 completed = await self._execute(step, cmd, started.ts)
             finally:
                 self.running -= 1
+                announcer.cancel()
         limit = rt.settings.transport.max_message_bytes - len(key) - 512
         try:
             body = encode(completed)
@@ -149,14 +144,8 @@ class Worker:
             completed = self._failure(cmd, started.ts, exc, retriable=False)
             body = encode(completed)
         out = [Outgoing(rt.topics.events, body, key=key)]
-        if started_ack is not None:
-            try:
-                await started_ack
-            except Exception as exc:
-                log.warning("worker: stepStarted was not acknowledged (%s); sending it again", exc)
-                started_ack = None
-        if started_ack is None:
-            out.insert(0, started_out)
+        if not await announcer.announced():
+            out.insert(0, started_out)  # one send: stepStarted, then completeStep
         await self._publish("completeStep", out)
 
     async def _execute(
@@ -270,6 +259,54 @@ def _completed(cmd: StepCommand, started_at: Any, **outcome: Any) -> StepComplet
         finished_at=utcnow(),
         **outcome,
     )
+
+
+class _Announcer:
+    """Publishes a step's ``stepStarted`` once it has run for ``after`` seconds.
+
+    A step that finishes sooner sends ``stepStarted`` together with its
+    ``completeStep``, in one call and in that order: the history is the same (the
+    event carries the real start time), but a fast step costs one send instead of two,
+    and its coordinator does not wake for a ``stepStarted`` just before the
+    ``completeStep`` it is waiting for. ``after=0`` announces every step at once.
+    """
+
+    __slots__ = ("_handle", "_message", "_rt", "_task")
+
+    def __init__(self, rt: Runtime, message: Outgoing, after: float) -> None:
+        self._rt = rt
+        self._message = message
+        self._task: asyncio.Task[bool] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        if after <= 0:
+            self._fire()
+        else:
+            self._handle = asyncio.get_running_loop().call_later(after, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._task = asyncio.create_task(self._send(), name="hms-worker-step-started")
+
+    async def _send(self) -> bool:
+        try:
+            await self._rt.publish([self._message])
+            return True
+        except Exception as exc:
+            log.warning("worker: stepStarted not published (%s); it goes with completeStep", exc)
+            return False
+
+    def cancel(self) -> None:
+        """The step ended: do not announce it separately any more."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    async def announced(self) -> bool:
+        """True once ``stepStarted`` is durably published on its own; False if it was
+        not sent (the step was quick) or failed, so the caller must send it."""
+        if self._task is None:
+            return False
+        return await self._task
 
 
 class _StepTimeout(Exception):
