@@ -295,6 +295,8 @@ class Management:
         finally:
             for f in (ready, stopped):
                 f.cancel()
+            # Collect both, so an interrupted connect leaves no unretrieved exception.
+            await asyncio.gather(ready, stopped, return_exceptions=True)
         self._raise_if_failed()
 
     def _spawn(self, role: Role) -> asyncio.Task[None]:
