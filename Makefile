@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench bench-kafka clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: lint typecheck unit
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/memory_throughput.py
+
+# hms-bus on a Kafka broker (Tansu, started for the run) against a raw aiokafka chain.
+bench-kafka: $(VENV)/.dev
+	$(BIN)/python bench/kafka_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
