@@ -126,6 +126,7 @@ from memory_throughput import (  # noqa: E402
     check_completed,
     make_work,
     median_of,
+    print_rows,
 )
 
 WAIT_TIMEOUT = 120.0  # a hang guard only; no figure is compared against it
@@ -583,33 +584,12 @@ def print_table(res: dict[str, Any]) -> None:
         f"N={res['workflows']} concurrent, light={res['light_workflows']} sequential, "
         f"C={res['concurrency']}, median of {res['repeat']}"
     )
-    head = (
-        f"{'system':<10} {'steps/s':>10} {'wall s':>8} "
-        f"{'load p50':>9} {'load p99':>9} {'light p50':>10} {'light p99':>10}"
+    print_rows(
+        med,
+        ratios,
+        "(latencies in ms per hop; baseline steps/s = raw hops/s; ratio = hms-bus / baseline)",
+        digits=2,
     )
-    print(head)
-    print("-" * len(head))
-    for sysname in ("hms_bus", "baseline"):
-        load, light = med[f"{sysname}.load"], med[f"{sysname}.light"]
-        print(
-            f"{sysname:<10} {load['steps_per_s']:>10,.0f} {load['wall_s']:>8.3f} "
-            f"{load['p50_ms']:>9.3f} {load['p99_ms']:>9.3f} "
-            f"{light['p50_ms']:>10.3f} {light['p99_ms']:>10.3f}"
-        )
-    print(
-        f"{'ratio':<10} {ratios['throughput']:>10.4f} {'':>8} "
-        f"{ratios['load_p50']:>9.2f} {ratios['load_p99']:>9.2f} "
-        f"{ratios['light_p50']:>10.2f} {ratios['light_p99']:>10.2f}"
-    )
-    print("(latencies in ms per hop; baseline steps/s = raw hops/s; ratio = hms-bus / baseline)")
-    for sysname in ("hms_bus", "baseline"):
-        load = med[f"{sysname}.load"]
-        hops = "  ".join(f"{st} {v:.3f}" for st, v in load["hop_p50_ms"].items())
-        gc_share = load["gc_s"] / load["wall_s"]
-        print(
-            f"{sysname:<10} load p50 by hop (ms): {hops};  "
-            f"GC {1e3 * load['gc_s']:.1f} ms = {gc_share:.0%} of wall"
-        )
     steps = res["workflows"] * res["steps_per_workflow"]
     for sysname in ("hms_bus", "baseline"):
         load = med[f"{sysname}.load"]

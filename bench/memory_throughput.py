@@ -384,15 +384,9 @@ async def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
     }
 
 
-def print_table(res: dict[str, Any]) -> None:
-    med, ratios = res["median"], res["ratios_hms_over_baseline"]
-    print()
-    print(
-        f"hms-bus {res['hms_bus_version']} memory://, Python {res['python']}, "
-        f"{res['cpus']} CPU(s); N={res['workflows']} concurrent, "
-        f"light={res['light_workflows']} sequential, C={res['concurrency']}, "
-        f"median of {res['repeat']}"
-    )
+def print_rows(med: dict[str, Any], ratios: dict[str, float], legend: str, *, digits: int) -> None:
+    """The results table both benchmarks print: one row per system, then the ratios,
+    then the load p50 of each hop and the collector's share of wall time."""
     head = (
         f"{'system':<10} {'steps/s':>10} {'wall s':>8} "
         f"{'load p50':>9} {'load p99':>9} {'light p50':>10} {'light p99':>10}"
@@ -406,12 +400,13 @@ def print_table(res: dict[str, Any]) -> None:
             f"{load['p50_ms']:>9.3f} {load['p99_ms']:>9.3f} "
             f"{light['p50_ms']:>10.3f} {light['p99_ms']:>10.3f}"
         )
+    d = digits
     print(
         f"{'ratio':<10} {ratios['throughput']:>10.4f} {'':>8} "
-        f"{ratios['load_p50']:>9.1f} {ratios['load_p99']:>9.1f} "
-        f"{ratios['light_p50']:>10.1f} {ratios['light_p99']:>10.1f}"
+        f"{ratios['load_p50']:>9.{d}f} {ratios['load_p99']:>9.{d}f} "
+        f"{ratios['light_p50']:>10.{d}f} {ratios['light_p99']:>10.{d}f}"
     )
-    print("(latencies in ms per hop; ratio = hms-bus / baseline)")
+    print(legend)
     for sysname in ("hms_bus", "baseline"):
         load = med[f"{sysname}.load"]
         hops = "  ".join(f"{s} {v:.3f}" for s, v in load["hop_p50_ms"].items())
@@ -420,6 +415,18 @@ def print_table(res: dict[str, Any]) -> None:
             f"{sysname:<10} load p50 by hop (ms): {hops};  "
             f"GC {1e3 * load['gc_s']:.1f} ms = {gc_share:.0%} of wall"
         )
+
+
+def print_table(res: dict[str, Any]) -> None:
+    med, ratios = res["median"], res["ratios_hms_over_baseline"]
+    print()
+    print(
+        f"hms-bus {res['hms_bus_version']} memory://, Python {res['python']}, "
+        f"{res['cpus']} CPU(s); N={res['workflows']} concurrent, "
+        f"light={res['light_workflows']} sequential, C={res['concurrency']}, "
+        f"median of {res['repeat']}"
+    )
+    print_rows(med, ratios, "(latencies in ms per hop; ratio = hms-bus / baseline)", digits=1)
     print()
 
 

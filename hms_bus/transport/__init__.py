@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from .._backends import load_backend
+from .._errors import TransportError
 
 __all__ = [
     "Consumer",
@@ -29,6 +30,7 @@ __all__ = [
     "RevokeCallback",
     "TopicPartition",
     "Transport",
+    "check_sizes",
     "create_transport",
 ]
 
@@ -174,6 +176,24 @@ class Transport(Protocol):
     ) -> Consumer:
         """A new member of ``group`` subscribed to ``topics`` (enter it to join)."""
         ...
+
+
+def check_sizes(messages: Sequence[Outgoing], limit: int) -> None:
+    """Refuse the whole call if any record (value + key + headers) is over ``limit``.
+
+    Raises:
+        TransportError: (``retriable=False``) naming the topic and both sizes.
+    """
+    for m in messages:
+        size = len(m.value) + (len(m.key) if m.key else 0)
+        if m.headers:
+            size += sum(len(k.encode()) + len(v) for k, v in m.headers)
+        if size > limit:
+            raise TransportError(
+                f"record for topic {m.topic!r} is {size} bytes, over the "
+                f"limit of {limit} bytes; nothing of the batch was published",
+                retriable=False,
+            )
 
 
 _SCHEMES: dict[str, str] = {

@@ -34,7 +34,7 @@ from aiokafka.partitioner import murmur2
 
 from .._backends import redact
 from .._errors import ConfigError, TransportError
-from . import Outgoing, Record, RevokeCallback, TopicPartition
+from . import Outgoing, Record, RevokeCallback, TopicPartition, check_sizes
 
 __all__ = ["KafkaConsumer", "KafkaTransport", "parse_kafka_url"]
 
@@ -551,17 +551,7 @@ class KafkaTransport:
         """Hand ``messages`` to the producer in order; the result completes once the
         broker acknowledged every one (see :meth:`publish` for the errors)."""
         producer, _ = self._open()
-        limit = self._max_bytes
-        for m in messages:
-            size = len(m.value) + (len(m.key) if m.key else 0)
-            if m.headers:
-                size += sum(len(k) + len(v) for k, v in m.headers)
-            if size > limit:
-                raise TransportError(
-                    f"record for topic {m.topic!r} is {size} bytes, over the "
-                    f"limit of {limit} bytes; nothing of the batch was published",
-                    retriable=False,
-                )
+        check_sizes(messages, self._max_bytes)
         futures: list[asyncio.Future[Any]] = []
         try:
             for m in messages:

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 from .._errors import ConfigError, TransportError
-from . import Outgoing, Record, RevokeCallback, TopicPartition
+from . import Outgoing, Record, RevokeCallback, TopicPartition, check_sizes
 
 __all__ = ["MemoryBroker", "MemoryConsumer", "MemoryTransport"]
 
@@ -409,17 +409,7 @@ class MemoryTransport:
         self._check_open()
         for message in messages:
             _check_topic(message.topic)
-            size = (
-                len(message.value)
-                + len(message.key or b"")
-                + sum(len(k.encode()) + len(v) for k, v in message.headers)
-            )
-            if size > self._max_bytes:
-                raise TransportError(
-                    f"record for topic {message.topic!r} is {size} bytes, over the "
-                    f"limit of {self._max_bytes} bytes; nothing of the batch was published",
-                    retriable=False,
-                )
+        check_sizes(messages, self._max_bytes)
         touched: set[TopicPartition] = set()
         for message in messages:
             topic = self._broker.ensure_topic(message.topic, self._partitions)
