@@ -127,6 +127,7 @@ from memory_throughput import (  # noqa: E402
     make_work,
     median_of,
     print_rows,
+    ratios_of,
 )
 
 WAIT_TIMEOUT = 120.0  # a hang guard only; no figure is compared against it
@@ -527,15 +528,7 @@ async def measure(
                 f"p50 {result.p50_ms:8.3f} ms  p99 {result.p99_ms:8.3f} ms"
             )
     med = {name: kafka_median(rs) for name, rs in runs.items()}
-    h_load, b_load = med["hms_bus.load"], med["baseline.load"]
-    h_light, b_light = med["hms_bus.light"], med["baseline.light"]
-    ratios = {
-        "throughput": h_load["steps_per_s"] / b_load["steps_per_s"],
-        "load_p50": h_load["p50_ms"] / b_load["p50_ms"],
-        "load_p99": h_load["p99_ms"] / b_load["p99_ms"],
-        "light_p50": h_light["p50_ms"] / b_light["p50_ms"],
-        "light_p99": h_light["p99_ms"] / b_light["p99_ms"],
-    }
+    ratios = ratios_of(med)
     return {
         "bench": "kafka_throughput",
         "hms_bus_version": hms_bus.__version__,

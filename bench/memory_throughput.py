@@ -357,15 +357,7 @@ async def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
                 f"p50 {result.p50_ms:8.3f} ms  p99 {result.p99_ms:8.3f} ms"
             )
     med = {name: median_of(rs) for name, rs in runs.items()}
-    h_load, b_load = med["hms_bus.load"], med["baseline.load"]
-    h_light, b_light = med["hms_bus.light"], med["baseline.light"]
-    ratios = {
-        "throughput": h_load["steps_per_s"] / b_load["steps_per_s"],
-        "load_p50": h_load["p50_ms"] / b_load["p50_ms"],
-        "load_p99": h_load["p99_ms"] / b_load["p99_ms"],
-        "light_p50": h_light["p50_ms"] / b_light["p50_ms"],
-        "light_p99": h_light["p99_ms"] / b_light["p99_ms"],
-    }
+    ratios = ratios_of(med)
     return {
         "bench": "memory_throughput",
         "hms_bus_version": hms_bus.__version__,
@@ -381,6 +373,19 @@ async def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
         "median": med,
         "ratios_hms_over_baseline": ratios,
         "runs": {name: [vars(r) for r in rs] for name, rs in runs.items()},
+    }
+
+
+def ratios_of(med: dict[str, Any]) -> dict[str, float]:
+    """hms-bus / baseline for throughput and for each latency figure."""
+    h_load, b_load = med["hms_bus.load"], med["baseline.load"]
+    h_light, b_light = med["hms_bus.light"], med["baseline.light"]
+    return {
+        "throughput": h_load["steps_per_s"] / b_load["steps_per_s"],
+        "load_p50": h_load["p50_ms"] / b_load["p50_ms"],
+        "load_p99": h_load["p99_ms"] / b_load["p99_ms"],
+        "light_p50": h_light["p50_ms"] / b_light["p50_ms"],
+        "light_p99": h_light["p99_ms"] / b_light["p99_ms"],
     }
 
 
