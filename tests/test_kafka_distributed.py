@@ -222,3 +222,28 @@ async def test_sigterm_drains_in_flight_steps_commits_and_leaves(
     assert sorted(begins) == sorted(
         [(wid, first.pid) for wid in ids] + [("slow-after", second.pid)]
     )
+
+
+@pytest.mark.timeout(120)
+async def test_worker_deployments_serve_their_own_step_groups(deployment: Deployment) -> None:
+    d = deployment
+    d.spawn("run", APP, "--roles", "coordinator,projector,scheduler")
+    early = d.spawn("worker", APP, "--steps", "order.s1,order.s2")
+    late = d.spawn("worker", APP, "--steps", "order.s3,order.s4")
+    client = _client(d)
+    async with client:
+        ids = [f"grouped-{i}" for i in range(50)]
+        for wid in ids:
+            await client.start("order", {}, workflow_id=wid)
+        ended = await _ended(client, set(ids), within=60)
+    assert set(ended.values()) == {"workflowCompleted"}
+    served: dict[str, set[int]] = defaultdict(set)
+    for _, step, pid, _ in d.lines():
+        served[step].add(pid)
+    assert served == {
+        "s1": {early.pid},
+        "s2": {early.pid},
+        "s3": {late.pid},
+        "s4": {late.pid},
+    }
+    assert "steps: order.s1, order.s2" in d.log_of(early)
