@@ -240,7 +240,7 @@ class Management:
         s = self._settings
         served = self._served_steps()
         transport = create_transport(s.bus_url, **s.transport.options())
-        store = create_store(s.store_url, namespace=s.namespace)
+        store = create_store(s.store_url, namespace=s.namespace, **s.postgres.model_dump())
         await transport.__aenter__()
         try:
             await store.__aenter__()
@@ -620,5 +620,5 @@ def init(
     )
     # Fail fast on a bad URL scheme, before anything is defined on the object.
     create_transport(s.bus_url, **s.transport.options())
-    create_store(s.store_url)
+    create_store(s.store_url, **s.postgres.model_dump())
     return Management(s)

@@ -35,6 +35,7 @@ __all__ = [
     "ALL_ROLES",
     "CoordinatorSettings",
     "MonitorSettings",
+    "PostgresSettings",
     "SchedulerSettings",
     "Settings",
     "TransportSettings",
@@ -173,6 +174,22 @@ class TransportSettings(_Section):
         return values
 
 
+class PostgresSettings(_Section):
+    """Options of the ``postgresql://`` store.
+
+    Attributes:
+        migrate: apply missing schema migrations when connecting (``hms-bus migrate``
+            does it on its own, e.g. as a deployment job, when this is off).
+        pool_min, pool_max: connections kept open and allowed, per process.
+        command_timeout: seconds before a statement is given up.
+    """
+
+    migrate: bool = True
+    pool_min: int = Field(1, ge=0, le=1000)
+    pool_max: int = Field(10, ge=1, le=1000)
+    command_timeout: float = Field(30.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything a :class:`~hms_bus.Management` is configured with (see module docs)."""
 
@@ -193,6 +210,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     monitor: MonitorSettings = MonitorSettings()
     transport: TransportSettings = TransportSettings()
+    postgres: PostgresSettings = PostgresSettings()
 
     @field_validator("roles", mode="before")
     @classmethod

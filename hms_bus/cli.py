@@ -12,6 +12,7 @@
     hms-bus coordinator|projector|scheduler|monitor APP
     hms-bus run APP [--roles coordinator,projector]   every role (or those) in one process
     hms-bus topics [--app APP] [--create] [--partitions N] [--json]
+    hms-bus migrate [--store URL]                  apply the store's schema migrations
 
 ``APP`` is ``module:attribute`` naming a :class:`~hms_bus.Management` (or a function
 returning one); ``module`` alone means ``module:mgmt``. Bad input (an unknown workflow,
@@ -342,6 +343,26 @@ async def cmd_topics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    mgmt = _app_or_client(args)
+    url = mgmt.settings.store_url
+    if not url.startswith(("postgresql:", "postgres:")):
+        raise UsageError(
+            f"the store {redact(url)!r} has no schema to migrate; "
+            "give --store postgresql://… or set HMS_STORE_URL"
+        )
+    from .store.postgres import PostgresStore
+
+    store = PostgresStore(url, migrate=False)
+    applied = await store.migrate()
+    where = f"{redact(url)} (schema {store.schema})"
+    if applied:
+        print(f"applied {len(applied)} migration(s) to {where}: {', '.join(applied)}")
+    else:
+        print(f"{where} is up to date")
+    return EXIT_OK
+
+
 async def cmd_role(args: argparse.Namespace) -> int:
     mgmt = load_app(args.app)
     roles: tuple[str, ...] = (args.command,)
@@ -456,6 +477,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("--json", action="store_true", help="print JSON")
     tp.set_defaults(func=cmd_topics)
+
+    mg = sub.add_parser(
+        "migrate", parents=[common], help="create or upgrade the Postgres store's tables"
+    )
+    mg.add_argument("--app", help="module:attribute (default: the store from the environment)")
+    mg.set_defaults(func=cmd_migrate)
 
     for role in (*ALL_ROLES, "run"):
         text = "run every role in one process" if role == "run" else f"run the {role} role"

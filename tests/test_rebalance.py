@@ -13,14 +13,16 @@ import hms_bus
 N = 120
 
 
-def _workers_app(mgmt: hms_bus.Management, runs: Counter[tuple[str, str]], name: str) -> None:
+def _workers_app(
+    mgmt: hms_bus.Management, runs: Counter[tuple[str, str]], name: str, pause: float = 0.005
+) -> None:
     mgmt.define_workflow("wf", ["a", "b", "c"])
     for step in ("a", "b", "c"):
 
         @mgmt.on_step(f"wf.{step}")
         async def handler(ctx: hms_bus.StepContext) -> Any:
             runs[(ctx.workflow_id, ctx.step)] += 1
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(pause)
             return {"by": name}
 
 
@@ -53,8 +55,10 @@ async def test_a_worker_joining_mid_run_takes_a_share(make_mgmt: MakeMgmt) -> No
     control.define_workflow("wf", ["a", "b", "c"])
     first = make_mgmt("w1", shared=True, roles=("worker",), worker={"concurrency": 4})
     second = make_mgmt("w2", shared=True, roles=("worker",), worker={"concurrency": 4})
-    _workers_app(first, runs, "w1")
-    _workers_app(second, runs, "w2")
+    # Slow enough that the first worker alone would need about 3 s: a group join takes
+    # about a second on Kafka, and the newcomer must find work left.
+    _workers_app(first, runs, "w1", pause=0.03)
+    _workers_app(second, runs, "w2", pause=0.03)
 
     async with control, first:
         ids = [(await control.start("wf", {"i": i})).workflow_id for i in range(N)]

@@ -1,0 +1,727 @@
+"""The ``postgresql://`` state store on asyncpg.
+
+``postgresql://user:pass@host:5432/db[?schema=name]``: the tables live in ``schema``
+(default ``public``), created by the versioned migrations shipped in
+``hms_bus/store/migrations`` (applied on connect unless ``postgres.migrate`` is off, and
+by ``hms-bus migrate``). Every table is keyed by namespace first. The schema is
+documented in ``docs/postgres-schema.md``.
+
+Every operation is one transaction of a few statements whatever the batch size
+(``unnest`` arrays, no per-row round trips):
+
+- :meth:`PostgresStore.apply_events` inserts the events into the history (skipping
+  event ids already there), locks the affected workflows, folds the new events into
+  their rows with the same rules as every store (:mod:`hms_bus._projection`) and writes
+  the changed rows back.
+- :meth:`PostgresStore.claim_transitions` records each decision once per
+  (workflow, transition), with its timers, and closes ended workflows.
+- :meth:`PostgresStore.claim_due_timers` leases due timers with ``FOR UPDATE SKIP
+  LOCKED``, so schedulers racing for them each get different ones.
+
+Connection failures (the database restarting) raise :class:`StoreError` with
+``retriable=True``; the roles back off and retry without committing what they could
+not store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from importlib import resources
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+
+from .._backends import redact
+from .._errors import ConfigError, StoreError
+from .._events import decode_event, encode
+from .._projection import StepRow, WorkflowRow, apply_event
+from .._status import StepState, WorkflowPage, WorkflowState, WorkflowStatus
+from ..transport import Outgoing
+from . import ClaimResult, ClaimState, ListQuery, StartResult, Timer, TransitionClaim
+from .memory import _cursor, _parse_cursor
+
+__all__ = ["MIGRATIONS", "PostgresStore", "migrate"]
+
+_IDENT_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+_WAIT_POLL = 0.25  # longest sleep of a waiter when the change may come from elsewhere
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every shipped migration, in order."""
+    out = []
+    for entry in resources.files("hms_bus.store.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            out.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+MIGRATIONS = _migrations()
+"""The shipped migrations: (version, file name, SQL)."""
+
+
+def _schema_of(url: str) -> tuple[str, str]:
+    """Split ``?schema=`` off ``url``: (url for asyncpg, schema)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), "public")
+    rest = [(k, v) for k, v in query if k != "schema"]
+    if not schema or not set(schema) <= _IDENT_OK or schema[0].isdigit():
+        raise ConfigError(
+            f"invalid schema {schema!r} in store URL {redact(url)!r}: use lower-case letters, "
+            "digits and '_', not starting with a digit"
+        )
+    scheme = "postgresql" if parts.scheme in ("postgres", "postgresql") else parts.scheme
+    return urlunsplit(parts._replace(scheme=scheme, query=urlencode(rest))), schema
+
+
+def _unavailable(exc: BaseException, what: str) -> StoreError:
+    return StoreError(f"{what}: {type(exc).__name__}: {exc}", retriable=True)
+
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+
+@contextlib.asynccontextmanager
+async def _errors(what: str) -> Any:
+    try:
+        yield
+    except StoreError:
+        raise
+    except _TRANSIENT as exc:
+        raise _unavailable(exc, what) from exc
+    except asyncpg.PostgresError as exc:
+        raise StoreError(f"{what}: {type(exc).__name__}: {exc}", retriable=False) from exc
+
+
+async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
+    """Apply the migrations ``schema`` lacks; return the names applied.
+
+    Safe when several processes start at once: the work runs in one transaction under
+    an advisory lock per schema, so one applies them and the others find them done.
+    """
+    applied: list[str] = []
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"hms-bus:migrate:{schema}"
+        )
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".hms_schema_migrations ('
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {
+            r["version"]
+            for r in await conn.fetch(f'SELECT version FROM "{schema}".hms_schema_migrations')
+        }
+        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        for version, name, sql in MIGRATIONS:
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO hms_schema_migrations (version, name) VALUES ($1, $2)", version, name
+            )
+            applied.append(name)
+    return applied
+
+
+# -- encoding of what the ledger and timers keep ----------------------------------------
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
+
+
+def _pack(messages: Iterable[Outgoing]) -> bytes:
+    return orjson.dumps(
+        [
+            [m.topic, _b64(m.key), _b64(m.value), [[k, _b64(v)] for k, v in m.headers]]
+            for m in messages
+        ]
+    )
+
+
+def _unpack(data: bytes | None) -> tuple[Outgoing, ...]:
+    if not data:
+        return ()
+    return tuple(
+        Outgoing(
+            topic,
+            _unb64(value) or b"",
+            key=_unb64(key),
+            headers=tuple((k, _unb64(v) or b"") for k, v in headers),
+        )
+        for topic, key, value, headers in orjson.loads(data)
+    )
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+_WORKFLOW_COLUMNS = (
+    "workflow_id, workflow, status, payload::text AS payload, result::text AS result, error,"
+    " created_at, updated_at, finished_at, sla_breached, start_event_id, confirmed"
+)
+_STEP_COLUMNS = (
+    "workflow_id, seq, step, status, attempts, scheduled_at, due_at, started_at, finished_at,"
+    " error, sla_breached"
+)
+
+
+def _workflow_row(r: asyncpg.Record) -> WorkflowRow:
+    return WorkflowRow(
+        workflow_id=r["workflow_id"],
+        workflow=r["workflow"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        status=WorkflowState(r["status"]),
+        payload=_loads(r["payload"]),
+        result=_loads(r["result"]),
+        error=r["error"],
+        finished_at=r["finished_at"],
+        sla_breached=r["sla_breached"],
+        start_event_id=r["start_event_id"],
+        confirmed=r["confirmed"],
+    )
+
+
+def _step_row(r: asyncpg.Record) -> StepRow:
+    return StepRow(
+        step=r["step"],
+        seq=r["seq"],
+        status=StepState(r["status"]),
+        attempts=r["attempts"],
+        scheduled_at=r["scheduled_at"],
+        due_at=r["due_at"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+        error=r["error"],
+        sla_breached=r["sla_breached"],
+    )
+
+
+class PostgresStore:
+    """A :class:`~hms_bus.store.StateStore` in PostgreSQL (see module docs).
+
+    Args:
+        url: ``postgresql://user:pass@host:port/db[?schema=name]``.
+        namespace: scopes every row, as it scopes topics.
+        migrate: apply missing migrations on connect.
+        pool_min, pool_max: connections kept and allowed.
+        command_timeout: seconds before a statement is given up.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "",
+        migrate: bool = True,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        command_timeout: float = 30.0,
+        **_options: object,
+    ) -> None:
+        self._dsn, self.schema = _schema_of(url)
+        self._url = redact(url)
+        self._ns = namespace
+        self._migrate = migrate
+        self._pool_min, self._pool_max = pool_min, pool_max
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._changed: dict[str, asyncio.Event] = {}
+        self._timer_added = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        """The URL this store was made from, password redacted."""
+        return self._url
+
+    async def migrate(self) -> list[str]:
+        """Apply the migrations the schema lacks (see :func:`migrate`); return their names.
+
+        Raises:
+            StoreError: the database is unreachable (retriable) or refused a statement.
+        """
+        async with _errors(f"migrating the store at {self._url}"):
+            conn = await asyncpg.connect(self._dsn, timeout=self._command_timeout)
+            try:
+                return await migrate(conn, self.schema)
+            finally:
+                await conn.close()
+
+    async def __aenter__(self) -> Self:
+        if self._migrate:
+            await self.migrate()
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self._pool_min,
+                max_size=self._pool_max,
+                command_timeout=self._command_timeout,
+                server_settings={"search_path": self.schema, "application_name": "hms-bus"},
+            )
+        except _TRANSIENT as exc:
+            raise _unavailable(exc, f"cannot connect to the store at {self._url}") from exc
+        except asyncpg.InvalidCatalogNameError as exc:
+            raise StoreError(f"the store at {self._url}: {exc}", retriable=False) from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"the store at {self._url}: {exc}", retriable=False) from exc
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
+
+    def _p(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError(f"the store at {self._url} is not open: use 'async with'")
+        return self._pool
+
+    # -- starts -------------------------------------------------------------------------
+
+    async def register_start(
+        self, workflow_id: str, workflow: str, payload: Any, start_event_id: str, now: datetime
+    ) -> StartResult:
+        """Register a workflow as running unless its id exists already."""
+        async with _errors("register_start"), self._p().acquire() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO hms_workflows (namespace, workflow_id, workflow, status, payload,"
+                " created_at, updated_at, start_event_id)"
+                " VALUES ($1, $2, $3, 'running', $4::jsonb, $5, $5, $6)"
+                " ON CONFLICT (namespace, workflow_id) DO NOTHING RETURNING workflow_id",
+                self._ns,
+                workflow_id,
+                workflow,
+                _json(payload),
+                now,
+                start_event_id,
+            )
+            if row is not None:
+                return StartResult(True, workflow, start_event_id, False, payload)
+            old = await conn.fetchrow(
+                "SELECT workflow, start_event_id, confirmed, payload::text AS payload"
+                " FROM hms_workflows WHERE namespace = $1 AND workflow_id = $2",
+                self._ns,
+                workflow_id,
+            )
+        if old is None:  # pragma: no cover - deleted between the two statements
+            raise StoreError(f"workflow {workflow_id!r} vanished during start", retriable=True)
+        return StartResult(
+            False, old["workflow"], old["start_event_id"], old["confirmed"], _loads(old["payload"])
+        )
+
+    # -- projection ---------------------------------------------------------------------
+
+    async def apply_events(self, events: Sequence[Any]) -> int:
+        """Fold events into workflow status in one transaction; return how many were new."""
+        if not events:
+            return 0
+        ns = self._ns
+        async with _errors("apply_events"), self._p().acquire() as conn, conn.transaction():
+            fresh = await conn.fetch(
+                "INSERT INTO hms_events (namespace, event_id, workflow_id, type, ts, body)"
+                " SELECT $1, e, w, t, ts, b::jsonb"
+                " FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])"
+                " WITH ORDINALITY AS x(e, w, t, ts, b, n) ORDER BY n"
+                " ON CONFLICT (namespace, event_id) DO NOTHING RETURNING event_id",
+                ns,
+                [e.event_id for e in events],
+                [e.workflow_id for e in events],
+                [e.type for e in events],
+                [e.ts for e in events],
+                [encode(e).decode() for e in events],
+            )
+            new_ids = {r["event_id"] for r in fresh}
+            todo = [e for e in events if e.event_id in new_ids]
+            if not todo:
+                return 0
+            unique: dict[str, Any] = {}
+            for e in todo:  # a duplicate within the batch: the first one counts
+                unique.setdefault(e.event_id, e)
+            todo = list(unique.values())
+            wids = sorted({e.workflow_id for e in todo})
+            rows = await self._load(conn, wids, lock=True)
+            before = {wid: row.status for wid, row in rows.items()}
+            created: set[str] = set()
+            changed_steps: dict[tuple[str, int], StepRow] = {}
+            changed: set[str] = set()
+            for ev in todo:
+                row = rows.get(ev.workflow_id)
+                if row is None:
+                    row = rows[ev.workflow_id] = WorkflowRow(
+                        workflow_id=ev.workflow_id,
+                        workflow=ev.workflow,
+                        created_at=ev.ts,
+                        updated_at=ev.ts,
+                        start_event_id=ev.event_id if ev.type == "workflowStarted" else "",
+                    )
+                    created.add(ev.workflow_id)
+                if apply_event(row, ev):
+                    changed.add(ev.workflow_id)
+                    seq = getattr(ev, "seq", None)
+                    if seq is not None and seq in row.steps:
+                        changed_steps[(ev.workflow_id, seq)] = row.steps[seq]
+            await self._save(conn, [rows[w] for w in sorted(changed | created)], changed_steps)
+        for wid in wids:
+            if rows[wid].status is not before.get(wid):
+                waiter = self._changed.pop(wid, None)
+                if waiter is not None:
+                    waiter.set()
+        return len(todo)
+
+    async def _load(
+        self, conn: asyncpg.Connection, wids: list[str], *, lock: bool
+    ) -> dict[str, WorkflowRow]:
+        if lock:
+            # Serialise projectors on the same workflows (sorted: no deadlocks), also
+            # for rows that do not exist yet.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || w, 0))"
+                " FROM unnest($2::text[]) AS w ORDER BY w",
+                self._ns,
+                wids,
+            )
+        found = await conn.fetch(
+            f"SELECT {_WORKFLOW_COLUMNS} FROM hms_workflows"
+            " WHERE namespace = $1 AND workflow_id = ANY($2::text[])",
+            self._ns,
+            wids,
+        )
+        rows = {r["workflow_id"]: _workflow_row(r) for r in found}
+        for r in await conn.fetch(
+            f"SELECT {_STEP_COLUMNS} FROM hms_steps"
+            " WHERE namespace = $1 AND workflow_id = ANY($2::text[])",
+            self._ns,
+            wids,
+        ):
+            row = rows.get(r["workflow_id"])
+            if row is not None:
+                row.steps[r["seq"]] = _step_row(r)
+        return rows
+
+    async def _save(
+        self,
+        conn: asyncpg.Connection,
+        rows: list[WorkflowRow],
+        steps: dict[tuple[str, int], StepRow],
+    ) -> None:
+        if rows:
+            await conn.execute(
+                "INSERT INTO hms_workflows AS w (namespace, workflow_id, workflow, status,"
+                " payload, result, error, created_at, updated_at, finished_at, sla_breached,"
+                " start_event_id, confirmed)"
+                " SELECT $1, i, n, s, p::jsonb, r::jsonb, e, c, u, f, b, se, cf FROM unnest("
+                " $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
+                " $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::bool[],"
+                " $12::text[], $13::bool[]) AS x(i, n, s, p, r, e, c, u, f, b, se, cf)"
+                " ON CONFLICT (namespace, workflow_id) DO UPDATE SET status = excluded.status,"
+                " payload = excluded.payload, result = excluded.result, error = excluded.error,"
+                " updated_at = excluded.updated_at, finished_at = excluded.finished_at,"
+                " sla_breached = excluded.sla_breached, confirmed = excluded.confirmed,"
+                " start_event_id = CASE WHEN w.start_event_id = '' THEN excluded.start_event_id"
+                " ELSE w.start_event_id END",
+                self._ns,
+                [r.workflow_id for r in rows],
+                [r.workflow for r in rows],
+                [r.status.value for r in rows],
+                [_json(r.payload) for r in rows],
+                [_json(r.result) for r in rows],
+                [r.error for r in rows],
+                [r.created_at for r in rows],
+                [r.updated_at for r in rows],
+                [r.finished_at for r in rows],
+                [r.sla_breached for r in rows],
+                [r.start_event_id for r in rows],
+                [r.confirmed for r in rows],
+            )
+        if steps:
+            keys = sorted(steps)
+            ss = [steps[k] for k in keys]
+            await conn.execute(
+                "INSERT INTO hms_steps (namespace, workflow_id, seq, step, status, attempts,"
+                " scheduled_at, due_at, started_at, finished_at, error, sla_breached)"
+                " SELECT $1, * FROM unnest($2::text[], $3::int[], $4::text[], $5::text[],"
+                " $6::int[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[],"
+                " $10::timestamptz[], $11::text[], $12::bool[])"
+                " ON CONFLICT (namespace, workflow_id, seq) DO UPDATE SET"
+                " status = excluded.status, attempts = excluded.attempts,"
+                " scheduled_at = excluded.scheduled_at, due_at = excluded.due_at,"
+                " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+                " error = excluded.error, sla_breached = excluded.sla_breached",
+                self._ns,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [s.step for s in ss],
+                [s.status.value for s in ss],
+                [s.attempts for s in ss],
+                [s.scheduled_at for s in ss],
+                [s.due_at for s in ss],
+                [s.started_at for s in ss],
+                [s.finished_at for s in ss],
+                [s.error for s in ss],
+                [s.sla_breached for s in ss],
+            )
+
+    # -- coordinator ledger -------------------------------------------------------------
+
+    async def claim_transitions(self, claims: Sequence[TransitionClaim]) -> list[ClaimResult]:
+        """Record each claim once, in order, in one transaction."""
+        if not claims:
+            return []
+        ns = self._ns
+        wids = sorted({c.workflow_id for c in claims})
+        async with _errors("claim_transitions"), self._p().acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1 || ':ledger:' || w, 0))"
+                " FROM unnest($2::text[]) AS w ORDER BY w",
+                ns,
+                wids,
+            )
+            known = {
+                (r["workflow_id"], r["transition_id"]): (r["published"], r["messages"])
+                for r in await conn.fetch(
+                    "SELECT workflow_id, transition_id, published, messages FROM hms_transitions"
+                    " WHERE namespace = $1 AND (workflow_id, transition_id) IN"
+                    " (SELECT * FROM unnest($2::text[], $3::text[]))",
+                    ns,
+                    [c.workflow_id for c in claims],
+                    [c.transition_id for c in claims],
+                )
+            }
+            closed = {
+                r["workflow_id"]
+                for r in await conn.fetch(
+                    "SELECT workflow_id FROM hms_closed"
+                    " WHERE namespace = $1 AND workflow_id = ANY($2::text[])",
+                    ns,
+                    wids,
+                )
+            }
+            results: list[ClaimResult] = []
+            new: list[TransitionClaim] = []
+            timers: list[Timer] = []
+            closing: list[str] = []
+            for c in claims:
+                key = (c.workflow_id, c.transition_id)
+                if key in known:
+                    published, messages = known[key]
+                    results.append(
+                        ClaimResult(ClaimState.DONE)
+                        if published
+                        else ClaimResult(ClaimState.UNPUBLISHED, _unpack(messages))
+                    )
+                    continue
+                if c.workflow_id in closed:
+                    results.append(ClaimResult(ClaimState.CLOSED))
+                    continue
+                known[key] = (False, _pack(c.messages))
+                new.append(c)
+                if c.closes:
+                    closed.add(c.workflow_id)
+                    closing.append(c.workflow_id)
+                    timers = [t for t in timers if t.workflow_id != c.workflow_id]
+                else:
+                    timers.extend(c.timers)
+                results.append(ClaimResult(ClaimState.NEW, c.messages))
+            if new:
+                await conn.execute(
+                    "INSERT INTO hms_transitions (namespace, workflow_id, transition_id, messages)"
+                    " SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[])",
+                    ns,
+                    [c.workflow_id for c in new],
+                    [c.transition_id for c in new],
+                    [known[(c.workflow_id, c.transition_id)][1] for c in new],
+                )
+            if timers:
+                await conn.execute(
+                    "INSERT INTO hms_timers (namespace, timer_id, workflow_id, due_at,"
+                    " available_at, message)"
+                    " SELECT $1, i, w, d, d, m FROM unnest($2::text[], $3::text[],"
+                    " $4::timestamptz[], $5::bytea[]) AS x(i, w, d, m)"
+                    " ON CONFLICT (namespace, timer_id) DO NOTHING",
+                    ns,
+                    [t.timer_id for t in timers],
+                    [t.workflow_id for t in timers],
+                    [t.due_at for t in timers],
+                    [_pack([t.message]) for t in timers],
+                )
+                self._timer_added.set()
+            if closing:
+                await conn.execute(
+                    "INSERT INTO hms_closed (namespace, workflow_id)"
+                    " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+                    ns,
+                    closing,
+                )
+                await conn.execute(
+                    "DELETE FROM hms_timers WHERE namespace = $1 AND workflow_id = ANY($2::text[])",
+                    ns,
+                    closing,
+                )
+        return results
+
+    async def mark_published(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Mark claims published and drop their recorded messages."""
+        if not keys:
+            return
+        async with _errors("mark_published"), self._p().acquire() as conn:
+            await conn.execute(
+                "UPDATE hms_transitions SET published = true, messages = NULL"
+                " WHERE namespace = $1 AND (workflow_id, transition_id) IN"
+                " (SELECT * FROM unnest($2::text[], $3::text[]))",
+                self._ns,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
+
+    # -- timers -------------------------------------------------------------------------
+
+    async def claim_due_timers(
+        self, *, now: datetime, limit: int, lease: float, owner: str
+    ) -> list[Timer]:
+        """Lease due timers (``FOR UPDATE SKIP LOCKED``) until ``now + lease``."""
+        async with _errors("claim_due_timers"), self._p().acquire() as conn:
+            rows = await conn.fetch(
+                "UPDATE hms_timers t SET available_at = $3, owner = $4"
+                " FROM (SELECT timer_id FROM hms_timers"
+                "       WHERE namespace = $1 AND available_at <= $2"
+                "       ORDER BY available_at LIMIT $5 FOR UPDATE SKIP LOCKED) due"
+                " WHERE t.namespace = $1 AND t.timer_id = due.timer_id"
+                " RETURNING t.timer_id, t.workflow_id, t.due_at, t.message",
+                self._ns,
+                now,
+                now + timedelta(seconds=lease),
+                owner,
+                limit,
+            )
+        return [
+            Timer(r["timer_id"], r["workflow_id"], r["due_at"], _unpack(r["message"])[0])
+            for r in sorted(rows, key=lambda r: (r["due_at"], r["timer_id"]))
+        ]
+
+    async def delete_timers(self, timer_ids: Sequence[str]) -> None:
+        """Forget fired timers."""
+        if not timer_ids:
+            return
+        async with _errors("delete_timers"), self._p().acquire() as conn:
+            await conn.execute(
+                "DELETE FROM hms_timers WHERE namespace = $1 AND timer_id = ANY($2::text[])",
+                self._ns,
+                list(timer_ids),
+            )
+
+    async def wait_for_timers(self, timeout: float) -> None:
+        """Sleep until the earliest timer is available, one is added here, or ``timeout``."""
+        async with _errors("wait_for_timers"), self._p().acquire() as conn:
+            first = await conn.fetchval(
+                "SELECT min(available_at) FROM hms_timers WHERE namespace = $1", self._ns
+            )
+        if first is not None:
+            timeout = min(timeout, max(0.0, first.timestamp() - time.time()))
+        if timeout <= 0:
+            return
+        self._timer_added.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._timer_added.wait()
+
+    # -- queries ------------------------------------------------------------------------
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowStatus | None:
+        """The workflow with its steps, or None."""
+        async with _errors("get_workflow"), self._p().acquire() as conn:
+            rows = await self._load(conn, [workflow_id], lock=False)
+        row = rows.get(workflow_id)
+        return None if row is None else row.freeze()
+
+    async def list_workflows(self, query: ListQuery) -> WorkflowPage:
+        """Newest first by (created_at, workflow_id), filtered, keyset-paged."""
+        where = ["namespace = $1"]
+        args: list[Any] = [self._ns]
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if query.cursor:
+            created, wid = _parse_cursor(query.cursor)
+            where.append(f"(created_at, workflow_id) < ({arg(created)}, {arg(wid)})")
+        if query.workflow is not None:
+            where.append(f"workflow = {arg(query.workflow)}")
+        if query.status is not None:
+            where.append(f"status = {arg(WorkflowState(query.status).value)}")
+        if query.since is not None:
+            where.append(f"created_at >= {arg(query.since)}")
+        if query.until is not None:
+            where.append(f"created_at < {arg(query.until)}")
+        sql = (
+            f"SELECT {_WORKFLOW_COLUMNS} FROM hms_workflows WHERE {' AND '.join(where)}"
+            f" ORDER BY created_at DESC, workflow_id DESC LIMIT {arg(query.limit + 1)}"
+        )
+        async with _errors("list_workflows"), self._p().acquire() as conn:
+            found = await conn.fetch(sql, *args)
+        rows = [_workflow_row(r) for r in found]
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        return WorkflowPage(
+            items=[r.freeze(with_steps=False) for r in rows],
+            next_cursor=_cursor(rows[-1]) if more and rows else None,
+        )
+
+    async def history(self, workflow_id: str) -> list[Any]:
+        """The events applied for the workflow, in the order applied."""
+        async with _errors("history"), self._p().acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT body::text AS body FROM hms_events"
+                " WHERE namespace = $1 AND workflow_id = $2 ORDER BY id",
+                self._ns,
+                workflow_id,
+            )
+        return [decode_event(r["body"].encode()) for r in rows]
+
+    async def wait_for_change(self, workflow_id: str, timeout: float) -> None:
+        """Sleep until this process projects a status change of the workflow, or at most
+        a short poll interval (the change may be projected by another process)."""
+        waiter = self._changed.setdefault(workflow_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(timeout, _WAIT_POLL)):
+                await waiter.wait()
