@@ -86,11 +86,12 @@ import itertools
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -166,24 +167,35 @@ def workflow_events(i: int, clock: Callable[[], datetime]) -> Iterator[Any]:
     yield WorkflowCompleted(workflow_id=wid, workflow=WORKFLOW, result=data, ts=clock())
 
 
-def event_stream(workflows: int, in_flight: int) -> list[Any]:
-    """All events of ``workflows`` runs, ``in_flight`` of them interleaved round-robin."""
+def event_stream(workflows: int, in_flight: int, seed: int, t0: datetime) -> list[Any]:
+    """All events of ``workflows`` runs, ``in_flight`` of them in progress at a time.
+
+    Each next event comes from one of the in-flight workflows picked at random (seeded,
+    so every run gets the same stream); a workflow that ends is replaced by the next.
+    Strict round-robin would move the in-flight workflows in lockstep (all start in one
+    batch, all finish in another), which no bus does.
+    """
     ticks = itertools.count()
 
     def clock() -> datetime:
-        return T0 + next(ticks) * TICK
+        return t0 + next(ticks) * TICK
 
+    rng = random.Random(seed)
     pending = (workflow_events(i, clock) for i in range(workflows))
-    active: deque[Iterator[Any]] = deque(itertools.islice(pending, in_flight))
+    active: list[Iterator[Any]] = list(itertools.islice(pending, in_flight))
     out: list[Any] = []
     while active:
-        it = active.popleft()
-        ev = next(it, None)
-        if ev is None:
-            active.extend(itertools.islice(pending, 1))
+        k = rng.randrange(len(active))
+        ev = next(active[k], None)
+        if ev is not None:
+            out.append(ev)
             continue
-        out.append(ev)
-        active.append(it)
+        nxt = next(pending, None)
+        if nxt is not None:
+            active[k] = nxt
+        else:
+            active[k] = active[-1]
+            active.pop()
     return out
 
 
@@ -203,6 +215,8 @@ class Workload:
     batches: list[Batch]
     starts: list[tuple[str, str, Any, str, datetime]]  # register_start arguments
     workflows: int
+    history: Batch | None = None  # rows already in the store when the clock starts
+    history_workflows: int = 0
 
 
 def workflow_values(r: WorkflowRow) -> tuple[Any, ...]:
@@ -240,26 +254,26 @@ def step_values(wid: str, s: StepRow) -> tuple[Any, ...]:
     )
 
 
-def build_workload(workflows: int, in_flight: int, batch: int) -> Workload:
-    """The stream, its batches, and the rows the store writes for each batch: what
-    ``PostgresStore.apply_events`` computes, by the same projection, ahead of time."""
-    events = event_stream(workflows, in_flight)
-    starts = [
-        (e.workflow_id, e.workflow, e.payload, e.event_id, e.ts)
+def event_values(e: Any) -> tuple[Any, ...]:
+    return (NAMESPACE, e.event_id, e.workflow_id, e.type, e.ts, encode(e).decode())
+
+
+def project(events: list[Any], batch: int) -> tuple[list[Batch], dict[str, WorkflowRow]]:
+    """Fold ``events`` batch by batch as ``PostgresStore.apply_events`` does, starting
+    from the rows ``register_start`` leaves: each batch with the rows it changes (their
+    values at its end), and the final rows."""
+    rows = {
+        e.workflow_id: WorkflowRow(
+            workflow_id=e.workflow_id,
+            workflow=e.workflow,
+            created_at=e.ts,
+            updated_at=e.ts,
+            payload=e.payload,
+            start_event_id=e.event_id,
+        )
         for e in events
         if isinstance(e, WorkflowStarted)
-    ]
-    rows = {
-        wid: WorkflowRow(
-            workflow_id=wid,
-            workflow=wf,
-            created_at=ts,
-            updated_at=ts,
-            payload=payload,
-            start_event_id=eid,
-        )
-        for wid, wf, payload, eid, ts in starts
-    }  # what register_start leaves
+    }
     batches = []
     for k in range(0, len(events), batch):
         chunk = events[k : k + batch]
@@ -275,15 +289,92 @@ def build_workload(workflows: int, in_flight: int, batch: int) -> Workload:
         batches.append(
             Batch(
                 events=chunk,
-                event_rows=[
-                    (NAMESPACE, e.event_id, e.workflow_id, e.type, e.ts, encode(e).decode())
-                    for e in chunk
-                ],
+                event_rows=[event_values(e) for e in chunk],
                 workflow_rows=[workflow_values(rows[w]) for w in sorted(changed)],
                 step_rows=[step_values(w, steps[(w, q)]) for w, q in sorted(steps)],
             )
         )
-    return Workload(events, batches, starts, workflows)
+    return batches, rows
+
+
+def build_workload(workflows: int, in_flight: int, batch: int, history: int) -> Workload:
+    """The measured stream, its batches and the rows the store writes for each batch
+    (computed ahead, by the same projection), and ``history`` finished workflows'
+    rows, which every run loads before the clock starts."""
+    events = event_stream(workflows, in_flight, seed=0, t0=T0)
+    batches, _ = project(events, batch)
+    starts = [
+        (e.workflow_id, e.workflow, e.payload, e.event_id, e.ts)
+        for e in events
+        if isinstance(e, WorkflowStarted)
+    ]
+    work = Workload(events, batches, starts, workflows)
+    if history:
+        old = event_stream(history, in_flight, seed=1, t0=T0 - timedelta(days=1))
+        _, rows = project(old, len(old))
+        work.history_workflows = history
+        work.history = Batch(
+            events=old,
+            event_rows=[event_values(e) for e in old],
+            workflow_rows=[workflow_values(r) for _, r in sorted(rows.items())],
+            step_rows=[
+                step_values(w, r.steps[q]) for w, r in sorted(rows.items()) for q in sorted(r.steps)
+            ],
+        )
+    return work
+
+
+async def load_history(conn: asyncpg.Connection, schema: str, work: Workload) -> None:
+    """COPY the history into ``schema`` and ANALYZE its tables, so that the planner has
+    the statistics a store in service has (see ``--history``)."""
+    h = work.history
+    if h is None:
+        return
+    for table, rows in (
+        ("hms_events", h.event_rows),
+        ("hms_workflows", h.workflow_rows),
+        ("hms_steps", h.step_rows),
+    ):
+        await conn.copy_records_to_table(
+            table, records=rows, columns=COLUMNS[table], schema_name=schema
+        )
+    await conn.execute(
+        f'ANALYZE "{schema}".hms_events, "{schema}".hms_workflows, "{schema}".hms_steps'
+    )
+
+
+COLUMNS = {
+    "hms_events": ["namespace", "event_id", "workflow_id", "type", "ts", "body"],
+    "hms_workflows": [
+        "namespace",
+        "workflow_id",
+        "workflow",
+        "status",
+        "payload",
+        "result",
+        "error",
+        "created_at",
+        "updated_at",
+        "finished_at",
+        "sla_breached",
+        "start_event_id",
+        "confirmed",
+    ],
+    "hms_steps": [
+        "namespace",
+        "workflow_id",
+        "seq",
+        "step",
+        "status",
+        "attempts",
+        "scheduled_at",
+        "due_at",
+        "started_at",
+        "finished_at",
+        "error",
+        "sla_breached",
+    ],
+}
 
 
 # -- measuring --------------------------------------------------------------------------
@@ -387,6 +478,7 @@ async def run_store(
 ) -> RunResult:
     results: list[RunResult] = []
     async with store_cls(target.store_url, namespace=NAMESPACE) as store:
+        await load_history(admin, target.schema, work)
         for wid, wf, payload, eid, ts in work.starts:
             await store.register_start(wid, wf, payload, eid, ts)
         timed = Timed(admin, await backend_pid_of(store))
@@ -443,6 +535,7 @@ async def run_baseline(work: Workload, target: Target, admin: asyncpg.Connection
     conn = await asyncpg.connect(target.url, server_settings={"search_path": target.schema})
     try:
         await migrate(conn, target.schema)
+        await load_history(conn, target.schema, work)
         await conn.executemany(
             REGISTER,
             [(NAMESPACE, w, wf, pg._json(p), ts, eid) for w, wf, p, eid, ts in work.starts],
@@ -629,11 +722,13 @@ async def check_same(admin: asyncpg.Connection, a: str, b: str, work: Workload) 
         if diff:
             raise RuntimeError(f"{table} differs between {a} and {b}: {diff} row(s)")
     counts = await admin.fetchrow(
-        f"SELECT (SELECT count(*) FROM \"{a}\".hms_events) AS e,"
+        f'SELECT (SELECT count(*) FROM "{a}".hms_events) AS e,'
         f" (SELECT count(*) FROM \"{a}\".hms_workflows WHERE status = 'completed') AS w,"
         f" (SELECT count(*) FROM \"{a}\".hms_steps WHERE status = 'succeeded') AS s"
     )
-    want = (len(work.events), work.workflows, work.workflows * len(STEPS))
+    n = work.workflows + work.history_workflows
+    old = 0 if work.history is None else len(work.history.events)
+    want = (len(work.events) + old, n, n * len(STEPS))
     if tuple(counts) != want:
         raise RuntimeError(f"{a}: (events, completed, succeeded steps) {tuple(counts)} != {want}")
 
@@ -703,8 +798,10 @@ async def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
         runners = cases(args.variants)
         t0 = time.perf_counter()
         warm_w = min(args.workflows, 200)
-        warm = build_workload(warm_w, min(args.in_flight, warm_w), args.batch)
-        work = build_workload(args.workflows, args.in_flight, args.batch)
+        warm = build_workload(
+            warm_w, min(args.in_flight, warm_w), args.batch, min(args.history, 200)
+        )
+        work = build_workload(args.workflows, args.in_flight, args.batch, args.history)
         log(
             f"built {len(work.events):,} events in {len(work.batches)} batches "
             f"({time.perf_counter() - t0:.1f} s); warm-up ({warm_w} workflows each)"
@@ -739,6 +836,7 @@ async def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
         "batch": args.batch,
         "batches": len(work.batches),
         "in_flight": args.in_flight,
+        "history_workflows": args.history,
         "repeat": args.repeat,
         "median": med,
         "ratios_over_baseline": ratios,
@@ -758,7 +856,8 @@ def print_table(res: dict[str, Any]) -> None:
     )
     print(
         f"W={res['workflows']} workflows = {n:,} events, B={res['batch']} "
-        f"({res['batches']} batches), in flight K={res['in_flight']}, median of {res['repeat']}"
+        f"({res['batches']} batches), in flight K={res['in_flight']}, "
+        f"history H={res['history_workflows']}, median of {res['repeat']}"
     )
     head = (
         f"{'system':<15} {'events/s':>10} {'wall s':>8} {'µs/ev':>7} {'cpu µs':>7} "
@@ -810,6 +909,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--in-flight", type=int, default=250, help="workflows interleaved in the stream (K)"
     )
+    p.add_argument(
+        "--history",
+        type=int,
+        default=2000,
+        help="finished workflows in the store before the clock starts, then ANALYZE "
+        "(0: fresh tables without statistics)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="repeats; medians are reported (R)")
     p.add_argument(
         "--no-variants",
@@ -822,6 +928,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("workflows", "batch", "in_flight", "repeat"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.history < 0:
+        p.error("--history must not be negative")
     if "schema=" in args.store:
         p.error("--store must not name a schema: every run makes its own")
     return args
