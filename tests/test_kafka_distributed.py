@@ -1,9 +1,10 @@
 """hms-bus deployed as separate processes on a real broker, as users run it.
 
 The processes are the real ``hms-bus`` command (``python -m hms_bus``) serving
-``distributed_app:mgmt``; this test process is the client that starts workflows and
-reads ``hms.events`` to see them end. Every handler writes begin/end lines to a shared
-ledger file, the side-effect counter the assertions read.
+``distributed_app:mgmt`` on the test broker and a Postgres store (a schema of this
+test's own); this test process is the client that starts workflows, reads ``hms.events``
+to see them end, and asks the store for their status. Every handler writes begin/end
+lines to a shared ledger file, the side-effect counter the assertions read.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from kafka_broker import Broker
 
 import hms_bus
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "distributed_app:mgmt"
@@ -36,8 +37,9 @@ APP = "distributed_app:mgmt"
 class Deployment:
     """The processes of one test, on one namespace of the session's broker."""
 
-    def __init__(self, broker: Broker, tmp: Path) -> None:
+    def __init__(self, broker: Broker, tmp: Path, store: str) -> None:
         self.namespace = f"mp{uuid.uuid4().hex[:10]}"
+        self.store = store
         self.ledger = tmp / "ledger.txt"
         self.ledger.touch()
         self.tmp = tmp
@@ -45,7 +47,7 @@ class Deployment:
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
             "HMS_BUS_URL": broker.url,
-            "HMS_STORE_URL": "memory://",
+            "HMS_STORE_URL": store,
             "HMS_NAMESPACE": self.namespace,
             "HMS_TEST_LEDGER": str(self.ledger),
             "HMS_TRANSPORT__SESSION_TIMEOUT": "2",
@@ -97,8 +99,8 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(kafka_broker: Broker, tmp_path: Path) -> Iterator[Deployment]:
-    d = Deployment(kafka_broker, tmp_path)
+def deployment(kafka_broker: Broker, tmp_path: Path, pg_schema: str) -> Iterator[Deployment]:
+    d = Deployment(kafka_broker, tmp_path, pg_schema)
     try:
         yield d
     finally:
@@ -109,7 +111,7 @@ def _client(d: Deployment) -> hms_bus.Management:
     mgmt = hms_bus.init(
         "client",
         bus=d.env["HMS_BUS_URL"],
-        store="memory://",
+        store=d.store,
         namespace=d.namespace,
         roles=(),
         transport={"session_timeout": 2.0, "heartbeat_interval": 0.5, "fetch_max_wait": 0.01},
@@ -192,8 +194,13 @@ async def test_500_workflows_across_processes_survive_a_worker_killed(
             await asyncio.sleep(0.01)
         victim.kill()
         ended = await _ended(client, set(ids), within=120)
+        # The shared store tells the client the same, with every step's status.
+        finals = [await client.wait(wid, timeout=30) for wid in ids]
 
     assert set(ended.values()) == {"workflowCompleted"}
+    assert {f.status for f in finals} == {"completed"}
+    assert all([s.step for s in f.steps] == STEPS for f in finals)
+    assert all(s.status == "succeeded" for f in finals for s in f.steps)
     runs: dict[tuple[str, str], list[int]] = defaultdict(list)
     applied: dict[tuple[str, str], int] = defaultdict(int)
     for wid, step, pid, what in d.lines():
