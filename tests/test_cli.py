@@ -268,3 +268,41 @@ def test_topics_lists_then_creates_what_the_app_needs(
 def test_topics_and_run_refuse_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--partitions" in _one_line_error(capsys, ["topics", "--partitions", "0"])
     assert "--roles" in _one_line_error(capsys, ["run", APP, "--roles", "coordinator,bogus"])
+
+
+@pytest.mark.postgres
+def test_migrate_status_list_and_history_read_the_postgres_store(
+    capsys: pytest.CaptureFixture[str], pg_schema: str
+) -> None:
+    assert main(["migrate", "--store", pg_schema]) == 0
+    assert "applied 1 migration(s)" in capsys.readouterr().out
+    assert main(["migrate", "--store", pg_schema]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+    async def run_one() -> str:
+        mgmt = hms_bus.init(
+            "cli-pg",
+            store=pg_schema,
+            monitor={"heartbeat_interval": 0},
+            postgres={"migrate": False},
+        )
+        mgmt.define_workflow("wf", ["only"])
+
+        @mgmt.on_step("wf.only")
+        async def only(ctx: hms_bus.StepContext) -> Any:
+            return {"ok": True}
+
+        async with mgmt:
+            final = await mgmt.run("wf", {"x": 1}, workflow_id="GR-PG-1", timeout=20)
+        return final.workflow_id
+
+    wid = asyncio.run(run_one())
+    # A separate "process" (this CLI call) sees what the first one stored.
+    assert main(["status", wid, "--store", pg_schema, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["status"], status["result"]) == ("completed", {"ok": True})
+    assert main(["list", "--store", pg_schema, "--workflow", "wf", "--json"]) == 0
+    assert [w["workflow_id"] for w in json.loads(capsys.readouterr().out)["items"]] == [wid]
+    assert main(["history", wid, "--store", pg_schema]) == 0
+    out = capsys.readouterr().out
+    assert "workflowStarted" in out and "workflowCompleted" in out
