@@ -420,16 +420,21 @@ class PostgresStore:
                 self._ns,
                 wids,
             )
+        # One index probe per workflow (LATERAL), whatever the planner knows: with
+        # "workflow_id = ANY($2)" a table without statistics yet (a new deployment, a
+        # test) got a plan that scanned every step of the namespace for each batch.
         found = await conn.fetch(
-            f"SELECT {_WORKFLOW_COLUMNS} FROM hms_workflows"
-            " WHERE namespace = $1 AND workflow_id = ANY($2::text[])",
+            f"SELECT x.* FROM unnest($2::text[]) AS k(w) CROSS JOIN LATERAL"
+            f" (SELECT {_WORKFLOW_COLUMNS} FROM hms_workflows"
+            "  WHERE namespace = $1 AND workflow_id = k.w) AS x",
             self._ns,
             wids,
         )
         rows = {r["workflow_id"]: _workflow_row(r) for r in found}
         for r in await conn.fetch(
-            f"SELECT {_STEP_COLUMNS} FROM hms_steps"
-            " WHERE namespace = $1 AND workflow_id = ANY($2::text[])",
+            f"SELECT x.* FROM unnest($2::text[]) AS k(w) CROSS JOIN LATERAL"
+            f" (SELECT {_STEP_COLUMNS} FROM hms_steps"
+            "  WHERE namespace = $1 AND workflow_id = k.w) AS x",
             self._ns,
             wids,
         ):
