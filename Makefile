@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench bench-kafka clean
+.PHONY: demo test lint typecheck unit bench bench-kafka bench-postgres clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(VENV)/.dev
 # hms-bus on a Kafka broker (Tansu, started for the run) against a raw aiokafka chain.
 bench-kafka: $(VENV)/.dev
 	$(BIN)/python bench/kafka_throughput.py
+
+# The projector's writes into Postgres (HMS_TEST_PG_URL or the local server) vs raw asyncpg.
+bench-postgres: $(VENV)/.dev
+	$(BIN)/python bench/postgres_projector.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
