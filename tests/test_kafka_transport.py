@@ -238,3 +238,20 @@ async def test_a_step_slower_than_the_poll_interval_runs_once(kafka_broker: Brok
         await asyncio.sleep(1.5)  # a member dropped from its group would run them again
     assert [f.status for f in finals] == ["completed", "completed"]
     assert runs == Counter({"w0": 1, "w1": 1})
+
+
+async def test_keys_land_where_any_kafka_client_puts_them(kafka_broker: Broker) -> None:
+    """The producer's partition for a key is Kafka's default (murmur2 modulo the current
+    partition count), so every process and every other client agrees on it."""
+    from aiokafka.partitioner import murmur2
+
+    topic = _topic()
+    async with _bus(kafka_broker, partitions=5) as bus:
+        await bus.ensure_topics([topic])
+        keys = [f"wf-{i}".encode() for i in range(40)]
+        await bus.publish([Outgoing(topic, b"x", key=k) for k in keys])
+        await bus.publish([Outgoing(topic, b"y", key=k) for k in keys])  # cached hashes
+        async with bus.consumer(f"g-{topic}", [topic]) as consumer:
+            got = await _drain(consumer)
+    assert len(got) == 80
+    assert all(r.partition == (murmur2(r.key or b"") & 0x7FFFFFFF) % 5 for r in got)

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 _SCHEME = "kafka://"
 _TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
 _RECORD_OVERHEAD = 512  # bytes of batch and record framing allowed on top of the limit
-_PARTITION_CACHE = 100_000  # keys whose partition is remembered, per topic
+_PARTITION_CACHE = 100_000  # keys whose murmur2 hash is remembered
 
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -427,7 +427,7 @@ class KafkaTransport:
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._known_topics: set[str] = set()
-        self._partitions_of: dict[str, tuple[dict[bytes, int], int]] = {}
+        self._hashes: dict[bytes, int] = {}  # key -> murmur2 hash (see _partition)
         self._consumers: set[KafkaConsumer] = set()
         self._state: Literal["new", "open", "closed"] = "new"
 
@@ -569,26 +569,30 @@ class KafkaTransport:
         return _Acks(futures, self._url)
 
     def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int | None:
-        """Kafka's default partition of ``key`` (murmur2), cached per topic.
+        """Kafka's default partition of ``key``: murmur2 modulo the topic's partitions.
 
-        A workflow's id keys every one of its records, so the same keys come back
-        again and again; aiokafka's pure-Python murmur2 is worth not repeating.
+        The hash is cached per key (a workflow's id keys every one of its records, and
+        aiokafka's murmur2 is pure Python); the partition count is read from the current
+        metadata on every call, exactly as aiokafka's own partitioner does. Caching the
+        count too is wrong: a count read from incomplete metadata would stick, and this
+        process would put a workflow's records on other partitions than every other
+        process does, which breaks their order.
         """
         if key is None:
             return None
-        cache = self._partitions_of.get(topic)
-        if cache is None:
-            count = len(producer.client.cluster.partitions_for_topic(topic) or ())
-            if not count:
-                return None  # metadata not known yet: let the producer fetch it
-            cache = self._partitions_of[topic] = ({}, count)
-        known, count = cache
-        partition = known.get(key)
-        if partition is None:
-            if len(known) >= _PARTITION_CACHE:
-                known.clear()
-            partition = known[key] = (murmur2(key) & 0x7FFFFFFF) % count
-        return partition
+        partitions: set[int] | None = producer.client.cluster.partitions_for_topic(topic)
+        if not partitions:
+            return None  # metadata not known yet: let the producer fetch it
+        hashed = self._hashes.get(key)
+        if hashed is None:
+            if len(self._hashes) >= _PARTITION_CACHE:
+                self._hashes.clear()
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        count = len(partitions)
+        if max(partitions) + 1 == count:  # ids 0..count-1, the normal case
+            return hashed % count
+        chosen: int = sorted(partitions)[hashed % count]
+        return chosen
 
     def consumer(
         self,
