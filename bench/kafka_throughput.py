@@ -122,13 +122,13 @@ from memory_throughput import (  # noqa: E402
     WORKFLOW,
     Recorder,
     RunResult,
-    Work,
     check_completed,
     make_work,
     median_of,
     print_rows,
     ratios_of,
 )
+from memory_throughput import build_management as memory_build_management  # noqa: E402
 
 WAIT_TIMEOUT = 120.0  # a hang guard only; no figure is compared against it
 TARGET_THROUGHPUT = 0.35  # the issue's targets, reported next to the ratios
@@ -272,25 +272,10 @@ async def delete_topics(cfg: KafkaConfig, topics: list[str]) -> None:
 def build_management(
     cfg: KafkaConfig, concurrency: int, rec: Recorder, namespace: str
 ) -> hms_bus.Management:
-    mgmt = hms_bus.init(
-        "bench",
-        bus=cfg.url,
-        store="memory://",
-        roles="all",
-        namespace=namespace,
-        transport=cfg.hms_transport(),
-        worker={"concurrency": concurrency},
-        monitor={"heartbeat_interval": 0},
+    """``memory_throughput``'s app, on the Kafka bus in a namespace of its own."""
+    return memory_build_management(
+        concurrency, rec, bus=cfg.url, namespace=namespace, transport=cfg.hms_transport()
     )
-    mgmt.define_workflow(WORKFLOW, list(STEPS))
-    for step in STEPS:
-        work = make_work(step, rec)
-
-        async def handler(ctx: hms_bus.StepContext, work: Work = work) -> dict[str, Any]:
-            return await work(ctx.workflow_id)
-
-        mgmt.on_step(f"{WORKFLOW}.{step}")(handler)
-    return mgmt
 
 
 def hms_topics(mgmt: hms_bus.Management) -> list[str]:

@@ -180,14 +180,19 @@ class RunResult:
 # -- hms-bus ------------------------------------------------------------------------------
 
 
-def build_management(concurrency: int, rec: Recorder) -> hms_bus.Management:
+def build_management(concurrency: int, rec: Recorder, **settings: Any) -> hms_bus.Management:
+    """The benchmark's app: all roles, memory store, the 4-step workflow recording into
+    ``rec``. ``settings`` override the embedded defaults (the Kafka benchmark's bus)."""
     mgmt = hms_bus.init(
         "bench",
-        bus="memory://",
-        store="memory://",
-        roles="all",
-        worker={"concurrency": concurrency},
-        monitor={"heartbeat_interval": 0},
+        **{
+            "bus": "memory://",
+            "store": "memory://",
+            "roles": "all",
+            "worker": {"concurrency": concurrency},
+            "monitor": {"heartbeat_interval": 0},
+            **settings,
+        },
     )
     mgmt.define_workflow(WORKFLOW, list(STEPS))
     for step in STEPS:
