@@ -10,7 +10,6 @@ single-process deployments whose state need not outlive them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import heapq
 import time
@@ -21,14 +20,13 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-import orjson
-
 from .._errors import ConfigError, StoreError
 from .._events import decode_event, encode
 from .._projection import WorkflowRow, apply_event
 from .._status import WorkflowPage, WorkflowStatus
 from ..transport import Outgoing
 from . import ClaimResult, ClaimState, ListQuery, StartResult, Timer, TransitionClaim
+from ._cursor import encode_cursor, parse_cursor
 
 __all__ = ["MemoryStore"]
 
@@ -58,19 +56,6 @@ class _State:
 
 
 _NAMED: dict[tuple[str, str], _State] = {}
-
-
-def _cursor(row: WorkflowRow) -> str:
-    raw = orjson.dumps([row.created_at.isoformat(), row.workflow_id])
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _parse_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, wid = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), str(wid)
-    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
-        raise ConfigError(f"invalid list cursor {cursor!r}") from exc
 
 
 class MemoryStore:
@@ -265,7 +250,7 @@ class MemoryStore:
     async def list_workflows(self, query: ListQuery) -> WorkflowPage:
         """Newest first by (created_at, workflow_id), filtered, keyset-paged."""
         s = self._s
-        after = _parse_cursor(query.cursor) if query.cursor else None
+        after = parse_cursor(query.cursor) if query.cursor else None
         rows = sorted(
             (s.workflows[w] for w in s.order),
             key=lambda r: (r.created_at, r.workflow_id),
@@ -290,7 +275,7 @@ class MemoryStore:
             items.append(row)
         return WorkflowPage(
             items=[r.freeze(with_steps=False) for r in items],
-            next_cursor=_cursor(items[-1]) if more and items else None,
+            next_cursor=encode_cursor(items[-1]) if more and items else None,
         )
 
     async def history(self, workflow_id: str) -> list[Any]:

@@ -46,7 +46,7 @@ from .._projection import StepRow, WorkflowRow, apply_event
 from .._status import StepState, WorkflowPage, WorkflowState, WorkflowStatus
 from ..transport import Outgoing
 from . import ClaimResult, ClaimState, ListQuery, StartResult, Timer, TransitionClaim
-from .memory import _cursor, _parse_cursor
+from ._cursor import encode_cursor, parse_cursor
 
 __all__ = ["MIGRATIONS", "PostgresStore", "migrate"]
 
@@ -688,7 +688,7 @@ class PostgresStore:
             return f"${len(args)}"
 
         if query.cursor:
-            created, wid = _parse_cursor(query.cursor)
+            created, wid = parse_cursor(query.cursor)
             where.append(f"(created_at, workflow_id) < ({arg(created)}, {arg(wid)})")
         if query.workflow is not None:
             where.append(f"workflow = {arg(query.workflow)}")
@@ -709,7 +709,7 @@ class PostgresStore:
         rows = rows[: query.limit]
         return WorkflowPage(
             items=[r.freeze(with_steps=False) for r in rows],
-            next_cursor=_cursor(rows[-1]) if more and rows else None,
+            next_cursor=encode_cursor(rows[-1]) if more and rows else None,
         )
 
     async def history(self, workflow_id: str) -> list[Any]:
