@@ -132,7 +132,8 @@ class Management:
         if self._transport is not None:
             raise HmsBusError("configure() must be called before 'async with mgmt'")
         current = self._settings.model_dump()
-        for section in ("worker", "coordinator", "scheduler", "monitor", "transport"):
+        sections = ("worker", "coordinator", "scheduler", "monitor", "transport", "postgres")
+        for section in (*sections, "telemetry"):
             if isinstance(settings.get(section), dict):
                 settings[section] = {**current[section], **settings[section]}
         renamed = {"bus": "bus_url", "store": "store_url"}

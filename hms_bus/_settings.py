@@ -19,6 +19,7 @@ setting (``init`` keyword)     environment variable            default
 ``transport.partitions``       ``HMS_TRANSPORT__PARTITIONS``   6
 ``transport.linger_ms``        ``HMS_TRANSPORT__LINGER_MS``    5
 ``transport.security_protocol`` ``HMS_TRANSPORT__SECURITY_PROTOCOL`` PLAINTEXT
+``telemetry.http_port``        ``HMS_TELEMETRY__HTTP_PORT``    none (no server)
 =============================  ==============================  ==================
 """
 
@@ -38,6 +39,7 @@ __all__ = [
     "PostgresSettings",
     "SchedulerSettings",
     "Settings",
+    "TelemetrySettings",
     "TransportSettings",
     "WorkerSettings",
     "build_settings",
@@ -112,11 +114,14 @@ class MonitorSettings(_Section):
         heartbeat_interval: seconds between a process's heartbeats (0 disables them).
         missed_heartbeats: heartbeats a process may miss before it is reported down.
         check_interval: seconds between SLA deadline checks.
+        forget_after: seconds a process reported down stays listed (in ``hms-bus
+            health``) before the monitor forgets it.
     """
 
     heartbeat_interval: float = Field(5.0, ge=0)
     missed_heartbeats: int = Field(3, ge=1)
     check_interval: float = Field(1.0, gt=0)
+    forget_after: float = Field(3600.0, gt=0)
 
 
 class TransportSettings(_Section):
@@ -190,6 +195,27 @@ class PostgresSettings(_Section):
     command_timeout: float = Field(30.0, gt=0)
 
 
+class TelemetrySettings(_Section):
+    """Tracing, metrics and the health/metrics HTTP endpoint.
+
+    Spans and metrics go to the OpenTelemetry providers given to :func:`hms_bus.init`,
+    else to the global ones, which the standard ``OTEL_*`` variables configure (see
+    :mod:`hms_bus._telemetry`); with none configured nothing is exported.
+
+    Attributes:
+        tracing: create spans and carry trace context in message headers.
+        metrics: record the hms-bus metrics.
+        http_port: serve ``/healthz`` and Prometheus ``/metrics`` on this port (0 picks
+            a free one); None serves nothing.
+        http_host: the address that server listens on.
+    """
+
+    tracing: bool = True
+    metrics: bool = True
+    http_port: int | None = Field(None, ge=0, le=65535)
+    http_host: str = "0.0.0.0"
+
+
 class Settings(BaseSettings):
     """Everything a :class:`~hms_bus.Management` is configured with (see module docs)."""
 
@@ -211,6 +237,7 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = MonitorSettings()
     transport: TransportSettings = TransportSettings()
     postgres: PostgresSettings = PostgresSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @field_validator("roles", mode="before")
     @classmethod

@@ -13,6 +13,12 @@
     hms-bus run APP [--roles coordinator,projector]   every role (or those) in one process
     hms-bus topics [--app APP] [--create] [--partitions N] [--json]
     hms-bus migrate [--store URL]                  apply the store's schema migrations
+    hms-bus health [--app APP] [--json]            live processes and open breaches; exit 1
+                                                   when unhealthy (a probe)
+
+Role commands (``worker``, ``coordinator``…, ``run``) also take ``--http-port N`` (serve
+``/healthz`` and ``/metrics``) and ``--dry-run`` (resolve the configuration, print it,
+start nothing).
 
 ``APP`` is ``module:attribute`` naming a :class:`~hms_bus.Management` (or a function
 returning one); ``module`` alone means ``module:mgmt``. Bad input (an unknown workflow,
@@ -363,6 +369,10 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_health(args: argparse.Namespace) -> int:
+    raise UsageError("health: not built yet")
+
+
 async def cmd_role(args: argparse.Namespace) -> int:
     mgmt = load_app(args.app)
     roles: tuple[str, ...] = (args.command,)
@@ -381,8 +391,11 @@ async def cmd_role(args: argparse.Namespace) -> int:
         worker["steps"] = [s.strip() for s in args.steps.split(",") if s.strip()]
     if getattr(args, "concurrency", None):
         worker["concurrency"] = args.concurrency
-    _apply_common(mgmt, args, roles=roles, worker=worker or None)
+    telemetry = {"http_port": args.http_port} if args.http_port is not None else None
+    _apply_common(mgmt, args, roles=roles, worker=worker or None, telemetry=telemetry)
     s = mgmt.settings
+    if args.dry_run:
+        return _dry_run(mgmt, args.command)
     if s.bus_url.startswith("memory:") and set(roles) != set(ALL_ROLES):
         _err(
             "warning: the bus is memory:// (inside this process only): a lone "
@@ -405,6 +418,30 @@ async def cmd_role(args: argparse.Namespace) -> int:
         await mgmt.serve()
         _err("stopping: draining in-flight work")
     _err("stopped")
+    return EXIT_OK
+
+
+def _dry_run(mgmt: Management, command: str) -> int:
+    """Print what ``command`` would run, with every setting resolved, and connect to nothing."""
+    s = mgmt.settings
+    served = [d.qualname for d in mgmt._served_steps()]
+    port = s.telemetry.http_port
+    rows = [
+        ("command", command),
+        ("service", s.service_name),
+        ("bus", redact(s.bus_url)),
+        ("store", redact(s.store_url)),
+        ("namespace", s.namespace or "(none)"),
+        ("roles", ",".join(s.roles)),
+    ]
+    if "worker" in s.roles:
+        rows.append(("steps", ",".join(served) or "(none)"))
+        rows.append(("concurrency", str(s.worker.concurrency)))
+        rows.append(("shutdown grace", f"{s.worker.shutdown_grace:g}s"))
+    rows.append(("http", f"{s.telemetry.http_host}:{port}" if port is not None else "off"))
+    rows.append(("topics", ",".join(mgmt.required_topics())))
+    _table(rows)
+    print("dry run: configuration is valid; nothing was started")
     return EXIT_OK
 
 
@@ -484,6 +521,15 @@ def _parser() -> argparse.ArgumentParser:
     mg.add_argument("--app", help="module:attribute (default: the store from the environment)")
     mg.set_defaults(func=cmd_migrate)
 
+    hl = sub.add_parser(
+        "health",
+        parents=[common],
+        help="live processes, open SLA breaches and stuck steps; exit 1 when unhealthy",
+    )
+    hl.add_argument("--app", help="module:attribute (default: the store from the environment)")
+    hl.add_argument("--json", action="store_true", help="print JSON")
+    hl.set_defaults(func=cmd_health)
+
     for role in (*ALL_ROLES, "run"):
         text = "run every role in one process" if role == "run" else f"run the {role} role"
         r = sub.add_parser(role, parents=[common], help=text)
@@ -501,6 +547,16 @@ def _parser() -> argparse.ArgumentParser:
             r.add_argument(
                 "--concurrency", type=int, help="handlers at once (HMS_WORKER__CONCURRENCY)"
             )
+        r.add_argument(
+            "--http-port",
+            type=int,
+            help="serve /healthz and Prometheus /metrics on this port (HMS_TELEMETRY__HTTP_PORT)",
+        )
+        r.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="load the app, resolve every setting, print them and exit without connecting",
+        )
         r.set_defaults(func=cmd_role)
     return p
 
