@@ -39,6 +39,7 @@ __all__ = [
     "StepCompleted",
     "StepScheduled",
     "StepStarted",
+    "StepStuck",
     "WorkflowCancelled",
     "WorkflowCompleted",
     "WorkflowEvent",
@@ -221,6 +222,17 @@ class SlaBreached(_WorkflowEnvelope):
     elapsed: float
 
 
+class StepStuck(_WorkflowEnvelope):
+    """A step has run past its timeout on a worker the monitor reports down."""
+
+    type: Literal["stepStuck"] = "stepStuck"
+    step: str
+    seq: int
+    attempt: int
+    worker: str
+    running_for: float
+
+
 WorkflowEvent = Annotated[
     WorkflowStarted
     | StepScheduled
@@ -231,13 +243,19 @@ WorkflowEvent = Annotated[
     | WorkflowFailed
     | CancelRequested
     | WorkflowCancelled
-    | SlaBreached,
+    | SlaBreached
+    | StepStuck,
     Field(discriminator="type"),
 ]
 
 
 class Heartbeat(_Envelope):
-    """A process is alive: what it runs, how busy it is. Sent every ``interval`` seconds."""
+    """A process is alive: what it runs, how busy it is. Sent every ``interval`` seconds.
+
+    ``steps`` are the ``workflow.step`` names its worker serves, ``in_flight`` the
+    handlers running now, ``steps_done`` the attempts it has finished since it started,
+    and ``lag`` the records each of its roles has not fetched yet.
+    """
 
     type: Literal["heartbeat"] = "heartbeat"
     process_id: str
@@ -247,6 +265,8 @@ class Heartbeat(_Envelope):
     pid: int
     steps: list[str] = Field(default_factory=list)
     in_flight: int = 0
+    steps_done: int = 0
+    lag: dict[str, int] = Field(default_factory=dict)
     interval: float
     stopping: bool = False
 

@@ -15,6 +15,9 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
 from ._backends import redact
@@ -25,6 +28,7 @@ from ._results import to_jsonable
 from ._retry import RetryPolicy
 from ._settings import Settings, build_settings
 from ._status import WorkflowPage, WorkflowState, WorkflowStatus
+from ._telemetry import Telemetry, configure_from_environment, end_span, prometheus_reader
 from ._topics import Topics
 from .roles import Role, Runtime
 from .roles.coordinator import Coordinator
@@ -75,8 +79,18 @@ class Management:
     registration lives on this object: two Managements never see each other's.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tracer_provider: otel_trace.TracerProvider | None = None,
+        meter_provider: otel_metrics.MeterProvider | None = None,
+    ) -> None:
         self._settings = settings
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._telemetry: Telemetry | None = None
+        self._server: Any = None
         self._registry = Registry()
         self._topics = Topics(settings.namespace)
         self._transport: Transport | None = None
@@ -252,8 +266,11 @@ class Management:
         self._stop.clear()
         self._failure = None
         try:
+            telemetry = self._telemetry = self._make_telemetry(transport.url)
             await transport.ensure_topics(self.required_topics())
-            rt = Runtime(s, self._registry, transport, store, self._topics, self._process_id)
+            rt = Runtime(
+                s, self._registry, transport, store, self._topics, self._process_id, telemetry
+            )
             factories: dict[str, Callable[[], Role]] = {
                 "projector": lambda: Projector(rt),
                 "coordinator": lambda: Coordinator(rt),
@@ -268,6 +285,9 @@ class Management:
                 self._roles[name] = factories[name]()
             for role in self._roles.values():
                 self._tasks.append(self._spawn(role))
+            self._observe(telemetry)
+            if s.telemetry.http_port is not None:
+                await self._serve_http()
             await self._until_ready()
             if self._roles and s.monitor.heartbeat_interval > 0:
                 self._tasks.append(asyncio.create_task(self._heartbeats(), name="hms-heartbeat"))
@@ -281,6 +301,105 @@ class Management:
             redact(store.url),
             ",".join(self._roles) or "none",
         )
+
+    def _make_telemetry(self, bus_url: str) -> Telemetry:
+        t = self._settings.telemetry
+        if self._tracer_provider is None or self._meter_provider is None:
+            configure_from_environment(
+                self._settings.service_name, prometheus=t.http_port is not None and t.metrics
+            )
+        return Telemetry(
+            service_name=self._settings.service_name,
+            system="kafka" if bus_url.startswith("kafka") else "memory",
+            tracing=t.tracing,
+            metrics=t.metrics,
+            tracer_provider=self._tracer_provider,
+            meter_provider=self._meter_provider,
+        )
+
+    def lag(self) -> dict[str, dict[str, int]]:
+        """Records not yet fetched by each role of this process, per topic."""
+        out: dict[str, dict[str, int]] = {}
+        for name, role in self._roles.items():
+            per_topic: dict[str, int] = {}
+            lag = getattr(role, "lag", None)
+            for (topic, _), n in (lag() if lag is not None else {}).items():
+                per_topic[topic] = per_topic.get(topic, 0) + n
+            out[name] = per_topic
+        return out
+
+    def _observe(self, telemetry: Telemetry) -> None:
+        if not telemetry.metrics:
+            return
+        role_attr = "hms.role"
+
+        def in_flight() -> list[tuple[float, dict[str, Any]]]:
+            worker = self._roles.get("worker")
+            return [(worker.running, {})] if isinstance(worker, Worker) else []
+
+        def lag() -> list[tuple[float, dict[str, Any]]]:
+            return [
+                (n, {role_attr: role, "messaging.destination.name": topic})
+                for role, topics in self.lag().items()
+                for topic, n in topics.items()
+            ]
+
+        telemetry.observe_in_flight(in_flight)
+        telemetry.observe_lag(lag)
+        monitor = self.monitor
+        if monitor is not None:
+            telemetry.observe_processes(monitor.process_counts)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """This process's health, as ``/healthz`` reports it: (healthy, details).
+
+        Healthy once every role has joined its group and while none has crashed and the
+        process is not stopping.
+        """
+        running = self._transport is not None and not self._stop.is_set()
+        crashed = [t.get_name() for t in self._tasks if t.done() and not t.cancelled()]
+        joined = {name: _is_ready(role) for name, role in self._roles.items()}
+        healthy = running and not crashed and all(joined.values())
+        worker = self._roles.get("worker")
+        details: dict[str, Any] = {
+            "status": "ok" if healthy else ("stopping" if self._stop.is_set() else "unhealthy"),
+            "service": self._settings.service_name,
+            "process_id": self._process_id,
+            "roles": {name: ("ready" if ok else "starting") for name, ok in joined.items()},
+            "in_flight": worker.running if isinstance(worker, Worker) else 0,
+            "lag": {role: sum(t.values()) for role, t in self.lag().items()},
+        }
+        if crashed:
+            details["crashed"] = crashed
+        if self._failure is not None:
+            details["error"] = repr(self._failure)
+        return healthy, details
+
+    async def _serve_http(self) -> None:
+        from ._http import StatusServer
+
+        t = self._settings.telemetry
+        reader = prometheus_reader()
+        if t.http_port is None:  # pragma: no cover - checked by the caller
+            return
+        self._server = StatusServer(
+            t.http_host,
+            t.http_port,
+            health=self.health,
+            metrics=reader.render if reader is not None and t.metrics else None,
+        )
+        await self._server.start()
+        log.info(
+            "serving /healthz%s on http://%s:%d",
+            " and /metrics" if reader is not None else "",
+            t.http_host,
+            self._server.port,
+        )
+
+    @property
+    def http_port(self) -> int | None:
+        """The port ``/healthz`` and ``/metrics`` are served on, while connected."""
+        return self._server.port if self._server is not None else None
 
     async def _until_ready(self) -> None:
         """Wait until every role consumes (on Kafka, a group join takes a moment), so
@@ -353,6 +472,11 @@ class Management:
                 await self._transport.publish([self._heartbeat(stopping=True)])
         self._tasks.clear()
         self._roles.clear()
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
+        if self._telemetry is not None:
+            self._telemetry.forget_sources()
         transport, store = self._transport, self._store
         self._transport = self._store = None
         try:
@@ -397,7 +521,9 @@ class Management:
             host=socket.gethostname(),
             pid=os.getpid(),
             steps=worker.steps if isinstance(worker, Worker) else [],
-            in_flight=worker.in_flight if isinstance(worker, Worker) else 0,
+            in_flight=worker.running if isinstance(worker, Worker) else 0,
+            steps_done=worker.done if isinstance(worker, Worker) else 0,
+            lag={role: sum(t.values()) for role, t in self.lag().items()},
             interval=self._settings.monitor.heartbeat_interval,
             stopping=stopping,
         )
@@ -489,10 +615,38 @@ class Management:
                     update={"event_id": result.start_event_id, "payload": result.payload}
                 )
                 encoded = encode(event)
-            await transport.publish(
-                [Outgoing(self._topics.events, encoded, key=workflow_id.encode())]
-            )
+            await self._publish_start(transport, event, encoded)
         return Started(workflow_id, workflow, result.created, self)
+
+    async def _publish_start(
+        self, transport: Transport, event: WorkflowStarted, body: bytes
+    ) -> None:
+        """Publish ``workflowStarted`` under the span that opens the workflow's trace."""
+        tel = self._telemetry
+        topic = self._topics.events
+        key = event.workflow_id.encode()
+        if tel is None or not tel.tracing:
+            await transport.publish([Outgoing(topic, body, key=key)])
+            return
+        # A trace of its own per workflow, linked to the caller's span (if any).
+        span = tel.span(
+            f"start {event.workflow}",
+            kind=SpanKind.PRODUCER,
+            parent=None,
+            links=tel.caller_links(),
+            attributes={
+                "messaging.system": tel.system,
+                "messaging.operation.type": "send",
+                "messaging.destination.name": topic,
+                "hms.workflow_id": event.workflow_id,
+            },
+        )
+        try:
+            await transport.publish([Outgoing(topic, body, key=key, headers=tel.inject(span))])
+        except BaseException as exc:
+            end_span(span, error=exc)
+            raise
+        span.end()
 
     async def status(self, workflow_id: str) -> WorkflowStatus | None:
         """The workflow's status with its steps, or None if the store does not know it."""
@@ -598,6 +752,8 @@ def init(
     bus: str | None = None,
     store: str | None = None,
     roles: str | Sequence[str] | None = None,
+    tracer_provider: otel_trace.TracerProvider | None = None,
+    meter_provider: otel_metrics.MeterProvider | None = None,
     **settings: Any,
 ) -> Management:
     """Create a :class:`Management`.
@@ -609,6 +765,9 @@ def init(
         roles: what this process runs when entered: ``"all"``, a list of
             ``worker``/``coordinator``/``projector``/``scheduler``/``monitor``, or ``()``
             for a pure client. Default ``HMS_ROLES``, else all.
+        tracer_provider, meter_provider: OpenTelemetry providers for this Management's
+            spans and metrics; default the global ones, which the standard ``OTEL_*``
+            variables configure (nothing is exported unless configured).
         **settings: any other setting (``namespace=``, ``worker={"concurrency": 8}``,
             …); see :class:`hms_bus.Settings`.
 
@@ -622,4 +781,10 @@ def init(
     # Fail fast on a bad URL scheme, before anything is defined on the object.
     create_transport(s.bus_url, **s.transport.options())
     create_store(s.store_url, **s.postgres.model_dump())
-    return Management(s)
+    return Management(s, tracer_provider=tracer_provider, meter_provider=meter_provider)
+
+
+def _is_ready(role: Role) -> bool:
+    loop = getattr(role, "_loop", None)
+    joined = getattr(loop, "joined", None)
+    return bool(joined.is_set()) if joined is not None else True

@@ -1,8 +1,76 @@
-"""OpenTelemetry for hms-bus: spans across the bus, metrics, and setup from ``OTEL_*``."""
+"""OpenTelemetry for hms-bus: spans across the bus, metrics, and setup from ``OTEL_*``.
+
+Tracing
+-------
+One workflow is one trace. ``start`` opens the trace with a ``start <workflow>``
+producer span (linked to the caller's span when there is one, so a request that starts
+a thousand workflows does not become one enormous trace). Its W3C trace context rides
+in the message headers (``traceparent``/``tracestate``, through the global propagator,
+so ``OTEL_PROPAGATORS`` is honoured). The coordinator opens a producer span for each
+decision it publishes (``schedule <step topic>``, ``retry <step topic>``, ``complete
+<workflow>``…) as a child of the event that caused it, and the worker a consumer span
+``process <step topic>`` for each step execution, as a child of the command's context;
+the handler runs inside that span, so the spans of its own HTTP or database calls nest
+under it, and its ``completeStep`` carries that span's context on to the next decision.
+A command delayed by a durable timer keeps the context it was scheduled with. Headers
+that are missing or do not parse start a new trace; they never fail a step.
+
+Spans carry the OpenTelemetry messaging attributes (``messaging.system``,
+``messaging.destination.name``, ``messaging.operation.type``/``.name``,
+``messaging.consumer.group.name``, ``messaging.destination.partition.id``,
+``messaging.kafka.offset``, ``messaging.message.id``) and ``hms.workflow``,
+``hms.workflow_id``, ``hms.step``, ``hms.seq``, ``hms.attempt``, ``hms.outcome``.
+
+Metrics
+-------
+See :data:`METRICS`. Step durations, attempts and retries come from the workers and
+the coordinator; workflow durations, SLA breaches, stuck steps and processes from the
+monitor; consumer lag and steps in flight are observed from every process.
+
+Providers
+---------
+Providers given to :func:`hms_bus.init` (``tracer_provider=``, ``meter_provider=``) win;
+otherwise the global ones are used. When the application has set no global provider,
+:func:`configure_from_environment` sets them from the standard variables in
+:data:`OTEL_ENVIRONMENT`: ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` =
+``otlp`` (``pip install 'hms-bus[otlp]'``), ``console`` or ``none``. With neither set,
+nothing is exported and spans cost next to nothing.
+"""
 
 from __future__ import annotations
 
-__all__ = ["OTEL_ENVIRONMENT"]
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import baggage as otel_baggage
+from opentelemetry import context as otel_context
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import propagate
+from opentelemetry import trace as otel_trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+if TYPE_CHECKING:
+    from ._prometheus import PrometheusReader
+
+__all__ = [
+    "METRICS",
+    "OTEL_ENVIRONMENT",
+    "Headers",
+    "Telemetry",
+    "configure_from_environment",
+]
+
+log = logging.getLogger("hms_bus.telemetry")
+
+Headers = tuple[tuple[str, bytes], ...]
+Source = Callable[[], Iterable[tuple[float, dict[str, Any]]]]
+"""A metric source: (value, attributes) observations, called at each collection."""
 
 # The standard OpenTelemetry variables hms-bus honours when it sets up export itself
 # (see configure_from_environment); the SDK reads them.
@@ -26,3 +94,497 @@ OTEL_ENVIRONMENT: tuple[str, ...] = (
     "OTEL_BSP_SCHEDULE_DELAY",
     "OTEL_BSP_MAX_QUEUE_SIZE",
 )
+
+# name: (instrument kind, unit, description)
+METRICS: dict[str, tuple[str, str, str]] = {
+    "hms.step.duration": (
+        "histogram",
+        "s",
+        "Time one step attempt took in its handler, by workflow, step and outcome; "
+        "its count is the number of attempts",
+    ),
+    "hms.step.retries": ("counter", "{retry}", "Retries scheduled by the coordinator"),
+    "hms.steps.in_flight": (
+        "gauge",
+        "{step}",
+        "Step handlers running now in this process",
+    ),
+    "hms.workflow.duration": (
+        "histogram",
+        "s",
+        "Start to end of a workflow, by workflow and final status (monitor)",
+    ),
+    "hms.consumer.lag": (
+        "gauge",
+        "{message}",
+        "Records published but not yet fetched, per role and topic",
+    ),
+    "hms.sla.breaches": ("counter", "{breach}", "Step and workflow SLA deadlines missed"),
+    "hms.steps.stuck": (
+        "counter",
+        "{step}",
+        "Steps reported stuck: running past their timeout on a worker that is gone",
+    ),
+    "hms.dead_letters": ("counter", "{message}", "Records sent to the dead-letter topic"),
+    "hms.processes": ("gauge", "{process}", "Processes the monitor knows, live or down"),
+}
+
+_DURATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+
+
+class _HeaderGetter(Getter[Headers]):
+    """Reads W3C trace context from Kafka-style header tuples, tolerating garbage."""
+
+    def get(self, carrier: Headers, key: str) -> list[str] | None:
+        values = [
+            v.decode("utf-8", errors="replace")
+            for k, v in carrier
+            if k.lower() == key and isinstance(v, bytes | bytearray)
+        ]
+        return values or None
+
+    def keys(self, carrier: Headers) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+_GETTER = _HeaderGetter()
+
+
+class Telemetry:
+    """The spans and metrics of one :class:`~hms_bus.Management` (see module docs).
+
+    ``tracing``/``metrics`` are False when the setting is off or no SDK provider is in
+    force; the roles then skip the work altogether (and pass incoming trace headers on
+    unchanged, so a trace still crosses this process).
+    """
+
+    def __init__(
+        self,
+        *,
+        service_name: str,
+        system: str,
+        tracing: bool = True,
+        metrics: bool = True,
+        tracer_provider: otel_trace.TracerProvider | None = None,
+        meter_provider: otel_metrics.MeterProvider | None = None,
+    ) -> None:
+        from . import __version__
+
+        self.service_name = service_name
+        self.system = system  # messaging.system: "kafka" or "memory"
+        tp = tracer_provider or otel_trace.get_tracer_provider()
+        mp = meter_provider or otel_metrics.get_meter_provider()
+        self.tracing = tracing and not _is_noop(tp)
+        self.metrics = metrics and not _is_noop(mp)
+        self._tracer = tp.get_tracer("hms_bus", __version__)
+        meter = mp.get_meter("hms_bus", __version__)
+        self._observed: list[Source] = []
+        self._lag_sources: list[Source] = []
+        self._process_sources: list[Source] = []
+        self.step_duration = meter.create_histogram(
+            "hms.step.duration",
+            unit="s",
+            description=METRICS["hms.step.duration"][2],
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.workflow_duration = meter.create_histogram(
+            "hms.workflow.duration",
+            unit="s",
+            description=METRICS["hms.workflow.duration"][2],
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.retries = meter.create_counter(
+            "hms.step.retries", unit="{retry}", description=METRICS["hms.step.retries"][2]
+        )
+        self.sla_breaches = meter.create_counter(
+            "hms.sla.breaches", unit="{breach}", description=METRICS["hms.sla.breaches"][2]
+        )
+        self.stuck_steps = meter.create_counter(
+            "hms.steps.stuck", unit="{step}", description=METRICS["hms.steps.stuck"][2]
+        )
+        self.dead_letters = meter.create_counter(
+            "hms.dead_letters", unit="{message}", description=METRICS["hms.dead_letters"][2]
+        )
+        meter.create_observable_gauge(
+            "hms.steps.in_flight",
+            callbacks=[self._observe(self._observed)],
+            unit="{step}",
+            description=METRICS["hms.steps.in_flight"][2],
+        )
+        meter.create_observable_gauge(
+            "hms.consumer.lag",
+            callbacks=[self._observe(self._lag_sources)],
+            unit="{message}",
+            description=METRICS["hms.consumer.lag"][2],
+        )
+        meter.create_observable_gauge(
+            "hms.processes",
+            callbacks=[self._observe(self._process_sources)],
+            unit="{process}",
+            description=METRICS["hms.processes"][2],
+        )
+        # Attribute dicts are reused: the SDK hashes them on every record.
+        self._attrs: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def attrs(self, *pairs: str) -> dict[str, Any]:
+        """A cached attribute dict from alternating names and values (hot paths)."""
+        found = self._attrs.get(pairs)
+        if found is None:
+            found = self._attrs[pairs] = dict(zip(pairs[::2], pairs[1::2], strict=True))
+        return found
+
+    def observe_in_flight(self, source: Source) -> None:
+        """Add a source of ``hms.steps.in_flight`` observations (value, attributes)."""
+        self._observed.append(source)
+
+    def observe_lag(self, source: Source) -> None:
+        """Add a source of ``hms.consumer.lag`` observations (value, attributes)."""
+        self._lag_sources.append(source)
+
+    def observe_processes(self, source: Source) -> None:
+        """Add a source of ``hms.processes`` observations (value, attributes)."""
+        self._process_sources.append(source)
+
+    def forget_sources(self) -> None:
+        """Stop observing (the Management closed)."""
+        self._observed.clear()
+        self._lag_sources.clear()
+        self._process_sources.clear()
+
+    @staticmethod
+    def _observe(
+        sources: list[Source],
+    ) -> Callable[[otel_metrics.CallbackOptions], Iterable[otel_metrics.Observation]]:
+        def callback(_: otel_metrics.CallbackOptions) -> Iterable[otel_metrics.Observation]:
+            out: list[otel_metrics.Observation] = []
+            for source in list(sources):
+                try:
+                    out.extend(otel_metrics.Observation(v, a) for v, a in source())
+                except Exception as exc:  # an observation must never break collection
+                    log.debug("metric source failed: %s", exc)
+            return out
+
+        return callback
+
+    # -- tracing -------------------------------------------------------------------------
+
+    def extract(self, headers: Headers) -> Context | None:
+        """The trace context in ``headers``, or None (a new trace) when absent or bad."""
+        if not headers:
+            return None
+        if _w3c_only():
+            fast = _fast_extract(headers)
+            if fast is not _SLOW:
+                return fast  # type: ignore[return-value]
+        try:
+            ctx = propagate.extract(headers, getter=_GETTER)
+        except Exception as exc:  # a broken propagator or header must not fail a step
+            log.debug("ignoring unreadable trace headers: %s", exc)
+            return None
+        span_ctx = otel_trace.get_current_span(ctx).get_span_context()
+        return ctx if span_ctx.is_valid else None
+
+    def inject(self, span: Span) -> Headers:
+        """Headers carrying ``span``'s context (empty when it has none)."""
+        sc = span.get_span_context()
+        if _w3c_only() and not sc.trace_state and not otel_baggage.get_all():
+            # What the default W3C propagators write, without their per-call overhead.
+            if not sc.is_valid:
+                return ()
+            value = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+            return (("traceparent", value.encode()),)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=otel_trace.set_span_in_context(span))
+        return tuple((k, v.encode()) for k, v in carrier.items())
+
+    def span(
+        self,
+        name: str,
+        *,
+        kind: SpanKind,
+        parent: Context | None,
+        attributes: dict[str, Any] | None,
+        links: Sequence[Link] = (),
+    ) -> Span:
+        """Start a span (the caller ends it). ``parent=None`` starts a new trace."""
+        return self._tracer.start_span(
+            name,
+            context=parent if parent is not None else _ROOT,
+            kind=kind,
+            attributes=attributes,
+            links=links,
+        )
+
+    def messaging(self, topic: str, operation: str, op_type: str, **extra: Any) -> dict[str, Any]:
+        """OpenTelemetry messaging attributes for ``operation`` on ``topic``."""
+        attrs: dict[str, Any] = {
+            "messaging.system": self.system,
+            "messaging.destination.name": topic,
+            "messaging.operation.name": operation,
+            "messaging.operation.type": op_type,
+        }
+        attrs.update({k.replace("__", "."): v for k, v in extra.items() if v is not None})
+        return attrs
+
+    @staticmethod
+    def caller_links() -> list[Link]:
+        """A link to the caller's current span, if it has one."""
+        current = otel_trace.get_current_span().get_span_context()
+        return [Link(current)] if current.is_valid else []
+
+
+_ROOT = Context()
+_SLOW = object()
+_checked: tuple[object, bool] = (None, False)
+
+
+def _w3c_only() -> bool:
+    """True while the global propagator is the default W3C one (tracecontext and
+    baggage), whose headers :meth:`Telemetry.extract`/``inject`` read and write directly."""
+    global _checked
+    textmap = propagate.get_global_textmap()
+    if _checked[0] is not textmap:
+        from opentelemetry.baggage.propagation import W3CBaggagePropagator
+        from opentelemetry.propagators.composite import CompositePropagator
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        parts = getattr(textmap, "_propagators", None)
+        ok = (
+            isinstance(textmap, CompositePropagator)
+            and isinstance(parts, list | tuple)
+            and any(type(p) is TraceContextTextMapPropagator for p in parts)
+            and all(type(p) in (TraceContextTextMapPropagator, W3CBaggagePropagator) for p in parts)
+        )
+        _checked = (textmap, ok)
+    return _checked[1]
+
+
+# version-format (W3C Trace Context): "00" is exactly this; later versions may append
+# "-…"; "ff" is invalid.
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def _fast_extract(headers: Headers) -> object:
+    """A context from a lone ``traceparent`` header; None when it is invalid (a new
+    trace, as the W3C propagator decides); ``_SLOW`` when other trace headers
+    (``tracestate``, ``baggage``) need the full propagator."""
+    value: bytes | None = None
+    for k, v in headers:
+        key = k.lower()
+        if key == "traceparent":
+            if value is not None:
+                return None  # two traceparents: invalid
+            value = v
+        elif key in ("tracestate", "baggage"):
+            return _SLOW
+    if not isinstance(value, bytes | bytearray):
+        return None
+    m = _TRACEPARENT.fullmatch(value)
+    if m is None:
+        return None
+    version, trace_hex, span_hex, flags_hex, rest = m.groups()
+    if version == b"ff" or (version == b"00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    flags = otel_trace.TraceFlags(int(flags_hex, 16))
+    sc = otel_trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+    return otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(sc), _ROOT)
+
+
+def end_span(span: Span, *, error: BaseException | str | None = None) -> None:
+    """End ``span``, marking it an error when ``error`` is given."""
+    if error is not None:
+        if isinstance(error, BaseException):
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, str(error) or type(error).__name__))
+        else:
+            span.set_status(Status(StatusCode.ERROR, error))
+    span.end()
+
+
+def attach(span: Span) -> object:
+    """Make ``span`` current in this task (for the handler's own spans)."""
+    return otel_context.attach(otel_trace.set_span_in_context(span))
+
+
+def detach(token: object) -> None:
+    """Undo :func:`attach`."""
+    otel_context.detach(token)  # type: ignore[arg-type]
+
+
+def _is_noop(provider: object) -> bool:
+    return isinstance(
+        provider,
+        otel_trace.ProxyTracerProvider
+        | otel_trace.NoOpTracerProvider
+        | otel_metrics.NoOpMeterProvider
+        | otel_metrics._internal._ProxyMeterProvider,
+    )
+
+
+# -- setup from the environment --------------------------------------------------------
+
+_setup_lock = threading.Lock()
+_configured = False
+_prometheus: PrometheusReader | None = None
+
+
+def configure_from_environment(service_name: str, *, prometheus: bool = False) -> None:
+    """Set the global tracer and meter providers from the ``OTEL_*`` variables.
+
+    Only when the application has not set its own global providers, and only once per
+    process. ``prometheus=True`` adds a reader for the ``/metrics`` endpoint (see
+    :func:`prometheus_reader`). ``OTEL_SDK_DISABLED=true`` turns all of it off.
+
+    Raises:
+        ConfigError: an exporter name that is not ``otlp``, ``console`` or ``none``, or
+            ``otlp`` without the exporter package installed.
+    """
+    global _configured, _prometheus
+    with _setup_lock:
+        if _configured:
+            return
+        if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            _configured = True
+            return
+        traces = _exporter_names("OTEL_TRACES_EXPORTER")
+        metrics = _exporter_names("OTEL_METRICS_EXPORTER")
+        want_traces = bool(traces) and _is_noop(otel_trace.get_tracer_provider())
+        want_metrics = (bool(metrics) or prometheus) and _is_noop(otel_metrics.get_meter_provider())
+        if not want_traces and not want_metrics:
+            _configured = True
+            return
+        from opentelemetry.sdk.resources import Resource
+
+        attributes: dict[str, Any] = {}
+        if not os.environ.get("OTEL_SERVICE_NAME") and "service.name=" not in os.environ.get(
+            "OTEL_RESOURCE_ATTRIBUTES", ""
+        ):
+            attributes["service.name"] = service_name
+        resource = Resource.create(attributes)
+        if want_traces:
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            tp = TracerProvider(resource=resource)
+            for name in traces:
+                tp.add_span_processor(BatchSpanProcessor(_span_exporter(name)))
+            otel_trace.set_tracer_provider(tp)
+        if want_metrics:
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import (
+                MetricReader,
+                PeriodicExportingMetricReader,
+            )
+
+            readers: list[MetricReader] = [
+                PeriodicExportingMetricReader(_metric_exporter(name)) for name in metrics
+            ]
+            if prometheus:
+                from ._prometheus import PrometheusReader
+
+                _prometheus = PrometheusReader()
+                readers.append(_prometheus)
+            otel_metrics.set_meter_provider(
+                MeterProvider(resource=resource, metric_readers=readers)
+            )
+        _configured = True
+        log.info(
+            "OpenTelemetry: traces to %s, metrics to %s",
+            ",".join(traces) or "the application's provider",
+            ",".join(metrics + (["prometheus /metrics"] if _prometheus is not None else []))
+            or "the application's provider",
+        )
+
+
+def prometheus_reader() -> PrometheusReader | None:
+    """The reader behind ``/metrics``, when :func:`configure_from_environment` made one."""
+    return _prometheus
+
+
+def _exporter_names(variable: str) -> list[str]:
+    from ._errors import ConfigError
+
+    names = [n.strip().lower() for n in os.environ.get(variable, "").split(",") if n.strip()]
+    bad = [n for n in names if n not in ("otlp", "console", "none")]
+    if bad:
+        raise ConfigError(
+            f"{variable}={os.environ[variable]!r}: unknown exporter(s) {', '.join(bad)}; "
+            "hms-bus sets up otlp, console or none (or configure your own provider)"
+        )
+    return [n for n in names if n != "none"]
+
+
+def _otlp_protocol(signal: str) -> str:
+    return (
+        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+
+
+def _missing_otlp(exc: ImportError) -> Exception:
+    from ._errors import ConfigError
+
+    return ConfigError(
+        f"OTLP export needs the exporter package: pip install 'hms-bus[otlp]' ({exc})"
+    )
+
+
+def _span_exporter(name: str) -> Any:
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    try:
+        if _otlp_protocol("TRACES").startswith("http"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[assignment]
+                OTLPSpanExporter,
+            )
+    except ImportError as exc:
+        raise _missing_otlp(exc) from exc
+    return OTLPSpanExporter()
+
+
+def _metric_exporter(name: str) -> Any:
+    if name == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+        return ConsoleMetricExporter()
+    try:
+        if _otlp_protocol("METRICS").startswith("http"):
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter,
+            )
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[assignment]
+                OTLPMetricExporter,
+            )
+    except ImportError as exc:
+        raise _missing_otlp(exc) from exc
+    return OTLPMetricExporter()

@@ -23,8 +23,9 @@ start nothing).
 ``APP`` is ``module:attribute`` naming a :class:`~hms_bus.Management` (or a function
 returning one); ``module`` alone means ``module:mgmt``. Bad input (an unknown workflow,
 JSON that does not parse, an app that does not import) prints one line and exits 2.
-Exit codes: 0 success, 1 a workflow ended failed or cancelled, 2 bad input or
-configuration, 3 the bus or store failed, 130 interrupted.
+Exit codes: 0 success, 1 a workflow ended failed or cancelled (or, for ``health``, the
+installation is unhealthy), 2 bad input or configuration, 3 the bus or store failed,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from .transport import create_transport
 __all__ = ["main"]
 
 EXIT_OK, EXIT_WORKFLOW_FAILED, EXIT_USAGE, EXIT_BACKEND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_UNHEALTHY = 1
 
 
 class UsageError(Exception):
@@ -370,7 +372,98 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def cmd_health(args: argparse.Namespace) -> int:
-    raise UsageError("health: not built yet")
+    mgmt = _app_or_client(args)
+    s = mgmt.settings
+    if s.store_url.startswith("memory:"):
+        raise UsageError(
+            f"the store is {s.store_url} (inside one process only): health reads the report "
+            "the monitor writes to a shared store; give --store postgresql://… or set "
+            "HMS_STORE_URL"
+        )
+    from ._events import utcnow
+    from ._health import HealthReport
+    from .store import create_store
+
+    store = create_store(
+        s.store_url, namespace=s.namespace, **{**s.postgres.model_dump(), "migrate": False}
+    )
+    async with store:
+        raw = await store.load_health()
+    if raw is None:
+        problems = ["no health report: no monitor has run in this namespace (hms-bus monitor APP)"]
+        report = None
+    else:
+        report = HealthReport.model_validate(raw)
+        problems = report.problems()
+    healthy = not problems
+    if args.json:
+        _json_out(
+            {
+                "healthy": healthy,
+                "problems": problems,
+                "report": report.model_dump(mode="json") if report else None,
+            }
+        )
+        return EXIT_OK if healthy else EXIT_UNHEALTHY
+    if report is not None:
+        age = (utcnow() - report.at).total_seconds()
+        print(
+            f"{'healthy' if healthy else 'UNHEALTHY'}: report of monitor {report.monitor}, "
+            f"{age:.0f}s old"
+        )
+        rows = [("PROCESS", "SERVICE", "ROLES", "IN FLIGHT", "DONE", "LAG", "LAST SEEN", "STATE")]
+        for p in sorted(report.processes, key=lambda p: (p.state, p.service, p.process_id)):
+            rows.append(
+                (
+                    p.process_id,
+                    p.service,
+                    ",".join(p.roles),
+                    str(p.in_flight),
+                    str(p.steps_done),
+                    str(sum(p.lag.values())),
+                    _fmt_time(p.last_seen.astimezone()),
+                    p.state,
+                )
+            )
+        if len(rows) > 1:
+            _table(rows)
+        else:
+            print("no process has sent a heartbeat")
+        if report.breaches:
+            print("\nopen SLA breaches:")
+            _table(
+                [("WORKFLOW ID", "WORKFLOW", "STEP", "SLA", "SINCE")]
+                + [
+                    (
+                        b.workflow_id,
+                        b.workflow,
+                        f"{b.step} (seq {b.seq})" if b.step else "(workflow)",
+                        f"{b.sla:g}s",
+                        _fmt_time(b.since.astimezone()),
+                    )
+                    for b in report.breaches
+                ]
+            )
+        if report.stuck:
+            print("\nstuck steps:")
+            _table(
+                [("WORKFLOW ID", "STEP", "ATTEMPT", "WORKER", "STARTED")]
+                + [
+                    (
+                        t.workflow_id,
+                        f"{t.workflow}.{t.step} (seq {t.seq})",
+                        str(t.attempt),
+                        t.worker,
+                        _fmt_time(t.started_at.astimezone()),
+                    )
+                    for t in report.stuck
+                ]
+            )
+    if problems:
+        print("\nunhealthy:" if report is not None else "UNHEALTHY:")
+        for problem in problems:
+            print(f"  - {problem}")
+    return EXIT_OK if healthy else EXIT_UNHEALTHY
 
 
 async def cmd_role(args: argparse.Namespace) -> int:

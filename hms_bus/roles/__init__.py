@@ -20,6 +20,7 @@ from .._definitions import Registry
 from .._errors import TransportError
 from .._events import DeadLetter, ErrorInfo, encode, original_for_dead_letter
 from .._settings import Settings
+from .._telemetry import Telemetry
 from .._topics import Topics
 from ..store import StateStore
 from ..transport import Outgoing, Record, Transport
@@ -39,6 +40,7 @@ class Runtime:
     store: StateStore
     topics: Topics
     process_id: str
+    telemetry: Telemetry
 
     def dead_letter(
         self,
@@ -52,6 +54,7 @@ class Runtime:
         step: str | None = None,
         error: ErrorInfo | None = None,
         log_it: bool = True,
+        headers: tuple[tuple[str, bytes], ...] = (),
     ) -> Outgoing:
         """A :class:`DeadLetter` record for ``record`` (or for ``original``).
 
@@ -72,7 +75,16 @@ class Runtime:
         key = (workflow_id or "").encode() or (record.key if record is not None else None)
         if log_it:
             log.warning("dead letter from %s: %s", letter.source_topic, reason)
-        return Outgoing(self.topics.dead_letter, encode(letter), key=key)
+            self.count_dead_letter(letter.source_topic)
+        # The letter keeps the record's trace context: it shows up in the workflow's trace.
+        headers = record.headers if record is not None else headers
+        return Outgoing(self.topics.dead_letter, encode(letter), key=key, headers=headers)
+
+    def count_dead_letter(self, source_topic: str) -> None:
+        """Add one to ``hms.dead_letters`` (by source topic)."""
+        tel = self.telemetry
+        if tel.metrics:
+            tel.dead_letters.add(1, tel.attrs("messaging.destination.name", source_topic))
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publish, mapping unexpected backend errors to TransportError."""
@@ -119,6 +131,11 @@ class BatchRole:
     async def ready(self) -> None:
         """Return once the role's consumer has joined its group."""
         await self._loop.joined.wait()
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records published but not yet fetched, per owned partition."""
+        consumer = self._loop.consumer
+        return consumer.lag() if consumer is not None else {}
 
     def stop(self) -> None:
         """Finish the current batch, commit and stop."""

@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Span, SpanKind
 
 from .._errors import SerializationError
 from .._events import (
@@ -38,6 +39,7 @@ from .._events import (
     new_id,
     utcnow,
 )
+from .._telemetry import Headers, end_span
 from ..store import ClaimState, Timer, TransitionClaim
 from ..transport import Outgoing, Record
 from . import BatchRole, Runtime
@@ -58,12 +60,19 @@ class Coordinator(BatchRole):
 
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt, [rt.topics.events])
+        # What the decision being built does, for its span: (operation, destination, step).
+        self._op: tuple[str, str, str | None] = ("decide", rt.topics.events, None)
+        # The trace headers every message of the decision being built carries.
+        self._headers: Headers = ()
 
     # -- one batch ----------------------------------------------------------------------
 
     async def _process(self, records: list[Record]) -> None:
         rt = self._rt
+        tel = rt.telemetry
         claims: list[TransitionClaim] = []
+        spans: list[Span | None] = []
+        ops: list[tuple[str, str, str | None, str]] = []
         dead: list[Outgoing] = []
         for record in records:
             try:
@@ -73,26 +82,73 @@ class Coordinator(BatchRole):
                 continue
             if event is None:
                 continue
+            span = None
+            if tel.tracing:
+                # Started before the decision so that its messages carry its context;
+                # named once the decision is known.
+                span = tel.span(
+                    "decide",
+                    kind=SpanKind.PRODUCER,
+                    parent=tel.extract(record.headers),
+                    attributes=None,
+                )
+                self._headers = tel.inject(span)
+            else:
+                self._headers = record.headers  # carry the trace on, if there is one
             claim = self._decide(event)
-            if claim is not None:
-                claims.append(claim)
-        results = await rt.store.claim_transitions(claims) if claims else []
-        out: list[Outgoing] = list(dead)
-        keys: list[tuple[str, str]] = []
-        for claim, result in zip(claims, results, strict=True):
-            key = (claim.workflow_id, claim.transition_id)
-            # A duplicate of an event earlier in this batch finds that event's claim
-            # recorded but not yet published: its messages are already in ``out``.
-            if result.state in (ClaimState.NEW, ClaimState.UNPUBLISHED) and key not in keys:
-                out.extend(result.messages)
-                keys.append(key)
-                if result.state is ClaimState.NEW:
-                    self._log_failure(claim)
-            elif result.state is ClaimState.CLOSED:
-                log.debug("%s: %s ignored, workflow closed", claim.workflow_id, claim.transition_id)
-        await rt.publish(out)
-        if keys:
-            await rt.store.mark_published(keys)
+            if claim is None:  # pragma: no cover - _DECIDES types always decide
+                if span is not None:
+                    span.end()
+                continue
+            if span is not None:
+                operation, destination, _ = self._op
+                span.update_name(f"{operation} {destination}")
+                span.set_attributes(
+                    {
+                        "messaging.system": tel.system,
+                        "messaging.operation.type": "send",
+                        "messaging.destination.name": destination,
+                        "hms.workflow_id": event.workflow_id,
+                        "hms.transition": claim.transition_id,
+                    }
+                )
+            claims.append(claim)
+            spans.append(span)
+            ops.append((*self._op, event.workflow))
+        try:
+            results = await rt.store.claim_transitions(claims) if claims else []
+            out: list[Outgoing] = list(dead)
+            keys: list[tuple[str, str]] = []
+            for claim, result, span, op in zip(claims, results, spans, ops, strict=True):
+                key = (claim.workflow_id, claim.transition_id)
+                # A duplicate of an event earlier in this batch finds that event's claim
+                # recorded but not yet published: its messages are already in ``out``.
+                if result.state in (ClaimState.NEW, ClaimState.UNPUBLISHED) and key not in keys:
+                    out.extend(result.messages)
+                    keys.append(key)
+                    if result.state is ClaimState.NEW:
+                        self._log_failure(claim)
+                        if op[0] == "retry" and tel.metrics:
+                            attrs = tel.attrs("hms.workflow", op[3], "hms.step", op[2] or "")
+                            tel.retries.add(1, attrs)
+                elif result.state is ClaimState.CLOSED:
+                    log.debug(
+                        "%s: %s ignored, workflow closed", claim.workflow_id, claim.transition_id
+                    )
+                if span is not None and result.state is not ClaimState.NEW:
+                    # A redelivered event: its decision was taken (and traced) before.
+                    span.set_attribute("hms.duplicate", True)
+            await rt.publish(out)
+            if keys:
+                await rt.store.mark_published(keys)
+        except BaseException as exc:
+            for span in spans:
+                if span is not None:
+                    end_span(span, error=exc)
+            raise
+        for span in spans:
+            if span is not None:
+                span.end()
 
     def _log_failure(self, claim: TransitionClaim) -> None:
         # Logged once, when the decision is first recorded, not on every redelivery.
@@ -102,6 +158,7 @@ class Coordinator(BatchRole):
                 log.warning(
                     "workflow %s failed; dead-lettered: %s", claim.workflow_id, letter["reason"]
                 )
+                self._rt.count_dead_letter(letter["source_topic"])
 
     # -- decisions ----------------------------------------------------------------------
 
@@ -120,6 +177,7 @@ class Coordinator(BatchRole):
                 workflow=event.workflow,
                 reason=event.reason or "cancelled",
             )
+            self._op = ("cancel", event.workflow, None)
             return TransitionClaim(
                 event.workflow_id, "cancel", (self._event(cancelled),), closes=True
             )
@@ -159,6 +217,7 @@ class Coordinator(BatchRole):
                 error=error,
             )
             command = self._command(ev, ev.step, ev.seq, ev.attempt + 1, ev.payload, None)
+            self._op = ("retry", command.topic, ev.step)
             if delay > 0:
                 timer = Timer(new_id(), ev.workflow_id, due, command)
                 return TransitionClaim(ev.workflow_id, tid, (self._event(notice),), (timer,))
@@ -173,7 +232,12 @@ class Coordinator(BatchRole):
     # -- building blocks ----------------------------------------------------------------
 
     def _event(self, event: Any) -> Outgoing:
-        return Outgoing(self._rt.topics.events, encode(event), key=event.workflow_id.encode())
+        return Outgoing(
+            self._rt.topics.events,
+            encode(event),
+            key=event.workflow_id.encode(),
+            headers=self._headers,
+        )
 
     def _command(
         self,
@@ -194,7 +258,10 @@ class Coordinator(BatchRole):
             error=error,
         )
         return Outgoing(
-            self._rt.topics.step(ev.workflow, step), encode(cmd), key=ev.workflow_id.encode()
+            self._rt.topics.step(ev.workflow, step),
+            encode(cmd),
+            key=ev.workflow_id.encode(),
+            headers=self._headers,
         )
 
     def _next(
@@ -217,12 +284,14 @@ class Coordinator(BatchRole):
             due_at=due,
         )
         command = self._command(ev, step, seq, attempt, payload, error)
+        self._op = ("schedule", command.topic, step)
         if due is None:
             return (self._event(notice), command), ()
         return (self._event(notice),), (Timer(new_id(), ev.workflow_id, due, command),)
 
     def _complete(self, ev: Any, tid: str, result: Any) -> TransitionClaim:
         done = WorkflowCompleted(workflow_id=ev.workflow_id, workflow=ev.workflow, result=result)
+        self._op = ("complete", ev.workflow, None)
         return TransitionClaim(ev.workflow_id, tid, (self._event(done),), closes=True)
 
     def _fail(
@@ -237,6 +306,7 @@ class Coordinator(BatchRole):
         info = error or ErrorInfo(message=message, type="ConfigError", retriable=False)
         info = info.model_copy(update={"step": step})
         failed = WorkflowFailed(workflow_id=ev.workflow_id, workflow=ev.workflow, error=info)
+        self._op = ("fail", ev.workflow, step)
         if original is not None:
             # The command of the attempt that failed, as the worker received it.
             command = StepCommand.model_validate(original.model_dump(include=_COMMAND_FIELDS))
@@ -255,5 +325,6 @@ class Coordinator(BatchRole):
             workflow=ev.workflow,
             step=step,
             error=info,
+            headers=self._headers,
         )
         return TransitionClaim(ev.workflow_id, tid, (self._event(failed), letter), closes=True)

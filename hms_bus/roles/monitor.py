@@ -1,19 +1,32 @@
-"""The monitor: process heartbeats and SLA deadlines.
+"""The monitor: process heartbeats, SLA deadlines, stuck steps and the health report.
 
 Every process that runs a role publishes a :class:`~hms_bus._events.Heartbeat` on
 ``hms.heartbeats`` every ``monitor.heartbeat_interval`` seconds (and a last one, marked
 ``stopping``, when it shuts down cleanly). The monitor keeps the live table; a process
 silent for ``missed_heartbeats`` intervals is reported down (a ``processDown`` record on
-``hms.heartbeats`` and a warning log line).
+``hms.heartbeats``, a warning log line and the ``hms.processes`` metric) and forgotten
+``forget_after`` seconds later.
 
-It also reads ``hms.events`` and tracks deadlines: a step with ``sla=`` must finish
-within that many seconds of starting, a workflow with ``sla=`` must end within that
-many seconds of its start. A deadline that passes raises one ``slaBreached`` event on
-``hms.events`` and a warning log line; the step is not failed. A deadline counts as
-passed only once the monitor has read the bus past it (up to its last empty fetch, or
-the newest record it read), so a monitor that reads late never reports a step that
-finished in time. On start the monitor
-rebuilds open deadlines of running workflows from the store, so a restart loses none.
+It also reads ``hms.events`` (as plain JSON: it validates nothing it does not use):
+
+- SLA deadlines: a step with ``sla=`` must finish within that many seconds of
+  starting, a workflow with ``sla=`` must end within that many seconds of its start. A
+  deadline that passes raises one ``slaBreached`` event on ``hms.events``, a warning log
+  line and ``hms.sla.breaches``; the step is not failed. The breach stays *open* (in
+  the health report) until the step or workflow ends. A deadline counts as passed only
+  once the monitor has read the bus past it (up to its last empty fetch, or the newest
+  record it read), so a monitor that reads late never reports a step that finished in
+  time.
+- Stuck steps: a step still running past its ``timeout=`` (any time, without one) on a
+  worker that is reported down raises one ``stepStuck`` event, a warning and
+  ``hms.steps.stuck``. Kafka normally hands the command to another worker, whose
+  ``stepStarted`` clears the report.
+- Workflow durations (``hms.workflow.duration``), from each start to its end.
+
+Every ``check_interval`` it writes a :class:`~hms_bus._health.HealthReport` to the store,
+which ``hms-bus health`` reads. On start it rebuilds the start times and open deadlines
+of running workflows from the store, so a restart loses none. It assumes one monitor
+per namespace.
 """
 
 from __future__ import annotations
@@ -23,25 +36,21 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from .._errors import SerializationError
 from .._events import (
     Heartbeat,
     ProcessDown,
     SlaBreached,
-    StepCompleted,
-    StepScheduled,
-    StepStarted,
-    WorkflowCancelled,
-    WorkflowCompleted,
-    WorkflowFailed,
-    WorkflowStarted,
-    decode_event,
+    StepStuck,
     decode_heartbeat,
     encode,
 )
+from .._health import BreachReport, HealthReport, ProcessReport, StuckReport
 from .._status import StepState, WorkflowState
 from ..store import ListQuery
 from ..transport import Outgoing, Record
@@ -51,17 +60,12 @@ __all__ = ["Breach", "Monitor", "ProcessInfo"]
 
 log = logging.getLogger("hms_bus.monitor")
 
-_WATCHES = frozenset(
-    {
-        "workflowStarted",
-        "stepStarted",
-        "completeStep",
-        "stepScheduled",
-        "workflowCompleted",
-        "workflowFailed",
-        "workflowCancelled",
-    }
-)
+_TERMINAL = frozenset({"workflowCompleted", "workflowFailed", "workflowCancelled"})
+_STATUS = {
+    "workflowCompleted": "completed",
+    "workflowFailed": "failed",
+    "workflowCancelled": "cancelled",
+}
 
 
 @dataclass(slots=True)
@@ -92,36 +96,52 @@ class _Deadline:
     seq: int | None
     sla: float
     since: float  # epoch seconds
+    breached_at: float | None = None  # set once reported; the breach is open until the end
+
+
+@dataclass(slots=True)
+class _Running:
+    workflow: str
+    step: str
+    attempt: int
+    worker: str
+    since: float
+    stuck_at: float | None = None
 
 
 class Monitor(BatchRole):
-    """Watches heartbeats and SLA deadlines (see module docs)."""
+    """Watches heartbeats, SLA deadlines and stuck steps (see module docs)."""
 
     name = "monitor"
 
     def __init__(self, rt: Runtime) -> None:
         self._processes: dict[str, ProcessInfo] = {}
         self._deadlines: dict[tuple[str, int | None], _Deadline] = {}
+        self._running: dict[tuple[str, int], _Running] = {}
+        self._starts: dict[str, tuple[str, float]] = {}  # workflow_id: (workflow, started)
         self.breaches: list[Breach] = []
+        self.stuck: list[tuple[str, int]] = []
         self._stopping = asyncio.Event()
-        self._has_sla = any(
-            wf.sla or any(s.sla for s in wf.steps.values()) for wf in rt.registry.workflows.values()
-        )
-        # Without any sla= there are no deadlines, so the events topic need not be read.
-        topics = [rt.topics.heartbeats] + ([rt.topics.events] if self._has_sla else [])
+        self._started = time.time()
         # The bus time up to which this monitor has read everything: a deadline counts
         # as missed only once the monitor has seen past it, so a monitor that reads
         # late never reports a step that in fact finished in time.
         self._watermark = 0.0
         self._late: list[Outgoing] = []
+        topics = [rt.topics.heartbeats, rt.topics.events]
         super().__init__(rt, topics, on_caught_up=self._caught_up)
 
     def processes(self) -> list[ProcessInfo]:
-        """Every process heard from, live or down."""
+        """Every process heard from, live or down (until forgotten)."""
         return list(self._processes.values())
 
+    def process_counts(self) -> list[tuple[float, dict[str, Any]]]:
+        """``hms.processes`` observations: how many are live and how many down."""
+        down = sum(1 for p in self._processes.values() if p.down)
+        return [(len(self._processes) - down, {"state": "live"}), (down, {"state": "down"})]
+
     async def run(self) -> None:
-        """Consume and check deadlines until stopped."""
+        """Consume and check until stopped."""
         await self._seed()
         checker = asyncio.create_task(self._check_loop())
         try:
@@ -145,16 +165,17 @@ class Monitor(BatchRole):
     async def _process(self, records: list[Record]) -> None:
         self._watermark = max(self._watermark, max(r.timestamp for r in records))
         self._late = []
+        heartbeats = self._rt.topics.heartbeats
         for record in records:
             try:
-                if record.topic == self._rt.topics.heartbeats:
+                if record.topic == heartbeats:
                     self._on_heartbeat(decode_heartbeat(record.value))
                 else:
-                    event = decode_event(record.value, _WATCHES)
-                    if event is not None:
+                    event = orjson.loads(record.value)
+                    if isinstance(event, dict):
                         self._on_event(event)
-            except SerializationError:
-                continue
+            except (SerializationError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # the coordinator dead-letters what cannot be read
         # Steps that finished after their deadline before a check saw it pass.
         await self._rt.publish(self._late)
 
@@ -185,33 +206,60 @@ class Monitor(BatchRole):
         if sla is not None and (wid, seq) not in self._deadlines:
             self._deadlines[(wid, seq)] = _Deadline(workflow, step, seq, sla, since)
 
-    def _on_event(self, ev: Any) -> None:
-        wid = ev.workflow_id
-        at = ev.ts.timestamp()
-        if isinstance(ev, WorkflowStarted):
-            self._watch(wid, ev.workflow, None, None, at)
-        elif isinstance(ev, StepStarted):
-            self._watch(wid, ev.workflow, ev.step, ev.seq, at)
-        elif isinstance(ev, StepCompleted) and ev.outcome == "succeeded":
-            self._end((wid, ev.seq), at)
-        elif isinstance(ev, StepScheduled):
-            for key in [k for k in self._deadlines if k[0] == wid and k[1] is not None]:
-                if key[1] is not None and key[1] < ev.seq:
-                    self._end(key, at)
-        elif isinstance(ev, (WorkflowCompleted, WorkflowFailed, WorkflowCancelled)):
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        if kind == "stepScheduled":
+            wid, seq = ev["workflow_id"], ev["seq"]
+            # A later step was scheduled: the earlier ones of this workflow have ended.
+            for run_key in [k for k in self._running if k[0] == wid and k[1] < seq]:
+                del self._running[run_key]
+            if self._deadlines:
+                for key in [k for k in self._deadlines if k[0] == wid and k[1] is not None]:
+                    if key[1] is not None and key[1] < seq:
+                        self._end(key, _ts(ev))
+        elif kind == "stepStarted":
+            wid, seq, at = ev["workflow_id"], ev["seq"], _ts(ev)
+            self._running[(wid, seq)] = _Running(
+                ev["workflow"], ev["step"], ev["attempt"], ev.get("worker") or "", at
+            )
+            self._watch(wid, ev["workflow"], ev["step"], seq, at)
+        elif kind == "completeStep":
+            wid, seq = ev["workflow_id"], ev["seq"]
+            running = self._running.get((wid, seq))
+            if running is not None and running.attempt <= ev["attempt"]:
+                del self._running[(wid, seq)]
+            if ev.get("outcome") == "succeeded" and self._deadlines:
+                self._end((wid, seq), _ts(ev))
+        elif kind == "workflowStarted":
+            wid, at = ev["workflow_id"], _ts(ev)
+            self._starts.setdefault(wid, (ev["workflow"], at))
+            self._watch(wid, ev["workflow"], None, None, at)
+        elif kind in _TERMINAL:
+            wid, at = ev["workflow_id"], _ts(ev)
+            started = self._starts.pop(wid, None)
+            tel = self._rt.telemetry
+            if started is not None and tel.metrics:
+                tel.workflow_duration.record(
+                    max(0.0, at - started[1]),
+                    tel.attrs("hms.workflow", started[0], "hms.status", _STATUS[kind]),
+                )
+            for run_key in [k for k in self._running if k[0] == wid]:
+                del self._running[run_key]
             for key in [k for k in self._deadlines if k[0] == wid]:
                 self._end(key, at)
 
     def _end(self, key: tuple[str, int | None], at: float) -> None:
         """A watched step or workflow ended at ``at``: late is a breach all the same."""
         d = self._deadlines.pop(key, None)
-        if d is not None and at - d.since > d.sla:
+        if d is not None and d.breached_at is None and at - d.since > d.sla:
             self._late.append(self._breach(key[0], d, at - d.since))
 
     async def _seed(self) -> None:
-        """Rebuild open deadlines of running workflows from the store."""
-        if not self._has_sla:
-            return
+        """Rebuild start times and open deadlines of running workflows from the store."""
+        has_sla = any(
+            wf.sla or any(s.sla for s in wf.steps.values())
+            for wf in self._rt.registry.workflows.values()
+        )
         cursor: str | None = None
         try:
             while True:
@@ -219,20 +267,26 @@ class Monitor(BatchRole):
                     ListQuery(status=WorkflowState.RUNNING, limit=500, cursor=cursor)
                 )
                 for item in page.items:
-                    self._watch(
-                        item.workflow_id, item.workflow, None, None, item.created_at.timestamp()
-                    )
+                    at = item.created_at.timestamp()
+                    self._starts.setdefault(item.workflow_id, (item.workflow, at))
+                    self._watch(item.workflow_id, item.workflow, None, None, at)
+                    if not has_sla:
+                        continue
                     full = await self._rt.store.get_workflow(item.workflow_id)
                     for s in full.steps if full else []:
                         if s.status is StepState.RUNNING and s.started_at is not None:
                             self._watch(
-                                item.workflow_id, item.workflow, s.step, s.seq, _ts(s.started_at)
+                                item.workflow_id,
+                                item.workflow,
+                                s.step,
+                                s.seq,
+                                s.started_at.timestamp(),
                             )
                 cursor = page.next_cursor
                 if cursor is None:
                     return
         except Exception as exc:
-            log.warning("monitor: could not rebuild SLA deadlines from the store: %s", exc)
+            log.warning("monitor: could not rebuild running workflows from the store: %s", exc)
 
     # -- checks -------------------------------------------------------------------------
 
@@ -246,6 +300,9 @@ class Monitor(BatchRole):
             except Exception as exc:  # keep checking; the next round retries
                 log.warning("monitor: check failed: %s", exc)
 
+    def _event(self, event: Any) -> Outgoing:
+        return Outgoing(self._rt.topics.events, encode(event), key=event.workflow_id.encode())
+
     def _breach(self, wid: str, d: _Deadline, elapsed: float) -> Outgoing:
         what = f"step {d.workflow}.{d.step} (seq {d.seq})" if d.step else f"workflow {d.workflow}"
         log.warning("SLA breached: %s of %s ran %.1fs, SLA %.1fs", what, wid, elapsed, d.sla)
@@ -258,22 +315,39 @@ class Monitor(BatchRole):
             elapsed=elapsed,
         )
         self.breaches.append(Breach(wid, d.workflow, d.step, d.seq, d.sla, elapsed))
-        return Outgoing(self._rt.topics.events, encode(breach), key=wid.encode())
+        tel = self._rt.telemetry
+        if tel.metrics:
+            tel.sla_breaches.add(1, tel.attrs("hms.workflow", d.workflow, "hms.step", d.step or ""))
+        return self._event(breach)
+
+    def _gone(self, worker: str, now: float) -> bool:
+        """True when ``worker`` is reported down, or was never heard from although this
+        monitor has listened long enough to have heard its heartbeats."""
+        info = self._processes.get(worker)
+        if info is not None:
+            return info.down
+        cfg = self._rt.settings.monitor
+        listened = now - self._started
+        # Without heartbeats (interval 0) an unknown worker proves nothing.
+        window = cfg.heartbeat_interval * (cfg.missed_heartbeats + 1)
+        return bool(worker) and window > 0 and listened > window
 
     async def check(self, now: float | None = None) -> None:
-        """Report missed deadlines and silent processes (runs every ``check_interval``)."""
+        """Report missed deadlines, silent processes and stuck steps, then write the
+        health report (runs every ``check_interval``)."""
         now = time.time() if now is None else now
         seen = min(now, self._watermark)
         out: list[Outgoing] = []
-        for key, d in list(self._deadlines.items()):
-            if seen - d.since <= d.sla:
-                continue
-            del self._deadlines[key]
-            out.append(self._breach(key[0], d, now - d.since))
+        for key, d in self._deadlines.items():
+            if d.breached_at is None and seen - d.since > d.sla:
+                d.breached_at = now
+                out.append(self._breach(key[0], d, now - d.since))
         cfg = self._rt.settings.monitor
-        for pid, info in self._processes.items():
+        for pid, info in list(self._processes.items()):
             limit = info.heartbeat.interval * cfg.missed_heartbeats
-            if not info.down and now - info.last_seen > limit:
+            if info.down and now - info.last_seen > cfg.forget_after:
+                del self._processes[pid]
+            elif not info.down and now - info.last_seen > limit:
                 info.down = True
                 hb = info.heartbeat
                 log.warning(
@@ -288,11 +362,114 @@ class Monitor(BatchRole):
                 down = ProcessDown(
                     process_id=pid,
                     service=hb.service,
-                    last_seen=datetime.fromtimestamp(info.last_seen).astimezone(),
+                    last_seen=datetime.fromtimestamp(info.last_seen, UTC),
                 )
                 out.append(Outgoing(self._rt.topics.heartbeats, encode(down), key=pid.encode()))
+        out.extend(self._check_stuck(now))
         await self._rt.publish(out)
+        await self._rt.store.save_health(self.report(now).model_dump(mode="json"))
+
+    def _check_stuck(self, now: float) -> list[Outgoing]:
+        out = []
+        tel = self._rt.telemetry
+        for (wid, seq), r in self._running.items():
+            if r.stuck_at is not None:
+                continue
+            wf = self._rt.registry.workflows.get(r.workflow)
+            step = wf.steps.get(r.step) if wf is not None else None
+            timeout = step.timeout if step is not None and step.timeout else 0.0
+            if now - r.since <= timeout or not self._gone(r.worker, now):
+                continue
+            r.stuck_at = now
+            self.stuck.append((wid, seq))
+            log.warning(
+                "step %s.%s (seq %d, attempt %d) of %s is stuck: running for %.1fs on %s, "
+                "which is down",
+                r.workflow,
+                r.step,
+                seq,
+                r.attempt,
+                wid,
+                now - r.since,
+                r.worker or "an unknown worker",
+            )
+            if tel.metrics:
+                tel.stuck_steps.add(1, tel.attrs("hms.workflow", r.workflow, "hms.step", r.step))
+            out.append(
+                self._event(
+                    StepStuck(
+                        workflow_id=wid,
+                        workflow=r.workflow,
+                        step=r.step,
+                        seq=seq,
+                        attempt=r.attempt,
+                        worker=r.worker,
+                        running_for=now - r.since,
+                    )
+                )
+            )
+        return out
+
+    def report(self, now: float | None = None) -> HealthReport:
+        """The health report as of now (what :meth:`check` writes to the store)."""
+        now = time.time() if now is None else now
+
+        def at(t: float) -> datetime:
+            return datetime.fromtimestamp(t, UTC)
+
+        processes = [
+            ProcessReport(
+                process_id=pid,
+                service=info.heartbeat.service,
+                roles=info.heartbeat.roles,
+                host=info.heartbeat.host,
+                pid=info.heartbeat.pid,
+                steps=info.heartbeat.steps,
+                in_flight=info.heartbeat.in_flight,
+                steps_done=info.heartbeat.steps_done,
+                lag=info.heartbeat.lag,
+                last_seen=at(info.last_seen),
+                state="down" if info.down else "live",
+            )
+            for pid, info in self._processes.items()
+        ]
+        breaches = [
+            BreachReport(
+                workflow_id=key[0],
+                workflow=d.workflow,
+                step=d.step,
+                seq=d.seq,
+                sla=d.sla,
+                since=at(d.since),
+                breached_at=at(d.breached_at),
+            )
+            for key, d in self._deadlines.items()
+            if d.breached_at is not None
+        ]
+        stuck = [
+            StuckReport(
+                workflow_id=wid,
+                workflow=r.workflow,
+                step=r.step,
+                seq=seq,
+                attempt=r.attempt,
+                worker=r.worker,
+                started_at=at(r.since),
+                reported_at=at(r.stuck_at),
+            )
+            for (wid, seq), r in self._running.items()
+            if r.stuck_at is not None
+        ]
+        return HealthReport(
+            monitor=self._rt.process_id,
+            at=at(now),
+            check_interval=self._rt.settings.monitor.check_interval,
+            processes=processes,
+            breaches=breaches,
+            stuck=stuck,
+        )
 
 
-def _ts(value: datetime) -> float:
-    return value.timestamp()
+def _ts(event: dict[str, Any]) -> float:
+    """An event's ``ts`` (ISO 8601, as encoded) in epoch seconds."""
+    return datetime.fromisoformat(event["ts"]).timestamp()

@@ -19,6 +19,8 @@ import logging
 import time
 from typing import Any
 
+from opentelemetry.trace import Span, SpanKind
+
 from .._consume import KeyedLoop, retrying
 from .._context import StepContext, StepLogger
 from .._definitions import StepDefinition, validate_payload
@@ -33,7 +35,8 @@ from .._events import (
     utcnow,
 )
 from .._results import normalize_result
-from ..transport import Outgoing, Record
+from .._telemetry import attach, detach, end_span
+from ..transport import Outgoing, Record, TopicPartition
 from . import Runtime
 
 __all__ = ["Worker"]
@@ -65,6 +68,9 @@ class Worker:
             keepalive=min(1.0, rt.settings.transport.max_poll_interval / 4),
         )
         self._announce_after = cfg.announce_after
+        self.done = 0
+        """Step attempts finished by this process."""
+        self._group = rt.topics.group("worker")
 
     @property
     def steps(self) -> list[str]:
@@ -79,6 +85,11 @@ class Worker:
     async def ready(self) -> None:
         """Return once the worker's consumer has joined its group."""
         await self._loop.joined.wait()
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Commands published on the served topics but not yet fetched, per partition."""
+        consumer = self._loop.consumer
+        return consumer.lag() if consumer is not None else {}
 
     async def run(self) -> None:
         """Consume step topics until stopped, then drain in-flight steps."""
@@ -114,8 +125,28 @@ class Worker:
             await self._publish("dead letter", [letter])
             return
         key = cmd.workflow_id.encode()
+        tel = rt.telemetry
         # Take a slot first: a step waiting for one is still pending, not started.
         async with self._semaphore:
+            t0 = time.perf_counter()
+            span: Span | None = None
+            headers = record.headers  # passed on unchanged when this process does not trace
+            if tel.tracing:
+                span = tel.span(
+                    f"process {record.topic}",
+                    kind=SpanKind.CONSUMER,
+                    parent=tel.extract(record.headers),
+                    attributes={
+                        "messaging.system": tel.system,
+                        "messaging.operation.type": "process",
+                        "messaging.destination.name": record.topic,
+                        "messaging.destination.partition.id": str(record.partition),
+                        "messaging.kafka.offset": record.offset,
+                        "hms.workflow_id": cmd.workflow_id,
+                        "hms.attempt": cmd.attempt,
+                    },
+                )
+                headers = tel.inject(span)
             started = StepStarted(
                 workflow_id=cmd.workflow_id,
                 workflow=cmd.workflow,
@@ -124,14 +155,19 @@ class Worker:
                 attempt=cmd.attempt,
                 worker=rt.process_id,
             )
-            started_out = Outgoing(rt.topics.events, encode(started), key=key)
+            started_out = Outgoing(rt.topics.events, encode(started), key=key, headers=headers)
             announcer = _Announcer(rt, started_out, self._announce_after)
             self.running += 1
             try:
-                completed = await self._execute(step, cmd, started.ts)
+                completed = await self._execute(step, cmd, started.ts, span)
+            except BaseException as exc:
+                if span is not None:
+                    end_span(span, error=exc)
+                raise
             finally:
                 self.running -= 1
                 announcer.cancel()
+        elapsed = time.perf_counter() - t0
         limit = rt.settings.transport.max_message_bytes - len(key) - 512
         try:
             body = encode(completed)
@@ -143,13 +179,34 @@ class Worker:
         except SerializationError as exc:
             completed = self._failure(cmd, started.ts, exc, retriable=False)
             body = encode(completed)
-        out = [Outgoing(rt.topics.events, body, key=key)]
+        out = [Outgoing(rt.topics.events, body, key=key, headers=headers)]
         if not await announcer.announced():
             out.insert(0, started_out)  # one send: stepStarted, then completeStep
-        await self._publish("completeStep", out)
+        try:
+            await self._publish("completeStep", out)
+        finally:
+            self.done += 1
+            failed = completed.error if completed.outcome == "failed" else None
+            if span is not None:
+                span.set_attribute("hms.outcome", completed.outcome)
+                if failed is not None:
+                    span.set_attribute("error.type", failed.type)
+                end_span(span, error=failed.message if failed is not None else None)
+            if tel.metrics:
+                tel.step_duration.record(
+                    elapsed,
+                    tel.attrs(
+                        "hms.workflow",
+                        cmd.workflow,
+                        "hms.step",
+                        cmd.step,
+                        "hms.outcome",
+                        completed.outcome,
+                    ),
+                )
 
     async def _execute(
-        self, step: StepDefinition, cmd: StepCommand, started_at: Any
+        self, step: StepDefinition, cmd: StepCommand, started_at: Any, span: Span | None
     ) -> StepCompleted:
         assert step.handler is not None
         wf = self._rt.registry.workflows[step.workflow]
@@ -177,6 +234,8 @@ class Worker:
                     },
                 ),
             )
+            # The handler's own spans (HTTP calls, queries) nest under the step's span.
+            token = attach(span) if span is not None else None
             try:
                 async with asyncio.timeout(step.timeout) as scope:
                     value = await step.handler(ctx)
@@ -184,6 +243,9 @@ class Worker:
                 if scope.expired():
                     raise _StepTimeout(f"timed out after {step.timeout:g}s") from None
                 raise
+            finally:
+                if token is not None:
+                    detach(token)
             directive = normalize_result(value, cmd.payload)
             if directive.kind == "next" and directive.step not in wf.steps:
                 raise HmsBusError(

@@ -195,6 +195,14 @@ class StateStore(Protocol):
         """Sleep until the workflow's status may have changed or ``timeout`` seconds pass."""
         ...
 
+    async def save_health(self, report: dict[str, Any]) -> None:
+        """Replace the monitor's health report (JSON-ready) of this namespace."""
+        ...
+
+    async def load_health(self) -> dict[str, Any] | None:
+        """The last health report the monitor saved, or None."""
+        ...
+
 
 _SCHEMES: dict[str, str] = {
     "memory": "hms_bus.store.memory:MemoryStore",

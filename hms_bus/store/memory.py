@@ -53,6 +53,7 @@ class _State:
     timer_heap: list[tuple[float, str]] = field(default_factory=list)
     timer_added: asyncio.Event = field(default_factory=asyncio.Event)
     waiters: dict[str, asyncio.Event] = field(default_factory=dict)
+    health: dict[str, Any] | None = None
 
 
 _NAMED: dict[tuple[str, str], _State] = {}
@@ -277,6 +278,14 @@ class MemoryStore:
             items=[r.freeze(with_steps=False) for r in items],
             next_cursor=encode_cursor(items[-1]) if more and items else None,
         )
+
+    async def save_health(self, report: dict[str, Any]) -> None:
+        """Keep the monitor's health report."""
+        self._s.health = report
+
+    async def load_health(self) -> dict[str, Any] | None:
+        """The last health report saved."""
+        return self._s.health
 
     async def history(self, workflow_id: str) -> list[Any]:
         """The events applied for the workflow, in order."""

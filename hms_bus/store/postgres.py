@@ -712,6 +712,26 @@ class PostgresStore:
             next_cursor=encode_cursor(rows[-1]) if more and rows else None,
         )
 
+    async def save_health(self, report: dict[str, Any]) -> None:
+        """Replace the namespace's health report (one row, one statement)."""
+        async with _errors("save_health"), self._p().acquire() as conn:
+            await conn.execute(
+                "INSERT INTO hms_health (namespace, report, updated_at)"
+                " VALUES ($1, $2::jsonb, now())"
+                " ON CONFLICT (namespace) DO UPDATE"
+                " SET report = EXCLUDED.report, updated_at = EXCLUDED.updated_at",
+                self._ns,
+                orjson.dumps(report).decode(),
+            )
+
+    async def load_health(self) -> dict[str, Any] | None:
+        """The namespace's last health report, or None."""
+        async with _errors("load_health"), self._p().acquire() as conn:
+            text = await conn.fetchval(
+                "SELECT report::text FROM hms_health WHERE namespace = $1", self._ns
+            )
+        return None if text is None else dict(orjson.loads(text))
+
     async def history(self, workflow_id: str) -> list[Any]:
         """The events applied for the workflow, in the order applied."""
         async with _errors("history"), self._p().acquire() as conn:

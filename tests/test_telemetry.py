@@ -1,0 +1,358 @@
+"""Tracing and metrics: one trace per workflow across Managements, metrics per role.
+
+Spans are collected with in-memory exporters, one per Management, as if each were its
+own process; on the Kafka backends they talk over the real test broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from conftest import MakeMgmt, eventually, transport
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+import hms_bus
+from hms_bus._events import WorkflowStarted, encode
+from hms_bus._telemetry import Telemetry, _fast_extract
+from hms_bus.transport import Outgoing
+
+
+def tracer() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def define(mgmt: hms_bus.Management) -> None:
+    mgmt.define_workflow("wf", ["a", "b"])
+
+
+async def test_one_trace_per_workflow_across_managements(make_mgmt: MakeMgmt) -> None:
+    client_tp, client_spans = tracer()
+    router_tp, router_spans = tracer()
+    worker_tp, worker_spans = tracer()
+    client = make_mgmt("client", shared=True, roles=(), tracer_provider=client_tp)
+    router = make_mgmt(
+        "router", shared=True, roles=("coordinator", "projector"), tracer_provider=router_tp
+    )
+    worker = make_mgmt("worker", shared=True, roles=("worker",), tracer_provider=worker_tp)
+    for m in (client, router, worker):
+        define(m)
+    app_tracer = worker_tp.get_tracer("app")
+
+    @worker.on_step("wf.a")
+    async def a(ctx: hms_bus.StepContext) -> Any:
+        return {"n": ctx.payload["n"]}
+
+    @worker.on_step("wf.b")
+    async def b(ctx: hms_bus.StepContext) -> Any:
+        # The handler's own spans (an HTTP call, a query) nest under the step's span.
+        with app_tracer.start_as_current_span("lookup"):
+            return ctx.payload
+
+    async with router, worker, client:
+        finals = [await client.run("wf", {"n": n}, timeout=20) for n in (1, 2)]
+        await eventually(lambda: len(router_spans.get_finished_spans()) >= 6, what="spans")
+
+    assert [f.status for f in finals] == ["completed", "completed"]
+    spans = [
+        *client_spans.get_finished_spans(),
+        *router_spans.get_finished_spans(),
+        *worker_spans.get_finished_spans(),
+    ]
+    traces: dict[int, list[ReadableSpan]] = defaultdict(list)
+    for s in spans:
+        traces[s.context.trace_id].append(s)
+    assert len(traces) == 2, "one trace per workflow"
+    topic_a, topic_b = client.topics.step("wf", "a"), client.topics.step("wf", "b")
+    for final in finals:
+        (tid,) = [
+            t
+            for t, ss in traces.items()
+            if any(s.name == "start wf" for s in ss)
+            and any(s.attributes.get("hms.workflow_id") == final.workflow_id for s in ss)
+        ]
+        by_name = {s.name: s for s in traces[tid]}
+        chain = [
+            "start wf",
+            f"schedule {topic_a}",
+            f"process {topic_a}",
+            f"schedule {topic_b}",
+            f"process {topic_b}",
+            "complete wf",
+        ]
+        assert set(by_name) == {*chain, "lookup"}
+        assert parent_id(by_name["start wf"]) is None
+        for parent, child in itertools.pairwise(chain):
+            assert parent_id(by_name[child]) == by_name[parent].context.span_id, (parent, child)
+        assert parent_id(by_name["lookup"]) == by_name[f"process {topic_b}"].context.span_id
+        kinds = {name: by_name[name].kind for name in chain}
+        assert kinds[f"process {topic_a}"] is SpanKind.CONSUMER
+        assert kinds[f"schedule {topic_a}"] is SpanKind.PRODUCER
+        assert kinds["start wf"] is SpanKind.PRODUCER
+        process = by_name[f"process {topic_a}"]
+        assert process.attributes is not None
+        assert process.attributes["messaging.destination.name"] == topic_a
+        assert process.attributes["messaging.operation.type"] == "process"
+        assert process.attributes["messaging.system"] in ("kafka", "memory")
+        assert process.attributes["hms.workflow_id"] == final.workflow_id
+        assert process.attributes["hms.outcome"] == "succeeded"
+    assert {s.name.split()[0] for s in client_spans.get_finished_spans()} == {"start"}
+    assert {s.name.split()[0] for s in worker_spans.get_finished_spans()} == {
+        "process",
+        "lookup",
+    }
+
+
+async def test_a_start_inside_a_request_links_to_it_but_opens_its_own_trace(
+    make_mgmt: MakeMgmt,
+) -> None:
+    tp, exported = tracer()
+    mgmt = make_mgmt(tracer_provider=tp)
+    define(mgmt)
+    for step in ("a", "b"):
+        mgmt.on_step(f"wf.{step}")(_echo)
+
+    async with mgmt:
+        with tp.get_tracer("web").start_as_current_span("POST /grants") as request:
+            final = await mgmt.run("wf", {}, timeout=20)
+        await eventually(
+            lambda: any(s.name == "complete wf" for s in exported.get_finished_spans()),
+            what="complete span",
+        )
+
+    assert final.status == "completed"
+    start = next(s for s in exported.get_finished_spans() if s.name == "start wf")
+    assert start.parent is None
+    assert start.context.trace_id != request.get_span_context().trace_id
+    assert [link.context.span_id for link in start.links] == [request.get_span_context().span_id]
+
+
+async def _echo(ctx: hms_bus.StepContext) -> Any:
+    return ctx.payload
+
+
+async def test_garbage_trace_headers_start_a_new_trace_and_never_fail_a_step(
+    make_mgmt: MakeMgmt,
+) -> None:
+    tp, exported = tracer()
+    mgmt = make_mgmt(tracer_provider=tp)
+    define(mgmt)
+    for step in ("a", "b"):
+        mgmt.on_step(f"wf.{step}")(_echo)
+    garbage = [
+        (("traceparent", b"not-a-traceparent"),),
+        (("traceparent", b"\xff\xfe\x00"), ("tracestate", b"\xff")),
+        (("traceparent", b"00-00000000000000000000000000000000-0000000000000000-01"),),
+        (("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),) * 2,
+        (("baggage", b"%%%;;=="), ("traceparent", b"zz")),
+    ]
+
+    async with mgmt:
+        ids = []
+        for i, headers in enumerate(garbage):
+            wid = f"garbage-{i}"
+            ids.append(wid)
+            event = WorkflowStarted(workflow_id=wid, workflow="wf", payload={"i": i})
+            await transport(mgmt).publish(
+                [Outgoing(mgmt.topics.events, encode(event), key=wid.encode(), headers=headers)]
+            )
+        for wid in ids:  # published straight to the bus: the store learns of it later
+            await eventually(lambda wid=wid: mgmt.status(wid), within=20, what=wid)
+        finals = [await mgmt.wait(wid, timeout=20) for wid in ids]
+        await eventually(
+            lambda: sum(s.name == "complete wf" for s in exported.get_finished_spans()) == 5,
+            what="every workflow traced",
+        )
+
+    assert [f.status for f in finals] == ["completed"] * 5
+    first = [s for s in exported.get_finished_spans() if s.name.startswith("schedule")]
+    first = [s for s in first if s.name.endswith(".a")]
+    assert len(first) == 5
+    assert all(s.parent is None for s in first), "a bad traceparent starts a new trace"
+    assert len({s.context.trace_id for s in first}) == 5
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
+        b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future",
+        b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        b"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        b"00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+        b"00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+        b"0af7651916cd43dd8448eb211c80319c",
+        b"",
+        b"\xff\xfe",
+    ],
+)
+def test_the_fast_traceparent_reader_agrees_with_the_w3c_propagator(value: bytes) -> None:
+    ours = _fast_extract((("traceparent", value),))
+    theirs = TraceContextTextMapPropagator().extract(
+        {"traceparent": value.decode("utf-8", errors="replace")}
+    )
+    want = trace.get_current_span(theirs).get_span_context()
+    if not want.is_valid:
+        assert ours is None
+        return
+    assert ours is not None
+    got = trace.get_current_span(ours).get_span_context()  # type: ignore[arg-type]
+    assert (got.trace_id, got.span_id, got.trace_flags, got.is_remote) == (
+        want.trace_id,
+        want.span_id,
+        want.trace_flags,
+        want.is_remote,
+    )
+
+
+def test_without_an_sdk_provider_nothing_is_traced_or_measured() -> None:
+    tel = Telemetry(service_name="x", system="memory")
+    assert tel.tracing is False
+    assert tel.metrics is False
+    tp, _ = tracer()
+    assert Telemetry(service_name="x", system="memory", tracer_provider=tp).tracing is True
+    off = Telemetry(service_name="x", system="memory", tracing=False, tracer_provider=tp)
+    assert off.tracing is False
+
+
+def points(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
+    """Data points of metric ``name``: sorted attribute items -> the point."""
+    data = reader.get_metrics_data()
+    out: dict[tuple[tuple[str, Any], ...], Any] = {}
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    for p in metric.data.data_points:
+                        out[tuple(sorted((p.attributes or {}).items()))] = p
+    return out
+
+
+async def test_metrics_of_steps_retries_workflows_breaches_and_dead_letters(
+    make_mgmt: MakeMgmt,
+) -> None:
+    reader = InMemoryMetricReader()
+    mgmt = make_mgmt(
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        monitor={"heartbeat_interval": 0.05},
+    )
+    mgmt.define_workflow("wf", ["fast", "slow", "flaky"])
+    tries: list[int] = []
+
+    @mgmt.on_step("wf.fast", sla=5)
+    async def fast(ctx: hms_bus.StepContext) -> Any:
+        return ctx.payload
+
+    @mgmt.on_step("wf.slow", sla=0.1)
+    async def slow(ctx: hms_bus.StepContext) -> Any:
+        await asyncio.sleep(0.4)
+        return ctx.payload
+
+    @mgmt.on_step("wf.flaky", retry=hms_bus.RetryPolicy(max_attempts=2, initial_delay=0, jitter=0))
+    async def flaky(ctx: hms_bus.StepContext) -> Any:
+        tries.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise ConnectionError("transient")
+        return ctx.payload
+
+    async with mgmt:
+        final = await mgmt.run("wf", {}, timeout=20)
+        await transport(mgmt).publish(
+            [Outgoing(mgmt.topics.step("wf", "fast"), b"\x00 not json", key=b"poison")]
+        )
+        await eventually(
+            lambda: (
+                points(reader, "hms.workflow.duration")
+                and points(reader, "hms.dead_letters")
+                and points(reader, "hms.sla.breaches")
+            ),
+            within=10,
+            what="workflow duration, dead letter and breach recorded",
+        )
+        lag = points(reader, "hms.consumer.lag")
+        in_flight = points(reader, "hms.steps.in_flight")
+        processes = await eventually(
+            lambda: points(reader, "hms.processes"), what="processes observed"
+        )
+
+    assert final.status == "completed"
+    assert tries == [1, 2]
+    steps = {
+        (dict(k)["hms.step"], dict(k)["hms.outcome"]): p.count
+        for k, p in points(reader, "hms.step.duration").items()
+    }
+    assert steps == {
+        ("fast", "succeeded"): 1,
+        ("slow", "succeeded"): 1,
+        ("flaky", "failed"): 1,
+        ("flaky", "succeeded"): 1,
+    }
+    slow_point = next(
+        p for k, p in points(reader, "hms.step.duration").items() if dict(k)["hms.step"] == "slow"
+    )
+    assert slow_point.sum >= 0.4
+    retries = {dict(k)["hms.step"]: p.value for k, p in points(reader, "hms.step.retries").items()}
+    assert retries == {"flaky": 1}
+    breaches = {dict(k)["hms.step"]: p.value for k, p in points(reader, "hms.sla.breaches").items()}
+    assert breaches == {"slow": 1}, "the slow step breached; the fast one did not"
+    durations = points(reader, "hms.workflow.duration")
+    assert [(dict(k), p.count) for k, p in durations.items()] == [
+        ({"hms.workflow": "wf", "hms.status": "completed"}, 1)
+    ]
+    assert next(iter(durations.values())).sum >= 0.4
+    letters = {
+        dict(k)["messaging.destination.name"]: p.value
+        for k, p in points(reader, "hms.dead_letters").items()
+    }
+    assert letters == {mgmt.topics.step("wf", "fast"): 1}
+    roles = {dict(k)["hms.role"] for k in lag}
+    assert roles == {"worker", "coordinator", "projector", "monitor"}
+    assert all(p.value >= 0 for p in lag.values())
+    assert [p.value for p in in_flight.values()] == [0]
+    assert {dict(k)["state"]: p.value for k, p in processes.items()} == {"live": 1, "down": 0}
+
+
+async def test_a_failed_step_marks_its_span_as_an_error(make_mgmt: MakeMgmt) -> None:
+    tp, exported = tracer()
+    mgmt = make_mgmt(tracer_provider=tp)
+    mgmt.define_workflow("wf", ["a"])
+
+    @mgmt.on_step("wf.a")
+    async def a(ctx: hms_bus.StepContext) -> Any:
+        raise hms_bus.Fail("applicant not eligible")
+
+    async with mgmt:
+        final = await mgmt.run("wf", {}, timeout=20)
+        await eventually(
+            lambda: any(s.name == "fail wf" for s in exported.get_finished_spans()),
+            what="fail span",
+        )
+
+    assert final.status == "failed"
+    process = next(s for s in exported.get_finished_spans() if s.name.startswith("process"))
+    assert process.status.status_code is StatusCode.ERROR
+    assert process.status.description == "applicant not eligible"
+    assert process.attributes is not None
+    assert process.attributes["hms.outcome"] == "failed"
+    assert process.attributes["error.type"] == "Fail"
