@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1
+# The hms-bus application image: the hms-bus command, the framework and the reference
+# app (step_handlers, schemas), with OTLP export. Every role runs from this one image:
+#   docker run --rm hms-bus:local worker step_handlers.grant_approval:mgmt --dry-run
+# Build your own app on top of it: FROM this image, COPY your package into /app (the
+# working directory, which `hms-bus … module:attribute` imports from).
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/hms
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY hms_bus ./hms_bus
+COPY step_handlers ./step_handlers
+COPY schemas ./schemas
+RUN /opt/hms/bin/pip install ".[otlp]"
+
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/hms/bin:$PATH
+RUN groupadd --system --gid 10001 hms \
+    && useradd --system --uid 10001 --gid hms --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin hms
+COPY --from=build /opt/hms /opt/hms
+WORKDIR /app
+USER 10001:10001
+# Role commands serve /healthz and Prometheus /metrics here when given --http-port 9464
+# (or HMS_TELEMETRY__HTTP_PORT=9464).
+EXPOSE 9464
+ENTRYPOINT ["hms-bus"]
+CMD ["--help"]
