@@ -520,6 +520,12 @@ def configure_from_environment(service_name: str, *, prometheus: bool = False) -
         )
 
 
+def check_environment() -> None:
+    """Raise ConfigError for ``OTEL_*`` exporter names hms-bus cannot set up."""
+    _exporter_names("OTEL_TRACES_EXPORTER")
+    _exporter_names("OTEL_METRICS_EXPORTER")
+
+
 def prometheus_reader() -> PrometheusReader | None:
     """The reader behind ``/metrics``, when :func:`configure_from_environment` made one."""
     return _prometheus

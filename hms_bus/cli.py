@@ -516,6 +516,9 @@ async def cmd_role(args: argparse.Namespace) -> int:
 
 def _dry_run(mgmt: Management, command: str) -> int:
     """Print what ``command`` would run, with every setting resolved, and connect to nothing."""
+    from ._telemetry import check_environment
+
+    check_environment()
     s = mgmt.settings
     served = [d.qualname for d in mgmt._served_steps()]
     port = s.telemetry.http_port

@@ -320,17 +320,17 @@ class Monitor(BatchRole):
             tel.sla_breaches.add(1, tel.attrs("hms.workflow", d.workflow, "hms.step", d.step or ""))
         return self._event(breach)
 
-    def _gone(self, worker: str, now: float) -> bool:
+    def _gone(self, worker: str, since: float, now: float) -> bool:
         """True when ``worker`` is reported down, or was never heard from although this
-        monitor has listened long enough to have heard its heartbeats."""
+        monitor has listened long enough (since it started, and since the step started)
+        to have heard its heartbeats."""
         info = self._processes.get(worker)
         if info is not None:
             return info.down
         cfg = self._rt.settings.monitor
-        listened = now - self._started
         # Without heartbeats (interval 0) an unknown worker proves nothing.
         window = cfg.heartbeat_interval * (cfg.missed_heartbeats + 1)
-        return bool(worker) and window > 0 and listened > window
+        return bool(worker) and window > 0 and now - max(self._started, since) > window
 
     async def check(self, now: float | None = None) -> None:
         """Report missed deadlines, silent processes and stuck steps, then write the
@@ -378,7 +378,7 @@ class Monitor(BatchRole):
             wf = self._rt.registry.workflows.get(r.workflow)
             step = wf.steps.get(r.step) if wf is not None else None
             timeout = step.timeout if step is not None and step.timeout else 0.0
-            if now - r.since <= timeout or not self._gone(r.worker, now):
+            if now - r.since <= timeout or not self._gone(r.worker, r.since, now):
                 continue
             r.stuck_at = now
             self.stuck.append((wid, seq))

@@ -727,9 +727,12 @@ class PostgresStore:
     async def load_health(self) -> dict[str, Any] | None:
         """The namespace's last health report, or None."""
         async with _errors("load_health"), self._p().acquire() as conn:
-            text = await conn.fetchval(
-                "SELECT report::text FROM hms_health WHERE namespace = $1", self._ns
-            )
+            try:
+                text = await conn.fetchval(
+                    "SELECT report::text FROM hms_health WHERE namespace = $1", self._ns
+                )
+            except asyncpg.UndefinedTableError:  # not migrated: no monitor has written
+                return None
         return None if text is None else dict(orjson.loads(text))
 
     async def history(self, workflow_id: str) -> list[Any]:
