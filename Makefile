@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench bench-kafka bench-postgres clean
+.PHONY: demo test lint typecheck unit bench bench-kafka bench-postgres bench-telemetry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench-kafka: $(VENV)/.dev
 # The projector's writes into Postgres (HMS_TEST_PG_URL or the local server) vs raw asyncpg.
 bench-postgres: $(VENV)/.dev
 	$(BIN)/python bench/postgres_projector.py
+
+# What tracing and metrics cost on the memory benchmark (off vs metrics vs traces).
+bench-telemetry: $(VENV)/.dev
+	$(BIN)/python bench/telemetry_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
