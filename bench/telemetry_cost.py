@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"{'configuration':<22} {'steps/s':>10} {'vs off':>8}")
         for c in CONFIGS:
-            print(
-                f"{c:<22} {res['median_steps_per_s'][c]:>10,.0f} {res['ratio_to_off'][c]:>8.3f}"
-            )
+            print(f"{c:<22} {res['median_steps_per_s'][c]:>10,.0f} {res['ratio_to_off'][c]:>8.3f}")
         print()
     print(json.dumps(res))
 

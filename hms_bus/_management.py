@@ -382,16 +382,12 @@ class Management:
         reader = prometheus_reader()
         if t.http_port is None:  # pragma: no cover - checked by the caller
             return
-        self._server = StatusServer(
-            t.http_host,
-            t.http_port,
-            health=self.health,
-            metrics=reader.render if reader is not None and t.metrics else None,
-        )
+        metrics = reader.render if reader is not None and t.metrics else None
+        self._server = StatusServer(t.http_host, t.http_port, health=self.health, metrics=metrics)
         await self._server.start()
         log.info(
             "serving /healthz%s on http://%s:%d",
-            " and /metrics" if reader is not None else "",
+            " and /metrics" if metrics is not None else "",
             t.http_host,
             self._server.port,
         )

@@ -196,6 +196,13 @@ class Telemetry:
         self.tracing = tracing and not _is_noop(tp)
         self.metrics = metrics and not _is_noop(mp)
         self._tracer = tp.get_tracer("hms_bus", __version__)
+        # With a parent-based sampler (the SDK's default, and what OTEL_TRACES_SAMPLER
+        # names other than always_on/always_off/traceidratio give), a child of an
+        # unsampled span is never recorded: skip asking the SDK for it.
+        self._skip_unsampled = _drops_unsampled_children(getattr(self._tracer, "sampler", None))
+        # The default W3C propagator: headers are read and written directly (faster).
+        # Read once: set propagators before connecting, as for any instrumentation.
+        self._w3c = _w3c_only()
         meter = mp.get_meter("hms_bus", __version__)
         self._observed: list[Source] = []
         self._lag_sources: list[Source] = []
@@ -293,7 +300,7 @@ class Telemetry:
         """The trace context in ``headers``, or None (a new trace) when absent or bad."""
         if not headers:
             return None
-        if _w3c_only():
+        if self._w3c:
             fast = _fast_extract(headers)
             if fast is not _SLOW:
                 return fast  # type: ignore[return-value]
@@ -308,7 +315,7 @@ class Telemetry:
     def inject(self, span: Span) -> Headers:
         """Headers carrying ``span``'s context (empty when it has none)."""
         sc = span.get_span_context()
-        if _w3c_only() and not sc.trace_state and not otel_baggage.get_all():
+        if self._w3c and not sc.trace_state and not otel_baggage.get_all():
             # What the default W3C propagators write, without their per-call overhead.
             if not sc.is_valid:
                 return ()
@@ -328,6 +335,10 @@ class Telemetry:
         links: Sequence[Link] = (),
     ) -> Span:
         """Start a span (the caller ends it). ``parent=None`` starts a new trace."""
+        if parent is not None and self._skip_unsampled:
+            sc = otel_trace.get_current_span(parent).get_span_context()
+            if not sc.trace_flags.sampled:
+                return otel_trace.NonRecordingSpan(sc)  # carries the same context on
         return self._tracer.start_span(
             name,
             context=parent if parent is not None else _ROOT,
@@ -433,6 +444,18 @@ def attach(span: Span) -> object:
 def detach(token: object) -> None:
     """Undo :func:`attach`."""
     otel_context.detach(token)  # type: ignore[arg-type]
+
+
+def _drops_unsampled_children(sampler: object) -> bool:
+    from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSampler
+
+    if not isinstance(sampler, ParentBased):
+        return False
+    for name in ("_remote_parent_not_sampled", "_local_parent_not_sampled"):
+        delegate = getattr(sampler, name, None)
+        if not isinstance(delegate, StaticSampler) or delegate._decision is not Decision.DROP:
+            return False
+    return True
 
 
 def _is_noop(provider: object) -> bool:

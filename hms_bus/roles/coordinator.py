@@ -92,7 +92,8 @@ class Coordinator(BatchRole):
                     parent=tel.extract(record.headers),
                     attributes=None,
                 )
-                self._headers = tel.inject(span)
+                # An unsampled trace goes on with the context it came with.
+                self._headers = tel.inject(span) if span.is_recording() else record.headers
             else:
                 self._headers = record.headers  # carry the trace on, if there is one
             claim = self._decide(event)
@@ -100,7 +101,7 @@ class Coordinator(BatchRole):
                 if span is not None:
                     span.end()
                 continue
-            if span is not None:
+            if span is not None and span.is_recording():
                 operation, destination, _ = self._op
                 span.update_name(f"{operation} {destination}")
                 span.set_attributes(

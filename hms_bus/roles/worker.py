@@ -146,7 +146,8 @@ class Worker:
                         "hms.attempt": cmd.attempt,
                     },
                 )
-                headers = tel.inject(span)
+                if span.is_recording():
+                    headers = tel.inject(span)
             started = StepStarted(
                 workflow_id=cmd.workflow_id,
                 workflow=cmd.workflow,
