@@ -33,6 +33,7 @@ __all__ = [
     "ErrorInfo",
     "Heartbeat",
     "ProcessDown",
+    "ProcessFacts",
     "RetryScheduled",
     "SlaBreached",
     "StepCommand",
@@ -249,15 +250,14 @@ WorkflowEvent = Annotated[
 ]
 
 
-class Heartbeat(_Envelope):
-    """A process is alive: what it runs, how busy it is. Sent every ``interval`` seconds.
+class ProcessFacts(BaseModel):
+    """What a process says of itself in its heartbeats.
 
     ``steps`` are the ``workflow.step`` names its worker serves, ``in_flight`` the
     handlers running now, ``steps_done`` the attempts it has finished since it started,
     and ``lag`` the records each of its roles has not fetched yet.
     """
 
-    type: Literal["heartbeat"] = "heartbeat"
     process_id: str
     service: str
     roles: list[str]
@@ -267,6 +267,12 @@ class Heartbeat(_Envelope):
     in_flight: int = 0
     steps_done: int = 0
     lag: dict[str, int] = Field(default_factory=dict)
+
+
+class Heartbeat(_Envelope, ProcessFacts):
+    """A process is alive: what it runs, how busy it is. Sent every ``interval`` seconds."""
+
+    type: Literal["heartbeat"] = "heartbeat"
     interval: float
     stopping: bool = False
 

@@ -21,23 +21,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ._events import utcnow
+from ._events import ProcessFacts, utcnow
 
 __all__ = ["BreachReport", "HealthReport", "ProcessReport", "StuckReport"]
 
 
-class ProcessReport(BaseModel):
+class ProcessReport(ProcessFacts):
     """One process, from its last heartbeat."""
 
-    process_id: str
-    service: str
-    roles: list[str]
-    host: str
-    pid: int
-    steps: list[str] = Field(default_factory=list)
-    in_flight: int = 0
-    steps_done: int = 0
-    lag: dict[str, int] = Field(default_factory=dict)
     last_seen: datetime
     state: Literal["live", "down"]
 

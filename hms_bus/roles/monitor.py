@@ -45,6 +45,7 @@ from .._errors import SerializationError
 from .._events import (
     Heartbeat,
     ProcessDown,
+    ProcessFacts,
     SlaBreached,
     StepStuck,
     decode_heartbeat,
@@ -419,19 +420,11 @@ class Monitor(BatchRole):
 
         processes = [
             ProcessReport(
-                process_id=pid,
-                service=info.heartbeat.service,
-                roles=info.heartbeat.roles,
-                host=info.heartbeat.host,
-                pid=info.heartbeat.pid,
-                steps=info.heartbeat.steps,
-                in_flight=info.heartbeat.in_flight,
-                steps_done=info.heartbeat.steps_done,
-                lag=info.heartbeat.lag,
+                **info.heartbeat.model_dump(include=set(ProcessFacts.model_fields)),
                 last_seen=at(info.last_seen),
                 state="down" if info.down else "live",
             )
-            for pid, info in self._processes.items()
+            for info in self._processes.values()
         ]
         breaches = [
             BreachReport(
