@@ -38,6 +38,7 @@ from ._errors import (
 )
 from ._events import ErrorInfo
 from ._management import Management, Started, init
+from ._pii import Sensitive
 from ._results import Complete, Next
 from ._retry import RetryPolicy
 from ._settings import Settings
@@ -56,6 +57,7 @@ __all__ = [
     "NotFoundError",
     "PayloadValidationError",
     "RetryPolicy",
+    "Sensitive",
     "SerializationError",
     "Settings",
     "Started",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from ._events import ErrorInfo
+from ._pii import mask_text
 from ._results import Next
 
 __all__ = ["StepContext", "StepLogger"]
@@ -17,8 +19,29 @@ class StepLogger(logging.LoggerAdapter[logging.Logger]):
     """A logger whose lines start with ``[<workflow_id> <step>#<seq> attempt <n>]``.
 
     The same values are also on each record as ``workflow_id``, ``step``, ``seq`` and
-    ``attempt``, for structured log formatters.
+    ``attempt``, for structured log formatters. The step's sensitive values (see
+    :class:`hms_bus.Sensitive`) are masked in its lines, arguments included.
     """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        extra: Mapping[str, object] | None = None,
+        *,
+        secrets: Sequence[str] = (),
+    ) -> None:
+        super().__init__(logger, extra or {})
+        self._secrets = secrets
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """Log like ``Logger.log``, masking the step's sensitive values."""
+        if not self.isEnabledFor(level):
+            return
+        if self._secrets:
+            text = str(msg) % args if args else str(msg)
+            msg, args = mask_text(text, self._secrets), ()
+        msg, kwargs = self.process(msg, kwargs)
+        self.logger.log(level, msg, *args, **kwargs)
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         """Prefix the message and attach the context to the record."""

@@ -260,6 +260,13 @@ class Registry:
         step.sla = seconds(sla, f"sla of {qualname!r}")
         return step
 
+    def models(self) -> list[type[BaseModel]]:
+        """Every ``input=`` model of every workflow and step."""
+        found: list[type[BaseModel]] = []
+        for wf in self.workflows.values():
+            found += [m for m in (wf.input, *(s.input for s in wf.steps.values())) if m]
+        return list(dict.fromkeys(found))
+
     def all_steps(self) -> list[StepDefinition]:
         """Every step of every workflow, in definition order."""
         return [s for wf in self.workflows.values() for s in wf.steps.values()]

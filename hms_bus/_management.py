@@ -24,6 +24,7 @@ from ._backends import redact
 from ._definitions import Handler, Registry, StepDefinition, WorkflowDefinition, validate_payload
 from ._errors import ConfigError, HmsBusError, NotFoundError, TransportError, WaitTimeoutError
 from ._events import CancelRequested, Heartbeat, WorkflowStarted, encode, utcnow
+from ._pii import Sealer, sensitive_names
 from ._results import to_jsonable
 from ._retry import RetryPolicy
 from ._settings import Settings, build_settings
@@ -91,6 +92,7 @@ class Management:
         self._meter_provider = meter_provider
         self._telemetry: Telemetry | None = None
         self._server: Any = None
+        self._sealer: Sealer | None = None
         self._registry = Registry()
         self._topics = Topics(settings.namespace)
         self._transport: Transport | None = None
@@ -147,7 +149,7 @@ class Management:
             raise HmsBusError("configure() must be called before 'async with mgmt'")
         current = self._settings.model_dump()
         sections = ("worker", "coordinator", "scheduler", "monitor", "transport", "postgres")
-        for section in (*sections, "telemetry"):
+        for section in (*sections, "telemetry", "pii"):
             if isinstance(settings.get(section), dict):
                 settings[section] = {**current[section], **settings[section]}
         renamed = {"bus": "bus_url", "store": "store_url"}
@@ -267,9 +269,17 @@ class Management:
         self._failure = None
         try:
             telemetry = self._telemetry = self._make_telemetry(transport.url)
+            sealer = self._sealer = self._make_sealer(transport.url)
             await transport.ensure_topics(self.required_topics())
             rt = Runtime(
-                s, self._registry, transport, store, self._topics, self._process_id, telemetry
+                s,
+                self._registry,
+                transport,
+                store,
+                self._topics,
+                self._process_id,
+                telemetry,
+                sealer,
             )
             factories: dict[str, Callable[[], Role]] = {
                 "projector": lambda: Projector(rt),
@@ -316,6 +326,25 @@ class Management:
             tracer_provider=self._tracer_provider,
             meter_provider=self._meter_provider,
         )
+
+    def _make_sealer(self, bus_url: str) -> Sealer:
+        s = self._settings
+        names = sensitive_names(self._registry.models()) | set(s.pii.fields)
+        sealer = Sealer(names, s.pii.key_list())
+        if names and sealer.generated and not bus_url.startswith("memory:"):
+            log.warning(
+                "sensitive fields (%s) are sealed with a key of this process only: set the "
+                "same HMS_PII__KEYS on every process, or workers elsewhere cannot open them",
+                ", ".join(sorted(names)),
+            )
+        return sealer
+
+    @property
+    def sealer(self) -> Sealer:
+        """Seals, opens and masks sensitive values (while connected)."""
+        self._require()
+        assert self._sealer is not None
+        return self._sealer
 
     def lag(self) -> dict[str, dict[str, int]]:
         """Records not yet fetched by each role of this process, per topic."""
@@ -582,7 +611,7 @@ class Management:
             raise ConfigError(f"workflow_id must be printable text, got {workflow_id!r}")
         model = wf.input_model(wf.first_step)
         validated = validate_payload(model, payload, f"workflow {workflow!r}")
-        body = to_jsonable(validated)
+        body = self.sealer.seal(to_jsonable(validated))
         event = WorkflowStarted(
             workflow_id=workflow_id,
             workflow=workflow,
@@ -645,11 +674,29 @@ class Management:
         span.end()
 
     async def status(self, workflow_id: str) -> WorkflowStatus | None:
-        """The workflow's status with its steps, or None if the store does not know it."""
-        return await self._st.get_workflow(workflow_id)
+        """The workflow's status with its steps, or None if the store does not know it.
 
-    async def wait(self, workflow_id: str, timeout: float | None = None) -> WorkflowStatus:
+        Sensitive values in its payload and result are masked.
+        """
+        return self._masked(await self._st.get_workflow(workflow_id))
+
+    def _masked(self, status: WorkflowStatus | None) -> WorkflowStatus | None:
+        if status is None:
+            return None
+        sealer = self.sealer
+        return status.model_copy(
+            update={"payload": sealer.mask(status.payload), "result": sealer.mask(status.result)}
+        )
+
+    async def wait(
+        self, workflow_id: str, timeout: float | None = None, *, until_step: str | None = None
+    ) -> WorkflowStatus:
         """Wait until the workflow is terminal and return its status (completed or failed).
+
+        With ``until_step``, return as soon as a step of that name has succeeded (or the
+        workflow is terminal): a caller that needs the outcome of one step (a payment
+        initiated) need not wait for the steps scheduled after it (a status check an
+        hour later).
 
         Raises:
             NotFoundError: the store does not know ``workflow_id``.
@@ -657,19 +704,27 @@ class Management:
         """
         store = self._st
         deadline = None if timeout is None else time.monotonic() + timeout
+        # Stores wake waiters when a workflow's status changes, not on step progress.
+        poll = 1.0 if until_step is None else 0.05
         while True:
             self._raise_if_failed()
             status = await store.get_workflow(workflow_id)
             if status is None:
                 raise NotFoundError(f"no workflow {workflow_id!r}")
-            if status.terminal:
-                return status
-            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if status.terminal or (
+                until_step is not None
+                and any(s.step == until_step and s.status == "succeeded" for s in status.steps)
+            ):
+                masked = self._masked(status)
+                assert masked is not None
+                return masked
+            remaining = poll if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
+                step = f" and step {until_step!r} has not succeeded" if until_step else ""
                 raise WaitTimeoutError(
-                    f"workflow {workflow_id!r} is still {status.status} after {timeout}s"
+                    f"workflow {workflow_id!r} is still {status.status}{step} after {timeout}s"
                 )
-            await store.wait_for_change(workflow_id, min(remaining, 1.0))
+            await store.wait_for_change(workflow_id, min(remaining, poll))
 
     async def run(
         self,
@@ -684,8 +739,17 @@ class Management:
         return await self.wait(started.workflow_id, timeout)
 
     async def history(self, workflow_id: str) -> list[Any]:
-        """The workflow's lifecycle events in order, as the projector recorded them."""
-        return await self._st.history(workflow_id)
+        """The workflow's lifecycle events in order, as the projector recorded them.
+
+        Sensitive values in payloads, step results and the workflow's result are masked.
+        """
+        sealer = self.sealer
+        out = []
+        for event in await self._st.history(workflow_id):
+            fields = {f: getattr(event, f, None) for f in ("payload", "result", "directive")}
+            masked = {f: sealer.mask(v) for f, v in fields.items() if v is not None}
+            out.append(event.model_copy(update=masked) if masked else event)
+        return out
 
     async def cancel(self, workflow_id: str, reason: str | None = None) -> bool:
         """Ask for the workflow to be cancelled; False if it has already ended.
@@ -730,7 +794,7 @@ class Management:
             raise ConfigError(
                 f"unknown status {status!r} (statuses: {', '.join(s.value for s in WorkflowState)})"
             ) from None
-        return await self._st.list_workflows(
+        page = await self._st.list_workflows(
             ListQuery(
                 workflow=workflow,
                 status=state,
@@ -740,6 +804,8 @@ class Management:
                 cursor=cursor,
             )
         )
+        items = [self._masked(item) for item in page.items]
+        return page.model_copy(update={"items": [i for i in items if i is not None]})
 
 
 def init(

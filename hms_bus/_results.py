@@ -62,9 +62,13 @@ class Directive:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Turn pydantic models (recursively) into JSON-ready values; leave the rest alone."""
+    """Turn pydantic models (recursively) into JSON-ready values; leave the rest alone.
+
+    Models are dumped by alias (their wire names), which their validation always accepts,
+    so a payload validated at ``start`` validates again in the worker.
+    """
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return value.model_dump(mode="json", by_alias=True)
     if isinstance(value, dict):
         return {k: to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -20,6 +20,7 @@ setting (``init`` keyword)     environment variable            default
 ``transport.linger_ms``        ``HMS_TRANSPORT__LINGER_MS``    5
 ``transport.security_protocol`` ``HMS_TRANSPORT__SECURITY_PROTOCOL`` PLAINTEXT
 ``telemetry.http_port``        ``HMS_TELEMETRY__HTTP_PORT``    none (no server)
+``pii.keys``                   ``HMS_PII__KEYS``               a random key per process
 =============================  ==============================  ==================
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "ALL_ROLES",
     "CoordinatorSettings",
     "MonitorSettings",
+    "PiiSettings",
     "PostgresSettings",
     "SchedulerSettings",
     "Settings",
@@ -216,6 +218,30 @@ class TelemetrySettings(_Section):
     http_host: str = "0.0.0.0"
 
 
+class PiiSettings(_Section):
+    """Sensitive fields (see :mod:`hms_bus._pii`).
+
+    Attributes:
+        keys: Fernet keys (comma-separated) sealing sensitive values on the bus and in the
+            store; the first seals, every one opens (to rotate, put the new key first).
+            Every process that starts workflows or runs workers needs them. Empty: a
+            random key per process, enough only when everything runs in one process.
+        fields: more field names to treat as sensitive, besides those marked
+            :class:`~hms_bus.Sensitive` in the ``input=`` models.
+    """
+
+    keys: SecretStr | None = None
+    fields: Annotated[tuple[str, ...], NoDecode] = ()
+
+    _split = field_validator("fields", mode="before")(_csv)
+
+    def key_list(self) -> list[str]:
+        """The keys, revealed."""
+        if self.keys is None:
+            return []
+        return [k.strip() for k in self.keys.get_secret_value().split(",") if k.strip()]
+
+
 class Settings(BaseSettings):
     """Everything a :class:`~hms_bus.Management` is configured with (see module docs)."""
 
@@ -238,6 +264,7 @@ class Settings(BaseSettings):
     transport: TransportSettings = TransportSettings()
     postgres: PostgresSettings = PostgresSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    pii: PiiSettings = PiiSettings()
 
     @field_validator("roles", mode="before")
     @classmethod

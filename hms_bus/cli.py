@@ -13,6 +13,7 @@
     hms-bus run APP [--roles coordinator,projector]   every role (or those) in one process
     hms-bus topics [--app APP] [--create] [--partitions N] [--json]
     hms-bus migrate [--store URL]                  apply the store's schema migrations
+    hms-bus schemas export MODULE[:APP] [--out DIR] [--check]   JSON Schema of payload models
     hms-bus health [--app APP] [--json]            live processes and open breaches; exit 1
                                                    when unhealthy (a probe)
 
@@ -42,9 +43,11 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
+from pydantic import BaseModel
 
 from ._backends import redact
 from ._errors import ConfigError, HmsBusError, NotFoundError, WaitTimeoutError
@@ -371,6 +374,85 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _schema_models(source: str) -> list[type[BaseModel]]:
+    """The models ``source`` names: ``module`` (the models in its ``__all__``),
+    ``module:Model``, or ``module:app`` (every ``input=`` model of a Management)."""
+    module_name, _, attr = source.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    if not attr:
+        names = getattr(module, "__all__", None)
+        if names is None:
+            raise UsageError(f"module {module_name!r} has no __all__ listing its models")
+        found = [getattr(module, n) for n in names]
+        models = [m for m in found if isinstance(m, type) and issubclass(m, BaseModel)]
+    else:
+        obj = getattr(module, attr, None)
+        if isinstance(obj, Management):
+            models = obj._registry.models()
+        elif isinstance(obj, type) and issubclass(obj, BaseModel):
+            models = [obj]
+        else:
+            raise UsageError(f"{source!r} is neither a pydantic model nor an hms_bus.Management")
+    if not models:
+        raise UsageError(f"{source!r} names no pydantic models")
+    return models
+
+
+def _schema_files(models: list[type[BaseModel]]) -> dict[str, str]:
+    """File name -> JSON text of each model's JSON Schema (as validated, wire aliases)."""
+    out: dict[str, str] = {}
+    for model in models:
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            **model.model_json_schema(by_alias=True, mode="validation"),
+        }
+        out[f"{model.__name__}.json"] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+    return out
+
+
+async def cmd_schemas_export(args: argparse.Namespace) -> int:
+    return _schemas_export(args)  # file work only: nothing to await
+
+
+def _schemas_export(args: argparse.Namespace) -> int:
+    files = _schema_files(_schema_models(args.source))
+    out = Path(args.out)
+    stale = [
+        name
+        for name, text in files.items()
+        if not (out / name).is_file() or (out / name).read_text(encoding="utf-8") != text
+    ]
+    extra = (
+        sorted(p.name for p in out.glob("*.json") if p.is_file() and p.name not in files)
+        if out.is_dir()
+        else []
+    )
+    if args.check:
+        if not stale and not extra:
+            print(f"{out}: {len(files)} schema(s) match the models")
+            return EXIT_OK
+        for name in stale:
+            _err(
+                f"{out / name}: {'differs from' if (out / name).exists() else 'missing for'} "
+                "the model"
+            )
+        for name in extra:
+            _err(f"{out / name}: no model of {args.source} produces it")
+        _err(f"regenerate with: hms-bus schemas export {args.source} --out {args.out}")
+        return EXIT_WORKFLOW_FAILED
+    out.mkdir(parents=True, exist_ok=True)
+    for name in stale:
+        (out / name).write_text(files[name], encoding="utf-8")
+    print(
+        f"{out}: wrote {len(stale)} schema(s), {len(files) - len(stale)} unchanged"
+        + (f"; not produced by {args.source} (left alone): {', '.join(extra)}" if extra else "")
+    )
+    return EXIT_OK
+
+
 async def cmd_health(args: argparse.Namespace) -> int:
     mgmt = _app_or_client(args)
     s = mgmt.settings
@@ -616,6 +698,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     mg.add_argument("--app", help="module:attribute (default: the store from the environment)")
     mg.set_defaults(func=cmd_migrate)
+
+    sc = sub.add_parser("schemas", help="JSON Schema of payload models")
+    scs = sc.add_subparsers(dest="schemas_command", required=True, metavar="SUBCOMMAND")
+    ex = scs.add_parser(
+        "export", help="write each model's JSON Schema to a directory (or --check it)"
+    )
+    ex.add_argument(
+        "source",
+        help="module (the models in its __all__), module:Model, or module:app "
+        "(the app's input= models)",
+    )
+    ex.add_argument("--out", default="schemas/json", help="directory (default schemas/json)")
+    ex.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if a file is missing, differs or is extra",
+    )
+    ex.set_defaults(func=cmd_schemas_export)
 
     hl = sub.add_parser(
         "health",

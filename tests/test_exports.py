@@ -19,6 +19,7 @@ PUBLIC = [
     "NotFoundError",
     "PayloadValidationError",
     "RetryPolicy",
+    "Sensitive",
     "SerializationError",
     "Settings",
     "Started",

@@ -19,6 +19,7 @@ from .._consume import BatchLoop
 from .._definitions import Registry
 from .._errors import TransportError
 from .._events import DeadLetter, ErrorInfo, encode, original_for_dead_letter
+from .._pii import Sealer
 from .._settings import Settings
 from .._telemetry import Telemetry
 from .._topics import Topics
@@ -41,6 +42,7 @@ class Runtime:
     topics: Topics
     process_id: str
     telemetry: Telemetry
+    sealer: Sealer
 
     def dead_letter(
         self,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from typing import Any
 
 from opentelemetry.trace import Span, SpanKind
@@ -34,6 +35,7 @@ from .._events import (
     encode,
     utcnow,
 )
+from .._pii import mask_text
 from .._results import normalize_result
 from .._telemetry import attach, detach, end_span
 from ..transport import Outgoing, Record, TopicPartition
@@ -213,8 +215,11 @@ class Worker:
         wf = self._rt.registry.workflows[step.workflow]
         where = f"step {step.qualname}"
         t0 = time.perf_counter()
+        sealer = self._rt.sealer
+        opened: list[str] = []  # sensitive values in clear: scrubbed from errors and logs
         try:
-            payload = validate_payload(wf.input_model(step.name), cmd.payload, where)
+            clear = sealer.open(cmd.payload, opened)
+            payload = validate_payload(wf.input_model(step.name), clear, where)
             ctx = StepContext(
                 payload=payload,
                 workflow_id=cmd.workflow_id,
@@ -233,6 +238,7 @@ class Worker:
                         "seq": cmd.seq,
                         "attempt": cmd.attempt,
                     },
+                    secrets=opened,
                 ),
             )
             # The handler's own spans (HTTP calls, queries) nest under the step's span.
@@ -257,24 +263,30 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except PayloadValidationError as exc:
-            return self._failure(cmd, started_at, exc, retriable=False)
+            return self._failure(cmd, started_at, exc, opened, retriable=False)
         except _StepTimeout as exc:
             log.warning("%s %s attempt %d: %s", step.qualname, cmd.workflow_id, cmd.attempt, exc)
-            return self._failure(cmd, started_at, exc, retriable=True, type_name="TimeoutError")
+            return self._failure(
+                cmd, started_at, exc, opened, retriable=True, type_name="TimeoutError"
+            )
         except Fail as exc:
-            return self._failure(cmd, started_at, exc, retriable=False)
+            return self._failure(cmd, started_at, exc, opened, retriable=False)
         except Exception as exc:
             retriable = exc.retriable if isinstance(exc, HmsBusError) else True
+            trace = ""
+            if not isinstance(exc, HmsBusError):
+                # The traceback, with the step's sensitive values masked in it.
+                trace = "\n" + "".join(traceback.format_exception(exc)).rstrip()
             log.warning(
-                "%s %s attempt %d raised %s: %s",
+                "%s %s attempt %d raised %s: %s%s",
                 step.qualname,
                 cmd.workflow_id,
                 cmd.attempt,
                 type(exc).__name__,
-                exc,
-                exc_info=not isinstance(exc, HmsBusError),
+                mask_text(str(exc), opened),
+                mask_text(trace, opened),
             )
-            return self._failure(cmd, started_at, exc, retriable=retriable)
+            return self._failure(cmd, started_at, exc, opened, retriable=retriable)
         log.debug(
             "%s %s done in %.1f ms",
             step.qualname,
@@ -288,7 +300,7 @@ class Worker:
             directive={
                 "kind": directive.kind,
                 "step": directive.step,
-                "data": directive.data,
+                "data": sealer.seal(directive.data, opened),
                 "delay": directive.delay,
             },
         )
@@ -298,11 +310,12 @@ class Worker:
         cmd: StepCommand,
         started_at: Any,
         exc: BaseException,
+        secrets: list[str] | None = None,
         *,
         retriable: bool,
         type_name: str | None = None,
     ) -> StepCompleted:
-        message = str(exc) or repr(exc)
+        message = mask_text(str(exc) or repr(exc), secrets or ())
         error = ErrorInfo(
             message=message, type=type_name or type(exc).__name__, retriable=retriable
         )
