@@ -1,0 +1,270 @@
+"""The business rules of the reference HMS-SVC and HMS-ACH, in one place.
+
+Both the reference services (:mod:`step_handlers.reference_services`, over HTTP) and
+the in-process simulations (``SimulatedApplicantValidator`` and
+``SimulatedPaymentGateway`` in :mod:`step_handlers.services`) answer through the
+functions here, from the same wire bodies, so the two cannot drift apart.
+
+**HMS-SVC** (:func:`check_applicant`): an applicant is invalid, with one reason per
+problem, when
+
+- the name is missing or blank (``applicant name is missing``);
+- the tax id is missing (``tax id is missing``), or not ``NN-NNNNNNN``, nine digits with
+  the dash after the second (``tax id is not in the form NN-NNNNNNN``);
+- the tax id is on the deny list: it starts with one of :data:`DENIED_TAX_ID_PREFIXES`
+  (``00-``, a prefix the IRS never assigns) (``tax id is on the deny list``).
+
+**HMS-ACH** (:class:`TransferBook`): an initiated transfer gets a ``PAY-`` id and is
+``pending``, or ``rejected`` at once, with a reason, when
+
+- the routing number fails the ABA checksum (``routing number fails the ABA checksum``);
+- the account number is not 4 to 17 digits (``account number is not 4 to 17 digits``);
+- the account number ends in ``0000`` (``account closed``).
+
+A pending transfer is ``settled`` at the first status check ``settle_after`` seconds or
+more after it was initiated (0: at the first check), except for an account number
+ending in ``9999``, which is ``returned`` then (``R03 no account``); ``updatedAt`` is
+when the status last changed (the initiation, or that check). A repeated
+idempotency key answers the first transfer again (HTTP 200 instead of 201); the same
+key with a different request is refused (422). An unknown payment id is 404.
+
+Reasons and error messages never contain a tax id or an account number.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from schemas.grant import Applicant
+from schemas.payment import PaymentInstruction, PaymentResult, PaymentStatus
+
+from .grant_approval import routing_number_valid
+
+__all__ = [
+    "DENIED_TAX_ID_PREFIXES",
+    "HEALTH_PATH",
+    "TRANSFERS_PATH",
+    "VALIDATE_PATH",
+    "RequestRefused",
+    "Transfer",
+    "TransferBook",
+    "TransferRequest",
+    "ValidationRequest",
+    "applicant_problems",
+    "check_applicant",
+    "describe_validation_error",
+    "transfer_problem",
+]
+
+VALIDATE_PATH = "/svc/v1/applicants/validate"
+"""HMS-SVC: ``POST`` a :class:`ValidationRequest`, answered ``{"valid", "reasons"}``."""
+TRANSFERS_PATH = "/ach/v1/transfers"
+"""HMS-ACH: ``POST`` a :class:`TransferRequest`; ``GET {TRANSFERS_PATH}/{paymentId}``."""
+HEALTH_PATH = "/healthz"
+
+DENIED_TAX_ID_PREFIXES = ("00-",)
+"""Tax ids starting with one of these are refused by HMS-SVC."""
+
+_TAX_ID = re.compile(r"\d{2}-\d{7}")
+_ACCOUNT = re.compile(r"\d{4,17}")
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class RequestRefused(Exception):
+    """A request the reference services refuse: bad input, an unknown id, a reused key.
+
+    Args:
+        status: the HTTP status the service answers (400, 404, 422).
+        message: why; never contains a sensitive value.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.status, self.message))
+
+
+class ValidationRequest(BaseModel):
+    """The body of ``POST /svc/v1/applicants/validate``."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    application_id: str = Field(min_length=1, max_length=64)
+    applicant: Applicant
+
+
+class TransferRequest(PaymentInstruction):
+    """The body of ``POST /ach/v1/transfers``: a payment instruction and whose it is."""
+
+    application_id: str = Field(min_length=1, max_length=64)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Where and why a body failed its model, without the offending values."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def _parse(model: type[_M], body: Any) -> _M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise RequestRefused(400, f"invalid request: {describe_validation_error(exc)}") from None
+
+
+def applicant_problems(applicant: Applicant) -> tuple[str, ...]:
+    """Why HMS-SVC finds ``applicant`` invalid; empty when it is valid."""
+    reasons: list[str] = []
+    if not (applicant.name or "").strip():
+        reasons.append("applicant name is missing")
+    tax_id = applicant.tax_id
+    if not tax_id:
+        reasons.append("tax id is missing")
+    elif not _TAX_ID.fullmatch(tax_id):
+        reasons.append("tax id is not in the form NN-NNNNNNN")
+    elif tax_id.startswith(DENIED_TAX_ID_PREFIXES):
+        reasons.append("tax id is on the deny list")
+    return tuple(reasons)
+
+
+def check_applicant(body: Any) -> dict[str, Any]:
+    """HMS-SVC's answer to a validation request body: ``{"valid": bool, "reasons": [...]}``.
+
+    Raises:
+        RequestRefused: (400) the body is not a :class:`ValidationRequest`.
+    """
+    request = _parse(ValidationRequest, body)
+    reasons = applicant_problems(request.applicant)
+    return {"valid": not reasons, "reasons": list(reasons)}
+
+
+def transfer_problem(instruction: PaymentInstruction) -> str | None:
+    """Why HMS-ACH rejects ``instruction`` at once; None when it accepts it."""
+    account = instruction.bank_account
+    if not routing_number_valid(account.routing_number):
+        return "routing number fails the ABA checksum"
+    if not _ACCOUNT.fullmatch(account.account_number):
+        return "account number is not 4 to 17 digits"
+    if account.account_number.endswith("0000"):
+        return "account closed"
+    return None
+
+
+def _timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+@dataclass
+class Transfer:
+    """One transfer HMS-ACH knows (held in memory, with the account number)."""
+
+    payment_id: str
+    idempotency_key: str
+    request: TransferRequest = field(repr=False)  # holds the account number
+    initiated_at: float
+    status: PaymentStatus
+    reason: str | None
+    updated_at: float
+
+    def result(self) -> PaymentResult:
+        """The transfer as HMS-ACH answers it."""
+        return PaymentResult(
+            payment_id=self.payment_id,
+            status=self.status,
+            amount=self.request.amount,
+            currency=self.request.currency,
+            reason=self.reason,
+            updated_at=_timestamp(self.updated_at),
+        )
+
+
+class TransferBook:
+    """HMS-ACH's transfers, by payment id and by idempotency key.
+
+    Args:
+        settle_after: seconds after initiation from which a status check settles (or
+            returns) a pending transfer; 0 settles it at the first check.
+        clock: the time, in seconds since the epoch.
+    """
+
+    def __init__(self, *, settle_after: float = 0.0, clock: Callable[[], float] = time.time):
+        self.settle_after = settle_after
+        self.clock = clock
+        self.transfers: dict[str, Transfer] = {}
+        """Every transfer initiated, by payment id."""
+        self._by_key: dict[str, Transfer] = {}
+
+    def _new_id(self) -> str:
+        while True:
+            payment_id = f"PAY-{secrets.token_hex(5).upper()}"
+            if payment_id not in self.transfers:
+                return payment_id
+
+    def initiate(self, body: Any, idempotency_key: str | None) -> tuple[int, PaymentResult]:
+        """Initiate the transfer of a request body, once per idempotency key.
+
+        Returns:
+            201 and the new transfer, or 200 and the transfer first initiated with
+            ``idempotency_key``.
+
+        Raises:
+            RequestRefused: (400) no idempotency key or a body that is not a
+                :class:`TransferRequest`; (422) the key was used for a different request.
+        """
+        if not idempotency_key or len(idempotency_key) > 255:
+            raise RequestRefused(400, "the Idempotency-Key header is required (1 to 255 chars)")
+        request = _parse(TransferRequest, body)
+        known = self._by_key.get(idempotency_key)
+        if known is not None:
+            if known.request != request:
+                raise RequestRefused(
+                    422, "this Idempotency-Key was used for a different transfer request"
+                )
+            return 200, known.result()
+        now = self.clock()
+        reason = transfer_problem(request)
+        transfer = Transfer(
+            payment_id=self._new_id(),
+            idempotency_key=idempotency_key,
+            request=request,
+            initiated_at=now,
+            status="rejected" if reason else "pending",
+            reason=reason,
+            updated_at=now,
+        )
+        self.transfers[transfer.payment_id] = transfer
+        self._by_key[idempotency_key] = transfer
+        return 201, transfer.result()
+
+    def status(self, payment_id: str) -> PaymentResult:
+        """The transfer's status now, settling or returning it when its time has come.
+
+        Raises:
+            RequestRefused: (404) no transfer has this id.
+        """
+        transfer = self.transfers.get(payment_id)
+        if transfer is None:
+            raise RequestRefused(404, "unknown payment id")
+        now = self.clock()
+        if transfer.status == "pending" and now >= transfer.initiated_at + self.settle_after:
+            if transfer.request.bank_account.account_number.endswith("9999"):
+                transfer.status, transfer.reason = "returned", "R03 no account"
+            else:
+                transfer.status = "settled"
+            transfer.updated_at = now
+        return transfer.result()
