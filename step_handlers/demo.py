@@ -3,12 +3,15 @@
 Runs every role in this process on ``memory://`` (nothing to install or start), prints
 each workflow's steps as they progress, and ends with a status table: approved
 applications, one rejected through the error path, one retried after the credit
-bureau's outage, and two refused by validation.
+bureau's outage, and two refused by validation. Then it pays two grants through
+``ManagementLayer.process_workflow`` (one valid, one refused by HMS-SVC) and shows the
+valid payment's follow-up status check, run as its own step a second later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import time
@@ -18,6 +21,7 @@ from typing import Any, TextIO
 import hms_bus
 
 from .grant_approval import SimulatedCreditBureau, create_app
+from .management_layer import ManagementLayer
 
 __all__ = ["APPLICATIONS", "run_demo"]
 
@@ -215,4 +219,56 @@ async def run_demo(
         f"{sum(1 for s in final.values() if s.status == 'failed')} failed validation; "
         f"{time.monotonic() - p.t0:.2f}s\n"
     )
+    await asyncio.to_thread(_payments, p)
     return final
+
+
+PAYMENTS: list[dict[str, Any]] = [
+    {
+        "applicationId": "GR-2026-0001",
+        "applicant": {"name": "Acme Bakery LLC", "taxId": "12-3456789"},
+        "payment": {"amount": "25000.00", "bankAccount": _ACCOUNT, "memo": "Grant GR-2026-0001"},
+    },
+    {
+        "applicationId": "GR-2026-0005",
+        "applicant": {"name": "", "taxId": "33-4445556"},
+        "payment": {"amount": "12000.00", "bankAccount": _ACCOUNT},
+    },
+]
+STATUS_CHECK_DELAY = 1.0  # one hour in production; a second here
+
+
+def _payments(p: _Printer) -> None:
+    """Pay two grants with the synchronous ``ManagementLayer.process_workflow``, as a
+    script would, then wait for the valid one's follow-up status check."""
+    p.out.write(
+        "\n"
+        + p.paint("ManagementLayer.process_workflow", "1")
+        + " - grantPayment: validateApplicant (HMS-SVC) -> initiateTransfer (HMS-ACH) -> "
+        f"checkPaymentStatus {STATUS_CHECK_DELAY:g}s later\n"
+        "  HMS-SVC and HMS-ACH simulated in-process (set HMS_SVC_URL / HMS_ACH_URL for HTTP)\n\n"
+    )
+    mgmt = hms_bus.init(
+        service_name="ManagementLayer-demo",
+        bus="memory://",
+        store="memory://",
+        scheduler={"poll_interval": 0.05},
+        monitor={"heartbeat_interval": 0},
+    )
+    with ManagementLayer(mgmt, status_check_delay=STATUS_CHECK_DELAY) as ml:
+        answers = []
+        for request in PAYMENTS:
+            answer = ml.process_workflow(request)
+            answers.append(answer)
+            p.line(request["applicationId"], "process_workflow", json.dumps(answer))
+        for answer in answers:
+            if answer["status"] == "completed":
+                wid = answer["details"]["workflow_id"]
+                final = ml.wait(wid, timeout=30)
+                result = final.result if isinstance(final.result, dict) else {}
+                p.line(
+                    result.get("applicationId", wid),
+                    "checkPaymentStatus",
+                    p.paint(f"{p.ok} {answer['payment_id']} {result.get('paymentStatus')}", "32")
+                    + f" (workflow {final.status.value})",
+                )
