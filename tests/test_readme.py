@@ -27,6 +27,23 @@ def test_quickstart_runs_and_completes() -> None:
     assert "'finalize: succeeded x1'" in out, out
 
 
+def test_the_process_workflow_example_runs() -> None:
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"## The reference application[^\n]*\n.*?```python\n(.*?)```", text, re.S)
+    assert block is not None, "README lost its process_workflow example"
+    proc = subprocess.run(
+        [sys.executable, "-c", block.group(1)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(README.parent)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        "completed {'routingNumber': '011000015', 'accountNumber': '******3377'}"
+    ), proc.stdout
+
+
 def test_readme_starts_with_the_two_commands() -> None:
     lines = README.read_text(encoding="utf-8").splitlines()
     fence = lines.index("```sh")
