@@ -1,20 +1,28 @@
 """The deployment artefacts run real hms-bus commands with settings hms-bus reads.
 
 Every service of ``docker-compose.yml`` and every container of ``infra/k8s`` that runs
-the hms-bus image runs an ``hms-bus`` subcommand whose options parse (checked with
-``--help`` and the real parser); role commands pass ``--dry-run`` in a subprocess with
-the environment the file gives them, so a bad value or an unknown step fails here. Every
-environment variable they set is one hms-bus reads, derived from ``hms_bus.Settings``,
-the CLI's ``HMS_LOG_LEVEL`` and ``hms_bus._telemetry.OTEL_ENVIRONMENT``, not listed by
-hand. The rest checks that the pieces agree: worker step groups cover the app's steps
-once, KEDA scales each worker Deployment on exactly its own topics, grace periods
-outlast the drain, PDBs and probes point at what exists, compose starts roles after
-the migration, and both collector configs define the pipelines they use.
+the hms-bus image runs either an ``hms-bus`` subcommand or the reference HMS-SVC and
+HMS-ACH (``python -m step_handlers.reference_services``). Every hms-bus subcommand's
+options parse (checked with ``--help`` and the real parser), and each runs the one
+reference app ``step_handlers.hms:mgmt``; role commands pass ``--dry-run`` in a
+subprocess with the environment the file gives them, so a bad value or an unknown step
+fails here. Every environment variable they set is one hms-bus reads, derived from
+``hms_bus.Settings``, the CLI's ``HMS_LOG_LEVEL`` and
+``hms_bus._telemetry.OTEL_ENVIRONMENT``, or one the reference app reads itself, found
+in the source of ``step_handlers/services.py``; none is listed by hand. Every hms-bus
+container has the same ``HMS_PII__KEYS``, valid Fernet keys, or sensitive fields sealed
+in one process cannot be opened in another. The rest checks that the pieces agree:
+worker step groups cover the app's steps once, KEDA scales each worker Deployment on
+exactly its own topics, grace periods outlast the drain, PDBs and probes point at what
+exists, compose starts roles after the migration and payment workers after the
+reference services, ``HMS_SVC_URL``/``HMS_ACH_URL`` reach those, and both collector
+configs define the pipelines they use.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import base64
 import functools
 import json
@@ -38,10 +46,13 @@ import yaml
 from pydantic import BaseModel
 
 import hms_bus
+from hms_bus._pii import Sealer
 from hms_bus._settings import ALL_ROLES, build_settings
 from hms_bus._telemetry import OTEL_ENVIRONMENT
 from hms_bus._topics import Topics
 from hms_bus.cli import _parser, load_app, main
+from step_handlers import reference_services
+from step_handlers.management_layer import WORKFLOW as PAYMENT_WORKFLOW
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -49,6 +60,18 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
 COLLECTOR = ROOT / "infra" / "otel-collector.yaml"
 K8S = ROOT / "infra" / "k8s"
+# The reference app's own environment variables are read here (HMS-SVC and HMS-ACH).
+APP_ENV_SOURCE = ROOT / "step_handlers" / "services.py"
+
+# The app every hms-bus command of the deployments runs: both workflows on one
+# Management, so one coordinator, projector, scheduler and monitor serve both.
+APP = "step_handlers.hms:mgmt"
+# What the image runs: hms-bus (its entrypoint), or the reference HMS-SVC and HMS-ACH.
+HMS_BUS = ("hms-bus",)
+REFERENCE_SERVICES = ("python", "-m", "step_handlers.reference_services")
+PROGRAMS = (HMS_BUS, REFERENCE_SERVICES)
+# The URLs of the services the payment steps call (read by step_handlers/services.py).
+SERVICE_URLS = ("HMS_SVC_URL", "HMS_ACH_URL")
 
 K8S_IMAGE = "hms-bus"  # the image name the manifests use; kustomization.yaml maps it
 ROLE_COMMANDS = frozenset({*ALL_ROLES, "run"})
@@ -62,6 +85,8 @@ OVERRIDDEN_ENV = {
     "HMS_SERVICE_NAME": "init(service_name=...) in the app always wins over it",
     "HMS_ROLES": "every hms-bus command sets the roles it runs",
 }
+# In Kubernetes these come from a Secret, never a ConfigMap or a literal value.
+SECRET_ENV = frozenset({"HMS_PII__KEYS", "HMS_STORE_URL", "HMS_TRANSPORT__SASL_PASSWORD"})
 # Kubernetes and Docker defaults when a manifest says nothing.
 K8S_TERMINATION_GRACE = 30.0
 COMPOSE_STOP_GRACE = "10s"
@@ -78,11 +103,13 @@ class Container:
         id: ``compose:<service>`` or ``k8s:<Kind>/<name>/<container>``.
         workload: the compose service, or the Deployment/Job it belongs to.
         spec: the compose service, or the container itself.
-        args: what follows the ``hms-bus`` entrypoint.
+        args: what follows the program (the ``hms-bus`` entrypoint).
         env: every variable set on it (compose anchors merged; k8s ``envFrom``
             ConfigMaps and Secrets, then ``env``).
         problems: references that did not resolve (a missing ConfigMap, an entrypoint
-            other than hms-bus).
+            other than hms-bus or the reference services).
+        program: what it runs, one of ``PROGRAMS`` (hms-bus when it is none of them,
+            with a problem saying so).
     """
 
     id: str
@@ -91,6 +118,7 @@ class Container:
     args: tuple[str, ...]
     env: Mapping[str, str]
     problems: tuple[str, ...] = field(default=())
+    program: tuple[str, ...] = HMS_BUS
 
     @property
     def source(self) -> str:
@@ -158,8 +186,14 @@ def _compose_containers() -> list[Container]:
         if "build" not in svc and svc.get("image") != image:
             continue
         problems = []
-        if svc.get("entrypoint") not in (None, ["hms-bus"], "hms-bus"):
-            problems.append(f"entrypoint {svc['entrypoint']!r} is not the image's hms-bus")
+        entrypoint = svc.get("entrypoint")
+        program = HMS_BUS
+        if entrypoint is not None:
+            given = entrypoint if isinstance(entrypoint, list) else shlex.split(entrypoint)
+            program = tuple(str(a) for a in given)
+        if program not in PROGRAMS:
+            problems.append(f"entrypoint {entrypoint!r} is not hms-bus or the reference services")
+            program = HMS_BUS
         if "env_file" in svc:
             problems.append("env_file hides the environment from this test; use environment:")
         command = svc.get("command", [])
@@ -173,7 +207,8 @@ def _compose_containers() -> list[Container]:
                 problems.append(f"{key} takes its value from the host; give one")
             else:
                 env[key] = _env_value(value)
-        found.append(Container(f"compose:{name}", svc, svc, tuple(args), env, tuple(problems)))
+        cid = f"compose:{name}"
+        found.append(Container(cid, svc, svc, tuple(args), env, tuple(problems), program))
     return found
 
 
@@ -239,18 +274,32 @@ def _k8s_containers() -> list[Container]:
                 if _image_name(c["image"]) != K8S_IMAGE:
                     continue
                 env, problems = _k8s_env(c)
-                command = [str(a) for a in c.get("command") or ["hms-bus"]]
-                if command[0] != "hms-bus":
-                    problems.append(f"command {command!r} does not run hms-bus")
-                args = (*command[1:], *(str(a) for a in c.get("args") or []))
+                command = tuple(str(a) for a in c.get("command") or HMS_BUS)
+                program = next((p for p in PROGRAMS if command[: len(p)] == p), None)
+                if program is None:
+                    problems.append(f"command {list(command)!r} is not hms-bus or the reference")
+                    program = HMS_BUS
+                args = (*command[len(program) :], *(str(a) for a in c.get("args") or []))
                 cid = f"k8s:{kind}/{name}/{c['name']}"
-                found.append(Container(cid, doc, c, args, env, tuple(problems)))
+                found.append(Container(cid, doc, c, args, env, tuple(problems), program))
     return found
 
 
 @functools.cache
+def _image_containers() -> tuple[Container, ...]:
+    return (*_compose_containers(), *_k8s_containers())
+
+
+@functools.cache
 def containers() -> dict[str, Container]:
-    return {c.id: c for c in [*_compose_containers(), *_k8s_containers()]}
+    """The containers that run hms-bus."""
+    return {c.id: c for c in _image_containers() if c.program == HMS_BUS}
+
+
+@functools.cache
+def reference_containers() -> dict[str, Container]:
+    """The containers that run the reference HMS-SVC and HMS-ACH."""
+    return {c.id: c for c in _image_containers() if c.program == REFERENCE_SERVICES}
 
 
 def _ids(role_only: bool = False) -> list[str]:
@@ -284,6 +333,65 @@ def hms_environment() -> frozenset[str]:
         else:
             names.add(f"{prefix}{name}".upper())
     return frozenset(names | set(OTEL_ENVIRONMENT))
+
+
+def _environ_read(node: ast.AST) -> ast.expr | None:
+    """The name expression of ``os.environ.get(x)``, ``os.environ[x]`` or ``os.getenv(x)``."""
+
+    def is_environ(e: ast.expr) -> bool:
+        return (
+            isinstance(e, ast.Attribute)
+            and e.attr == "environ"
+            and isinstance(e.value, ast.Name)
+            and e.value.id == "os"
+        )
+
+    if isinstance(node, ast.Subscript) and is_environ(node.value):
+        return node.slice
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+        f = node.func
+        if f.attr == "get" and is_environ(f.value):
+            return node.args[0]
+        if f.attr == "getenv" and isinstance(f.value, ast.Name) and f.value.id == "os":
+            return node.args[0]
+    return None
+
+
+@functools.cache
+def app_environment() -> frozenset[str]:
+    """Every variable the reference app reads itself, from the source of APP_ENV_SOURCE.
+
+    Names given as literals to ``os.environ.get`` / ``os.environ[]`` / ``os.getenv``,
+    and literals passed to a module function that hands its parameter to one of those
+    (``_env_timeout("HMS_SVC_TIMEOUT")``). A read of any other form is an error here,
+    so that a new variable cannot go unnoticed.
+    """
+    tree = ast.parse(APP_ENV_SOURCE.read_text())
+    names: set[str] = set()
+    relays: dict[str, int] = {}  # function name -> position of the parameter it reads
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        params = [a.arg for a in (*fn.args.posonlyargs, *fn.args.args)]
+        for node in ast.walk(fn):
+            arg = _environ_read(node)
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                names.add(arg.value)
+            elif isinstance(arg, ast.Name) and arg.id in params:
+                relays[fn.name] = params.index(arg.id)
+            elif arg is not None:
+                raise AssertionError(f"{APP_ENV_SOURCE}:{node.lineno}: unrecognised read")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            at = relays.get(node.func.id)
+            if at is None:
+                continue
+            arg = node.args[at] if len(node.args) > at else None
+            assert isinstance(arg, ast.Constant) and isinstance(arg.value, str), (
+                f"{APP_ENV_SOURCE}:{node.lineno}: {node.func.id}() with a name not a literal"
+            )
+            names.add(arg.value)
+    return frozenset(names)
 
 
 def _child_environ(env: Mapping[str, str]) -> dict[str, str]:
@@ -371,8 +479,13 @@ def test_dockerfile_installs_hms_bus_with_otlp_and_runs_it_as_non_root() -> None
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    assert "otlp" in extras
-    assert any('pip install ".[otlp]"' in ln for ln in lines), "the image needs the otlp extra"
+    installs = [m for ln in lines for m in re.findall(r'pip install "\.\[([^\]]*)\]"', ln)]
+    assert len(installs) == 1, f"one pip install of the project with its extras: {installs}"
+    installed = {e.strip() for e in installs[0].split(",")}
+    assert installed <= set(extras), f"extras pyproject.toml does not define: {installed}"
+    assert "otlp" in installed, "the image needs the otlp extra (OTLP export)"
+    if reference_containers():
+        assert "services" in installed, "the reference services need the services extra"
     ignored = {ln.strip().rstrip("/") for ln in DOCKERIGNORE.read_text().splitlines()}
     for ln in lines:
         if ln.startswith("COPY ") and "--from=" not in ln:
@@ -435,12 +548,98 @@ def test_role_command_passes_dry_run_with_its_environment(
 @pytest.mark.parametrize("cid", _ids())
 def test_environment_is_read_by_hms_bus(cid: str) -> None:
     c = container(cid)
-    unknown = set(c.env) - hms_environment() - INTERPRETER_ENV
-    assert not unknown, f"{cid} sets variables hms-bus does not read: {sorted(unknown)}"
+    unknown = set(c.env) - hms_environment() - app_environment() - INTERPRETER_ENV
+    assert not unknown, f"{cid} sets variables neither hms-bus nor the app reads: {unknown}"
     for name, why in OVERRIDDEN_ENV.items():
         assert name not in c.env, f"{cid} sets {name}, which has no effect: {why}"
     with environ(c.env):
         build_settings()  # values too: every command, not only the dry-run ones
+
+
+def test_the_apps_own_variables_are_found_in_its_source() -> None:
+    found = app_environment()
+    assert set(SERVICE_URLS) <= found, f"{APP_ENV_SOURCE} no longer reads {SERVICE_URLS}"
+    assert not found & hms_environment(), "the app reads a name hms-bus reads too"
+
+
+def _app_named(c: Container) -> str | None:
+    return getattr(parse(c), "app", None)
+
+
+def test_every_hms_command_runs_the_one_app() -> None:
+    for c in containers().values():
+        app = _app_named(c)
+        if c.is_role or c.command in ("migrate", "topics"):
+            assert app == APP, f"{c.id} runs {app!r}, not {APP}"
+        elif app is not None:
+            assert app == APP, f"{c.id} names {app!r}, not {APP}"
+
+
+# -- sensitive fields -----------------------------------------------------------------
+
+
+def pii_keys(c: Container) -> list[str]:
+    with environ(c.env):
+        return build_settings().pii.key_list()
+
+
+@pytest.mark.parametrize("source", ["compose", "k8s"])
+def test_every_hms_container_has_the_same_valid_pii_keys(source: str) -> None:
+    ours = [c for c in containers().values() if c.source == source]
+    assert ours
+    missing = [c.id for c in ours if not c.env.get("HMS_PII__KEYS", "").strip()]
+    assert not missing, (
+        f"{missing} have no HMS_PII__KEYS: each would seal with a random key of its own, "
+        "and a worker elsewhere could not open what it sealed"
+    )
+    by_value: dict[str, list[str]] = {}
+    for c in ours:
+        by_value.setdefault(c.env["HMS_PII__KEYS"], []).append(c.id)
+    assert len(by_value) == 1, f"HMS_PII__KEYS differs: {sorted(by_value.values())}"
+    keys = pii_keys(ours[0])
+    for key in keys:
+        Sealer({"x"}, [key])  # ConfigError unless a Fernet key
+    # what one container seals, every other opens
+    sealed = Sealer({"taxId"}, keys).seal({"taxId": "12-3456789"})
+    for c in ours:
+        assert Sealer({"taxId"}, pii_keys(c)).open(sealed) == {"taxId": "12-3456789"}, c.id
+
+
+def test_every_pii_key_value_in_the_files_is_valid() -> None:
+    values = [
+        ("docker-compose.yml", str(v))
+        for svc in compose_services().values()
+        if isinstance(svc.get("environment"), dict)
+        for k, v in svc["environment"].items()
+        if k == "HMS_PII__KEYS"
+    ]
+    for name, cm in k8s("ConfigMap").items():
+        if "HMS_PII__KEYS" in (cm.get("data") or {}):
+            values.append((f"ConfigMap/{name}", str(cm["data"]["HMS_PII__KEYS"])))
+    for name, secret in k8s("Secret").items():
+        encoded = secret.get("data") or {}
+        if "HMS_PII__KEYS" in encoded:
+            values.append((f"Secret/{name}", base64.b64decode(encoded["HMS_PII__KEYS"]).decode()))
+        if "HMS_PII__KEYS" in (secret.get("stringData") or {}):
+            values.append((f"Secret/{name}", str(secret["stringData"]["HMS_PII__KEYS"])))
+    assert values
+    for where, value in values:
+        keys = [k.strip() for k in value.split(",") if k.strip()]
+        assert keys, f"{where}: HMS_PII__KEYS is empty"
+        for key in keys:
+            Sealer({"x"}, [key])  # ConfigError unless a Fernet key
+
+
+def test_k8s_secrets_come_from_a_secret() -> None:
+    for name, cm in k8s("ConfigMap").items():
+        leaked = SECRET_ENV & set(cm.get("data") or {})
+        assert not leaked, f"ConfigMap {name} holds {sorted(leaked)}: put them in a Secret"
+    for c in containers().values():
+        if c.source != "k8s":
+            continue
+        for item in c.spec.get("env") or []:
+            if item["name"] in SECRET_ENV:
+                assert "secretKeyRef" in (item.get("valueFrom") or {}), (c.id, item["name"])
 
 
 # -- workers and scaling --------------------------------------------------------------
@@ -588,7 +787,9 @@ def test_compose_starts_roles_after_the_migration_on_healthy_services() -> None:
         needs = {"migrate": ["HMS_STORE_URL"], "topics": ["HMS_BUS_URL"]}.get(
             c.command or "", ["HMS_BUS_URL", "HMS_STORE_URL"]
         )
-        for key in ("HMS_BUS_URL", "HMS_STORE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        if serves_payments(c):  # the payment steps call HMS-SVC and HMS-ACH
+            needs = [*needs, *SERVICE_URLS]
+        for key in ("HMS_BUS_URL", "HMS_STORE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", *SERVICE_URLS):
             for host in _hosts(key, c.env[key]) if key in c.env else ():
                 assert host in services, f"{c.id}: {key} names {host!r}, not a service"
                 if key in needs:
@@ -597,6 +798,97 @@ def test_compose_starts_roles_after_the_migration_on_healthy_services() -> None:
         if c.command not in ("migrate", "topics"):
             condition = deps.get(migrate, {}).get("condition")
             assert condition == "service_completed_successfully", f"{c.id} must wait for {migrate}"
+
+
+# -- HMS-SVC and HMS-ACH --------------------------------------------------------------
+
+
+def serves_payments(c: Container) -> bool:
+    """True for a worker that runs steps of the payment workflow (they call the services)."""
+    return c.is_worker and any(q.split(".", 1)[0] == PAYMENT_WORKFLOW for q in served_steps(c))
+
+
+def listens_on(c: Container) -> tuple[str, int]:
+    """Where a reference services container serves: its arguments parsed by the module's
+    own ``main``, with ``uvicorn.run`` replaced."""
+    with mock.patch("uvicorn.run") as run, mock.patch("logging.basicConfig"):
+        try:
+            reference_services.main(list(c.args))
+        except SystemExit as exc:
+            pytest.fail(f"{c.id}: {' '.join(c.args)!r} does not parse ({exc})")
+    return str(run.call_args.kwargs["host"]), int(run.call_args.kwargs["port"])
+
+
+def _container_port(spec: Mapping[str, Any], port: int | str) -> int | None:
+    """A k8s port reference (a number or a port name) as the container's port number."""
+    if isinstance(port, int):
+        return port
+    named = {p.get("name"): p["containerPort"] for p in spec.get("ports", [])}
+    return named.get(port)
+
+
+def test_reference_services_run_once_listening_on_every_interface_with_health_checks() -> None:
+    for source in ("compose", "k8s"):
+        found = [c for c in reference_containers().values() if c.source == source]
+        assert len(found) == 1, f"{source}: {len(found)} reference services, not one"
+    for c in reference_containers().values():
+        assert not c.problems, c.problems
+        host, port = listens_on(c)
+        assert host == "0.0.0.0", f"{c.id} listens on {host}, out of other containers' reach"
+        assert not set(c.env) - INTERPRETER_ENV, f"{c.id} reads none of {sorted(c.env)}"
+        if c.source == "compose":
+            test = " ".join(map(str, c.spec.get("healthcheck", {}).get("test", [])))
+            assert f":{port}/healthz" in test, (c.id, test)
+            replicas = (c.spec.get("deploy") or {}).get("replicas", 1)
+            assert replicas == 1, f"{c.id}: its state is in memory, so one replica"
+            continue
+        for probe in ("livenessProbe", "readinessProbe"):
+            get = c.spec[probe]["httpGet"]
+            assert get["path"] == "/healthz", (c.id, probe)
+            assert _container_port(c.spec, get["port"]) == port, (c.id, probe, get)
+        spec = c.workload["spec"]
+        assert spec.get("replicas", 1) == 1, f"{c.id}: its state is in memory, so one replica"
+        assert (spec.get("strategy") or {}).get("type") == "Recreate", c.id
+
+
+def _reference_behind(source: str, url: str) -> Container | None:
+    """The reference services container that ``url`` reaches from ``source``."""
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    host = (parts.hostname or "").split(".", 1)[0] if source == "k8s" else parts.hostname
+    refs = [c for c in reference_containers().values() if c.source == source]
+    if source == "compose":
+        return next(
+            (c for c in refs if c.id == f"compose:{host}" and listens_on(c)[1] == port), None
+        )
+    service = k8s("Service").get(host or "")
+    if service is None:
+        return None
+    selector = service["spec"].get("selector") or {}
+    for entry in service["spec"]["ports"]:
+        if entry["port"] != port:
+            continue
+        target = entry.get("targetPort", entry["port"])
+        for c in refs:
+            labels = c.workload["spec"]["template"]["metadata"].get("labels", {})
+            selected = bool(selector) and selector.items() <= labels.items()
+            if selected and _container_port(c.spec, target) == listens_on(c)[1]:
+                return c
+    return None
+
+
+def test_service_urls_reach_the_reference_services() -> None:
+    payment_workers = [c for c in containers().values() if serves_payments(c)]
+    assert {c.source for c in payment_workers} == {"compose", "k8s"}
+    for c in payment_workers:
+        missing = [k for k in SERVICE_URLS if not c.env.get(k)]
+        assert not missing, f"{c.id} would run the payment steps on simulations: set {missing}"
+    for c in containers().values():
+        for key in SERVICE_URLS:
+            if c.env.get(key):
+                assert _reference_behind(c.source, c.env[key]), (
+                    f"{c.id}: {key}={c.env[key]} reaches no reference service of its files"
+                )
 
 
 # -- the collector --------------------------------------------------------------------
