@@ -22,7 +22,8 @@ in its JSON:
   that mentions one of its sensitive values shows the mask instead.
 
 Every process that starts workflows or runs workers needs the same key
-(``HMS_PII__KEYS``; several, comma-separated, to rotate: the first seals, all open).
+(``HMS_PII__KEYS``; several, comma-separated: the first seals, all open; rotate in two
+rollouts, adding the new key second everywhere, then moving it first).
 Without one, a process makes a random key of its own: enough for the embedded default,
 where everything runs in one process; a worker that cannot open a token fails the step,
 saying so.

@@ -223,7 +223,8 @@ class PiiSettings(_Section):
 
     Attributes:
         keys: Fernet keys (comma-separated) sealing sensitive values on the bus and in the
-            store; the first seals, every one opens (to rotate, put the new key first).
+            store; the first seals, every one opens. Rotate in two rollouts: add the new
+            key second everywhere, then move it first.
             Every process that starts workflows or runs workers needs them. Empty: a
             random key per process, enough only when everything runs in one process.
         fields: more field names to treat as sensitive, besides those marked
