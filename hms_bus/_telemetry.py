@@ -43,6 +43,7 @@ import logging
 import os
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -203,52 +204,15 @@ class Telemetry:
         # The default W3C propagator: headers are read and written directly (faster).
         # Read once: set propagators before connecting, as for any instrumentation.
         self._w3c = _w3c_only()
-        meter = mp.get_meter("hms_bus", __version__)
-        self._observed: list[Source] = []
-        self._lag_sources: list[Source] = []
-        self._process_sources: list[Source] = []
-        self.step_duration = meter.create_histogram(
-            "hms.step.duration",
-            unit="s",
-            description=METRICS["hms.step.duration"][2],
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-        )
-        self.workflow_duration = meter.create_histogram(
-            "hms.workflow.duration",
-            unit="s",
-            description=METRICS["hms.workflow.duration"][2],
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-        )
-        self.retries = meter.create_counter(
-            "hms.step.retries", unit="{retry}", description=METRICS["hms.step.retries"][2]
-        )
-        self.sla_breaches = meter.create_counter(
-            "hms.sla.breaches", unit="{breach}", description=METRICS["hms.sla.breaches"][2]
-        )
-        self.stuck_steps = meter.create_counter(
-            "hms.steps.stuck", unit="{step}", description=METRICS["hms.steps.stuck"][2]
-        )
-        self.dead_letters = meter.create_counter(
-            "hms.dead_letters", unit="{message}", description=METRICS["hms.dead_letters"][2]
-        )
-        meter.create_observable_gauge(
-            "hms.steps.in_flight",
-            callbacks=[self._observe(self._observed)],
-            unit="{step}",
-            description=METRICS["hms.steps.in_flight"][2],
-        )
-        meter.create_observable_gauge(
-            "hms.consumer.lag",
-            callbacks=[self._observe(self._lag_sources)],
-            unit="{message}",
-            description=METRICS["hms.consumer.lag"][2],
-        )
-        meter.create_observable_gauge(
-            "hms.processes",
-            callbacks=[self._observe(self._process_sources)],
-            unit="{process}",
-            description=METRICS["hms.processes"][2],
-        )
+        shared = _instruments(mp)
+        self._shared = shared
+        self.step_duration = shared.step_duration
+        self.workflow_duration = shared.workflow_duration
+        self.retries = shared.retries
+        self.sla_breaches = shared.sla_breaches
+        self.stuck_steps = shared.stuck_steps
+        self.dead_letters = shared.dead_letters
+        self._mine: list[tuple[list[Source], Source]] = []
         # Attribute dicts are reused: the SDK hashes them on every record.
         self._attrs: dict[tuple[str, ...], dict[str, Any]] = {}
 
@@ -263,36 +227,26 @@ class Telemetry:
 
     def observe_in_flight(self, source: Source) -> None:
         """Add a source of ``hms.steps.in_flight`` observations (value, attributes)."""
-        self._observed.append(source)
+        self._add(self._shared.in_flight, source)
 
     def observe_lag(self, source: Source) -> None:
         """Add a source of ``hms.consumer.lag`` observations (value, attributes)."""
-        self._lag_sources.append(source)
+        self._add(self._shared.lag, source)
 
     def observe_processes(self, source: Source) -> None:
         """Add a source of ``hms.processes`` observations (value, attributes)."""
-        self._process_sources.append(source)
+        self._add(self._shared.processes, source)
+
+    def _add(self, sources: list[Source], source: Source) -> None:
+        sources.append(source)
+        self._mine.append((sources, source))
 
     def forget_sources(self) -> None:
-        """Stop observing (the Management closed)."""
-        self._observed.clear()
-        self._lag_sources.clear()
-        self._process_sources.clear()
-
-    @staticmethod
-    def _observe(
-        sources: list[Source],
-    ) -> Callable[[otel_metrics.CallbackOptions], Iterable[otel_metrics.Observation]]:
-        def callback(_: otel_metrics.CallbackOptions) -> Iterable[otel_metrics.Observation]:
-            out: list[otel_metrics.Observation] = []
-            for source in list(sources):
-                try:
-                    out.extend(otel_metrics.Observation(v, a) for v, a in source())
-                except Exception as exc:  # an observation must never break collection
-                    log.debug("metric source failed: %s", exc)
-            return out
-
-        return callback
+        """Stop observing this Management's sources (it closed)."""
+        for sources, source in self._mine:
+            if source in sources:
+                sources.remove(source)
+        self._mine.clear()
 
     # -- tracing -------------------------------------------------------------------------
 
@@ -363,6 +317,82 @@ class Telemetry:
         """A link to the caller's current span, if it has one."""
         current = otel_trace.get_current_span().get_span_context()
         return [Link(current)] if current.is_valid else []
+
+
+class _Instruments:
+    """hms-bus's instruments on one meter provider, made once and shared by every
+    Management using that provider (an instrument name may be registered only once)."""
+
+    def __init__(self, mp: otel_metrics.MeterProvider) -> None:
+        from . import __version__
+
+        meter = mp.get_meter("hms_bus", __version__)
+        self.in_flight: list[Source] = []
+        self.lag: list[Source] = []
+        self.processes: list[Source] = []
+
+        def desc(name: str) -> str:
+            return METRICS[name][2]
+
+        self.step_duration = meter.create_histogram(
+            "hms.step.duration",
+            unit="s",
+            description=desc("hms.step.duration"),
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.workflow_duration = meter.create_histogram(
+            "hms.workflow.duration",
+            unit="s",
+            description=desc("hms.workflow.duration"),
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.retries = meter.create_counter(
+            "hms.step.retries", unit="{retry}", description=desc("hms.step.retries")
+        )
+        self.sla_breaches = meter.create_counter(
+            "hms.sla.breaches", unit="{breach}", description=desc("hms.sla.breaches")
+        )
+        self.stuck_steps = meter.create_counter(
+            "hms.steps.stuck", unit="{step}", description=desc("hms.steps.stuck")
+        )
+        self.dead_letters = meter.create_counter(
+            "hms.dead_letters", unit="{message}", description=desc("hms.dead_letters")
+        )
+        for name, unit, sources in (
+            ("hms.steps.in_flight", "{step}", self.in_flight),
+            ("hms.consumer.lag", "{message}", self.lag),
+            ("hms.processes", "{process}", self.processes),
+        ):
+            meter.create_observable_gauge(
+                name, callbacks=[_observe(sources)], unit=unit, description=desc(name)
+            )
+
+
+_INSTRUMENTS: weakref.WeakKeyDictionary[object, _Instruments] = weakref.WeakKeyDictionary()
+_instruments_lock = threading.Lock()
+
+
+def _instruments(mp: otel_metrics.MeterProvider) -> _Instruments:
+    with _instruments_lock:
+        found = _INSTRUMENTS.get(mp)
+        if found is None:
+            found = _INSTRUMENTS[mp] = _Instruments(mp)
+        return found
+
+
+def _observe(
+    sources: list[Source],
+) -> Callable[[otel_metrics.CallbackOptions], Iterable[otel_metrics.Observation]]:
+    def callback(_: otel_metrics.CallbackOptions) -> Iterable[otel_metrics.Observation]:
+        out: list[otel_metrics.Observation] = []
+        for source in list(sources):
+            try:
+                out.extend(otel_metrics.Observation(v, a) for v, a in source())
+            except Exception as exc:  # an observation must never break collection
+                log.debug("metric source failed: %s", exc)
+        return out
+
+    return callback
 
 
 _ROOT = Context()

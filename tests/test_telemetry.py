@@ -356,3 +356,77 @@ async def test_a_failed_step_marks_its_span_as_an_error(make_mgmt: MakeMgmt) -> 
     assert process.attributes is not None
     assert process.attributes["hms.outcome"] == "failed"
     assert process.attributes["error.type"] == "Fail"
+
+
+def test_otel_environment_variables_configure_export_in_a_cli_process() -> None:
+    import json as _json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    application = {
+        "applicationId": "GR-OTEL-1",
+        "amount": "1000.00",
+        "applicant": {"name": "Acme", "taxId": "12-3456789"},
+        "bankAccount": {"routingNumber": "011000015", "accountNumber": "4401923377"},
+    }
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HMS_"))},
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_SERVICE_NAME": "hms-otel-test",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hms_bus",
+            "start",
+            "step_handlers.grant_approval:mgmt",
+            "grantApproval",
+            _json.dumps(application),
+            "--wait",
+            "--timeout",
+            "30",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"name": "start grantApproval"' in proc.stdout
+    assert '"name": "process grantApproval.finalize"' in proc.stdout
+    assert '"service.name": "hms-otel-test"' in proc.stdout
+    assert "4401923377" not in proc.stdout + proc.stderr, "no account number in spans or logs"
+    bad = subprocess.run(
+        [sys.executable, "-m", "hms_bus", "run", "step_handlers.grant_approval:mgmt", "--dry-run"],
+        cwd=root,
+        env={**env, "OTEL_TRACES_EXPORTER": "zipkin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "OTEL_TRACES_EXPORTER='zipkin': unknown exporter(s) zipkin" in bad.stderr
+
+
+async def test_managements_sharing_a_meter_provider_share_its_instruments(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    apps = [hms_bus.init(f"app{i}", meter_provider=provider) for i in range(2)]
+    for app in apps:
+        app.define_workflow("wf", ["a"])
+        app.on_step("wf.a")(_echo)
+    async with apps[0], apps[1]:
+        for app in apps:
+            await app.run("wf", {}, timeout=10)
+        lag_roles = [dict(k)["hms.role"] for k in points(reader, "hms.consumer.lag")]
+    assert sum(p.count for p in points(reader, "hms.step.duration").values()) == 2
+    assert set(lag_roles) == {"worker", "coordinator", "projector", "monitor"}
+    assert "has been created already" not in caplog.text
+    assert points(reader, "hms.consumer.lag") == {}, "closed Managements are not observed"
