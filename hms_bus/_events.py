@@ -8,9 +8,20 @@ keyed by ``workflow_id`` so one workflow's events keep their order in a partitio
 Topics (see :mod:`hms_bus._topics`):
 
 - ``<workflow>.<step>``: :class:`StepCommand` — run this step (consumed by workers).
-- ``hms.events``: every lifecycle event below; the workflow's history.
+- ``hms.coordinator``: what the coordinator decides on — ``workflowStarted``,
+  ``completeStep`` (with the ``stepStarted`` of a quick step before it) and
+  ``cancelRequested``. Read by the coordinator alone.
+- ``hms.events``: the workflows' history. The coordinator writes each input it decided,
+  together with what it decided (``stepScheduled``, ``retryScheduled``, the workflow's
+  end…); workers add the ``stepStarted`` of slow steps, the monitor its alerts. Read by
+  the projector and the monitor.
 - ``hms.dead-letter``: :class:`DeadLetter` — what could not be processed, and why.
 - ``hms.heartbeats``: :class:`Heartbeat` and :class:`ProcessDown` (monitor).
+
+Records on ``hms.coordinator`` and ``hms.events`` hold one or more events of one
+workflow as JSON Lines: each event encoded by :func:`encode_line`, ending in a newline.
+A record without a final newline is a single event from a writer of the earlier event
+flow, in which every record held exactly one event (:func:`split_lines`).
 """
 
 from __future__ import annotations
@@ -27,7 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ._errors import SerializationError
 
 __all__ = [
+    "DECIDED",
     "ENVELOPE_VERSION",
+    "EVENT_TYPES",
     "CancelRequested",
     "DeadLetter",
     "ErrorInfo",
@@ -49,7 +62,11 @@ __all__ = [
     "decode_command",
     "decode_event",
     "encode",
+    "encode_line",
+    "is_legacy",
     "new_id",
+    "pack_lines",
+    "split_lines",
     "utcnow",
 ]
 
@@ -249,6 +266,27 @@ WorkflowEvent = Annotated[
     Field(discriminator="type"),
 ]
 
+EVENT_TYPES: frozenset[str] = frozenset(
+    m.model_fields["type"].default
+    for m in (
+        WorkflowStarted,
+        StepScheduled,
+        StepStarted,
+        StepCompleted,
+        RetryScheduled,
+        WorkflowCompleted,
+        WorkflowFailed,
+        CancelRequested,
+        WorkflowCancelled,
+        SlaBreached,
+        StepStuck,
+    )
+)
+"""The ``type`` of every workflow event this version knows."""
+
+DECIDED: frozenset[str] = frozenset({"workflowStarted", "completeStep", "cancelRequested"})
+"""The event types the coordinator decides a transition on (its inputs)."""
+
 
 class ProcessFacts(BaseModel):
     """What a process says of itself in its heartbeats.
@@ -318,6 +356,52 @@ def encode(message: BaseModel) -> bytes:
         raise SerializationError(f"cannot encode {type(message).__name__}: {exc}") from exc
 
 
+def encode_line(message: BaseModel) -> bytes:
+    """Encode an envelope as one JSON line (with its final newline), for the records of
+    ``hms.coordinator`` and ``hms.events``; orjson never writes a newline inside."""
+    try:
+        return orjson.dumps(
+            message.model_dump(), option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+        )
+    except TypeError as exc:
+        raise SerializationError(f"cannot encode {type(message).__name__}: {exc}") from exc
+
+
+def split_lines(value: bytes) -> list[bytes]:
+    """The events of one record, each as the bytes of its JSON document.
+
+    A record that ends in a newline is JSON Lines; one that does not is a single event
+    (written by the earlier event flow, or not by hms-bus at all).
+    """
+    if value.endswith(b"\n"):
+        return [line for line in value.split(b"\n") if line]
+    return [value]
+
+
+def is_legacy(value: bytes) -> bool:
+    """True for a record of the earlier event flow: one event, no final newline."""
+    return not value.endswith(b"\n")
+
+
+def pack_lines(lines: list[bytes], limit: int) -> list[bytes]:
+    """Join JSON lines (each without its newline) into as few records as fit ``limit``
+    bytes each, keeping their order. A line over the limit on its own goes alone (the
+    bus refuses it, which the caller reports)."""
+    out: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        n = len(line) + 1
+        if chunk and size + n > limit:
+            out.append(b"\n".join(chunk) + b"\n")
+            chunk, size = [], 0
+        chunk.append(line)
+        size += n
+    if chunk:
+        out.append(b"\n".join(chunk) + b"\n")
+    return out
+
+
 def _loads(data: bytes) -> Any:
     try:
         return orjson.loads(data)
@@ -347,10 +431,12 @@ def _validate(adapter: TypeAdapter[Any], obj: Any, what: str) -> Any:
 
 
 def decode_event(data: bytes, only: Container[str] | None = None) -> Any:
-    """Decode bytes from ``hms.events`` into one of the workflow event models.
+    """Decode one event (one line of a record of ``hms.events`` or ``hms.coordinator``)
+    into its workflow event model.
 
     With ``only``, an event whose ``type`` is not in it is returned as None without
-    being validated: roles that act on a few types skip the cost of the rest.
+    being validated: roles that act on a few types skip the cost of the rest, and
+    ``only=EVENT_TYPES`` skips the types of a newer version.
     """
     obj = _loads(data)
     if only is not None and isinstance(obj, dict) and obj.get("type") not in only:

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ from pydantic import BaseModel
 
 from ._backends import redact
 from ._definitions import Handler, Registry, StepDefinition, WorkflowDefinition, validate_payload
-from ._errors import ConfigError, HmsBusError, NotFoundError, TransportError, WaitTimeoutError
-from ._events import CancelRequested, Heartbeat, WorkflowStarted, encode, utcnow
+from ._errors import ConfigError, HmsBusError, NotFoundError, TransportError
+from ._events import CancelRequested, Heartbeat, WorkflowStarted, encode, encode_line, utcnow
 from ._pii import Sealer, sensitive_names
 from ._results import to_jsonable
 from ._retry import RetryPolicy
@@ -31,6 +30,7 @@ from ._settings import Settings, build_settings
 from ._status import WorkflowPage, WorkflowState, WorkflowStatus
 from ._telemetry import Telemetry, configure_from_environment, end_span, prometheus_reader
 from ._topics import Topics
+from ._waiting import Waiters
 from .roles import Role, Runtime
 from .roles.coordinator import Coordinator
 from .roles.monitor import Monitor
@@ -102,6 +102,8 @@ class Management:
         self._process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = asyncio.Event()
         self._failure: BaseException | None = None
+        self._waiters: Waiters | None = None
+        self._watching: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
         return (
@@ -127,12 +129,12 @@ class Management:
         return self._topics
 
     def required_topics(self) -> list[str]:
-        """Every topic this app uses: ``hms.events``, ``hms.dead-letter``,
-        ``hms.heartbeats`` and one per defined step, namespace included. They are
-        created on connect (and by ``hms-bus topics --create``)."""
+        """Every topic this app uses: ``hms.coordinator``, ``hms.events``,
+        ``hms.dead-letter``, ``hms.heartbeats`` and one per defined step, namespace
+        included. They are created on connect (and by ``hms-bus topics --create``)."""
         t = self._topics
         steps = [t.step(d.workflow, d.name) for d in self._registry.all_steps()]
-        return [t.events, t.dead_letter, t.heartbeats, *steps]
+        return [t.coordinator, t.events, t.dead_letter, t.heartbeats, *steps]
 
     @property
     def process_id(self) -> str:
@@ -451,6 +453,8 @@ class Management:
             if not t.cancelled() and t.exception() is not None and not self._stop.is_set():
                 self._failure = t.exception()
                 log.critical("role %s stopped unexpectedly", role.name, exc_info=t.exception())
+                if self._waiters is not None:
+                    self._waiters.fail(self._role_failure())
                 self._stop.set()
 
         task.add_done_callback(crashed)
@@ -502,8 +506,11 @@ class Management:
             self._server = None
         if self._telemetry is not None:
             self._telemetry.forget_sources()
+        if self._waiters is not None:
+            self._waiters.close()
         transport, store = self._transport, self._store
         self._transport = self._store = None
+        self._waiters = self._watching = None
         try:
             if store is not None:
                 await store.__aexit__(None, None, None)
@@ -518,10 +525,15 @@ class Management:
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
-            raise HmsBusError(
-                f"a role of this process stopped unexpectedly ({self._failure!r}); "
-                "see the log for the traceback"
-            ) from self._failure
+            raise self._role_failure()
+
+    def _role_failure(self) -> HmsBusError:
+        error = HmsBusError(
+            f"a role of this process stopped unexpectedly ({self._failure!r}); "
+            "see the log for the traceback"
+        )
+        error.__cause__ = self._failure
+        return error
 
     def request_stop(self) -> None:
         """Make :meth:`serve` return (signal handlers call this)."""
@@ -618,7 +630,7 @@ class Management:
             payload=body,
             service=self._settings.service_name,
         )
-        encoded = encode(event)  # fails here, before anything is stored, if not JSON
+        encoded = encode_line(event)  # fails here, before anything is stored, if not JSON
         limit = self._settings.transport.max_message_bytes
         if len(encoded) + len(workflow_id) > limit:
             raise TransportError(
@@ -639,16 +651,17 @@ class Management:
                 event = event.model_copy(
                     update={"event_id": result.start_event_id, "payload": result.payload}
                 )
-                encoded = encode(event)
+                encoded = encode_line(event)
             await self._publish_start(transport, event, encoded)
         return Started(workflow_id, workflow, result.created, self)
 
     async def _publish_start(
         self, transport: Transport, event: WorkflowStarted, body: bytes
     ) -> None:
-        """Publish ``workflowStarted`` under the span that opens the workflow's trace."""
+        """Publish ``workflowStarted`` to the coordinator, under the span that opens the
+        workflow's trace."""
         tel = self._telemetry
-        topic = self._topics.events
+        topic = self._topics.coordinator
         key = event.workflow_id.encode()
         if tel is None or not tel.tracing:
             await transport.publish([Outgoing(topic, body, key=key)])
@@ -702,29 +715,27 @@ class Management:
             NotFoundError: the store does not know ``workflow_id``.
             WaitTimeoutError: (a TimeoutError) it was not terminal within ``timeout`` seconds.
         """
+        self._raise_if_failed()
+        waiters = await self._waiting()
+        status = await waiters.wait(workflow_id, until_step=until_step, timeout=timeout)
+        masked = self._masked(status)
+        assert masked is not None
+        return masked
+
+    async def _waiting(self) -> Waiters:
+        """This process's waiters, watching the store from the first wait on."""
         store = self._st
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # Stores wake waiters when a workflow's status changes, not on step progress.
-        poll = 1.0 if until_step is None else 0.05
-        while True:
-            self._raise_if_failed()
-            status = await store.get_workflow(workflow_id)
-            if status is None:
-                raise NotFoundError(f"no workflow {workflow_id!r}")
-            if status.terminal or (
-                until_step is not None
-                and any(s.step == until_step and s.status == "succeeded" for s in status.steps)
-            ):
-                masked = self._masked(status)
-                assert masked is not None
-                return masked
-            remaining = poll if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                step = f" and step {until_step!r} has not succeeded" if until_step else ""
-                raise WaitTimeoutError(
-                    f"workflow {workflow_id!r} is still {status.status}{step} after {timeout}s"
-                )
-            await store.wait_for_change(workflow_id, min(remaining, poll))
+        if self._waiters is None:
+            if self._watching is None:
+                self._watching = asyncio.Lock()
+            async with self._watching:
+                if self._waiters is None:
+                    waiters = Waiters(store.get_workflows)
+                    await store.watch(waiters.changed)
+                    if self._failure is not None:
+                        waiters.fail(self._role_failure())
+                    self._waiters = waiters
+        return self._waiters
 
     async def run(
         self,
@@ -768,7 +779,7 @@ class Management:
             return False
         event = CancelRequested(workflow_id=workflow_id, workflow=status.workflow, reason=reason)
         await transport.publish(
-            [Outgoing(self._topics.events, encode(event), key=workflow_id.encode())]
+            [Outgoing(self._topics.coordinator, encode_line(event), key=workflow_id.encode())]
         )
         return True
 

@@ -187,14 +187,25 @@ class PostgresSettings(_Section):
     Attributes:
         migrate: apply missing schema migrations when connecting (``hms-bus migrate``
             does it on its own, e.g. as a deployment job, when this is off).
-        pool_min, pool_max: connections kept open and allowed, per process.
+        pool_min, pool_max: connections kept open and allowed, per process, for the
+            roles (projector, coordinator, scheduler, monitor).
+        client_pool_min, client_pool_max: the same for the client calls (``start``,
+            ``status``, ``list``, ``history``, ``wait``). They have a pool of their own,
+            so that callers, however many, never delay the roles.
         command_timeout: seconds before a statement is given up.
+        wait_recheck: seconds between checks that a process's listening connection
+            still answers. Waiters wake on the store's notifications; a connection that
+            stops answering is replaced, and every pending waiter is then read again
+            (one query for all of them).
     """
 
     migrate: bool = True
     pool_min: int = Field(1, ge=0, le=1000)
     pool_max: int = Field(10, ge=1, le=1000)
+    client_pool_min: int = Field(1, ge=0, le=1000)
+    client_pool_max: int = Field(4, ge=1, le=1000)
     command_timeout: float = Field(30.0, gt=0)
+    wait_recheck: float = Field(10.0, gt=0)
 
 
 class TelemetrySettings(_Section):

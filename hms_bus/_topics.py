@@ -7,6 +7,7 @@ from dataclasses import dataclass
 __all__ = ["Topics"]
 
 EVENTS = "hms.events"
+COORDINATOR = "hms.coordinator"
 DEAD_LETTER = "hms.dead-letter"
 HEARTBEATS = "hms.heartbeats"
 
@@ -28,6 +29,12 @@ class Topics:
     def events(self) -> str:
         """Lifecycle events: the workflows' history (``hms.events``)."""
         return self._p(EVENTS)
+
+    @property
+    def coordinator(self) -> str:
+        """What the coordinator decides on: starts, completed steps, cancellations
+        (``hms.coordinator``)."""
+        return self._p(COORDINATOR)
 
     @property
     def dead_letter(self) -> str:

@@ -201,9 +201,9 @@ def transport(mgmt: hms_bus.Management) -> Transport:
 
 
 async def read_topic(
-    mgmt: hms_bus.Management, topic: str, *, idle: float = 0.1, most: float = 1.0
+    mgmt: hms_bus.Management, topic: str | list[str], *, idle: float = 0.1, most: float = 1.0
 ) -> list[Record]:
-    """The records of ``topic`` so far, read by a fresh consumer group (any backend).
+    """The records of ``topic`` (or of several) so far, read by a fresh consumer group.
 
     Reads until nothing arrives for ``idle`` seconds, or for at most ``most`` seconds
     on a topic that never goes quiet (heartbeats).
@@ -214,7 +214,8 @@ async def read_topic(
         # A new member of a Kafka group first looks up its offsets: give it time.
         idle, most = max(idle, 1.0), max(most, 3.0)
     deadline = time.monotonic() + most
-    async with transport(mgmt).consumer(group, [topic]) as consumer:
+    topics = [topic] if isinstance(topic, str) else topic
+    async with transport(mgmt).consumer(group, topics) as consumer:
         while time.monotonic() < deadline and (batch := await consumer.fetch(timeout=idle)):
             records.extend(batch)
     return records
@@ -242,3 +243,16 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {within}s")
         await asyncio.sleep(0.01)
+
+
+def shape(events: list[Any]) -> list[tuple[Any, ...]]:
+    """(type, step, seq, attempt, outcome) of each event of a history, where they apply."""
+    out: list[tuple[Any, ...]] = []
+    for e in events:
+        row: list[Any] = [e.type]
+        for name in ("step", "seq", "attempt", "outcome"):
+            value = getattr(e, name, None)
+            if value is not None:
+                row.append(value)
+        out.append(tuple(row))
+    return out

@@ -11,25 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from conftest import MakeMgmt, eventually
+from conftest import MakeMgmt, eventually, shape
 
 import hms_bus
-
-Row = tuple[Any, ...]
-
-
-def shape(events: list[Any]) -> list[Row]:
-    """(type, step, seq, attempt, outcome) of each event, the fields that apply."""
-    out: list[Row] = []
-    for e in events:
-        row: list[Any] = [e.type]
-        for name in ("step", "seq", "attempt", "outcome"):
-            value = getattr(e, name, None)
-            if value is not None:
-                row.append(value)
-        out.append(tuple(row))
-    return out
-
 
 FAST_RETRY = hms_bus.RetryPolicy(max_attempts=3, initial_delay=0, max_delay=0, jitter=False)
 TIMED_RETRY = hms_bus.RetryPolicy(max_attempts=2, initial_delay=0.05, max_delay=0.05, jitter=False)

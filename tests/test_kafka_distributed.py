@@ -27,6 +27,7 @@ from distributed_app import STEPS
 from kafka_broker import Broker
 
 import hms_bus
+from hms_bus._events import split_lines
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -149,11 +150,14 @@ async def _ended(client: hms_bus.Management, wanted: set[str], within: float) ->
                     + detail
                 )
             for record in await consumer.fetch(max_records=1000, timeout=0.5):
-                event = orjson.loads(record.value)
-                wid = event.get("workflow_id")
-                trail[wid].append(f"{event['type']}:{event.get('step', '')}@p{record.partition}")
-                if event["type"] in ends:
-                    seen[wid] = event["type"]
+                for line in split_lines(record.value):
+                    event = orjson.loads(line)
+                    wid = event.get("workflow_id")
+                    trail[wid].append(
+                        f"{event['type']}:{event.get('step', '')}@p{record.partition}"
+                    )
+                    if event["type"] in ends:
+                        seen[wid] = event["type"]
     return seen
 
 

@@ -48,3 +48,27 @@ async def test_oversized_start_payload_is_refused_before_anything_is_stored(
         assert await mgmt.status("too-big") is None
         final = await mgmt.run("wf", {"n": 1}, workflow_id="too-big", timeout=10)
     assert final.status == "completed"
+
+
+async def test_a_history_record_over_the_limit_is_split_and_nothing_is_lost(
+    make_mgmt: MakeMgmt,
+) -> None:
+    """The last step's data travels twice in its history record (in ``completeStep`` and
+    as the workflow's result): together over the limit, they go as two records."""
+    mgmt = make_mgmt(transport={"max_message_bytes": 8192})
+    mgmt.define_workflow("wf", ["first", "big"])
+
+    @mgmt.on_step("wf.first")
+    async def first(ctx: hms_bus.StepContext) -> Any:
+        return {"n": 1}
+
+    @mgmt.on_step("wf.big")
+    async def big(ctx: hms_bus.StepContext) -> Any:
+        return {"blob": "x" * 5000}
+
+    async with mgmt:
+        final = await mgmt.run("wf", {}, timeout=20)
+        history = await mgmt.history(final.workflow_id)
+    assert final.status == "completed"
+    assert final.result == {"blob": "x" * 5000}
+    assert [e.type for e in history][-2:] == ["completeStep", "workflowCompleted"]

@@ -25,8 +25,8 @@ async def test_a_failed_workflow_is_logged_and_dead_lettered_once(
 
     async with mgmt:
         final = await mgmt.run("wf", {}, workflow_id="LOG-FAIL", timeout=5)
-        events = await read_topic(mgmt, mgmt.topics.events)
-        complete = next(r for r in events if b'"completeStep"' in r.value)
+        inputs = await read_topic(mgmt, mgmt.topics.coordinator)
+        complete = next(r for r in inputs if b'"completeStep"' in r.value)
         for _ in range(2):  # redelivered twice, as after a crash
             await publish(mgmt, complete.topic, complete.value, complete.key)
         await asyncio.sleep(0.3)

@@ -81,10 +81,43 @@ async def test_poison_on_the_events_topic_is_dead_lettered_once_unknown_types_sk
         letters = [orjson.loads(r.value) for r in await read_topic(mgmt, mgmt.topics.dead_letter)]
 
     assert final.status == "completed"
-    # The coordinator letters what does not parse; the projector, reading the same
-    # topic, skips it. An event type this version does not know is skipped, not
-    # lettered, so a newer producer does not fill the dead letters of older consumers.
+    # The projector owns the history and letters what does not parse there; the
+    # monitor, reading the same topic, skips it. An event type this version does not
+    # know is skipped, not lettered, so a newer producer does not fill the dead letters
+    # of older consumers.
     assert len(letters) == 1
     assert letters[0]["source_topic"] == mgmt.topics.events
     assert "undecodable event" in letters[0]["reason"]
     assert letters[0]["original"] == "{broken"
+
+
+async def test_poison_on_the_coordinator_topic_is_dead_lettered_and_work_goes_on(
+    make_mgmt: MakeMgmt,
+) -> None:
+    done: list[str] = []
+    mgmt = make_mgmt()
+    _app(mgmt, done)
+    wrong_types = orjson.dumps(
+        {
+            "v": 1,
+            "type": "completeStep",
+            "event_id": "e9",
+            "ts": "2026-01-01T00:00:00Z",
+            "workflow_id": "w-3",
+            "workflow": "wf",
+            "step": "a",
+            "seq": "first",
+        }
+    )
+    async with mgmt:
+        topic = mgmt.topics.coordinator
+        await publish(mgmt, topic, b"{broken\n", b"w-1")
+        await publish(mgmt, topic, orjson.dumps({"type": "noSuchEvent"}) + b"\n", b"w-2")
+        await publish(mgmt, topic, wrong_types + b"\n", b"w-3")
+        final = await mgmt.run("wf", {"n": 4}, timeout=20)
+        letters = [orjson.loads(r.value) for r in await read_topic(mgmt, mgmt.topics.dead_letter)]
+
+    assert final.status == "completed"
+    assert sorted(letter["source_topic"] for letter in letters) == [topic, topic]
+    assert all("undecodable event" in letter["reason"] for letter in letters)
+    assert any("seq" in letter["reason"] for letter in letters)

@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import hms_bus
-from hms_bus._events import WorkflowStarted, encode
+from hms_bus._events import WorkflowStarted, encode_line
 from hms_bus._telemetry import Telemetry, _fast_extract
 from hms_bus.transport import Outgoing
 
@@ -171,7 +171,14 @@ async def test_garbage_trace_headers_start_a_new_trace_and_never_fail_a_step(
             ids.append(wid)
             event = WorkflowStarted(workflow_id=wid, workflow="wf", payload={"i": i})
             await transport(mgmt).publish(
-                [Outgoing(mgmt.topics.events, encode(event), key=wid.encode(), headers=headers)]
+                [
+                    Outgoing(
+                        mgmt.topics.coordinator,
+                        encode_line(event),
+                        key=wid.encode(),
+                        headers=headers,
+                    )
+                ]
             )
         for wid in ids:  # published straight to the bus: the store learns of it later
             await eventually(lambda wid=wid: mgmt.status(wid), within=20, what=wid)

@@ -437,3 +437,17 @@ def test_unknown_store_scheme_names_the_known_ones_without_the_password() -> Non
         "unknown store URL 'mysql://root:***@db/x': the scheme must be one of "
         "memory://, postgresql://, postgres://"
     )
+
+
+def test_json_lines_split_and_pack_in_order_under_the_limit() -> None:
+    from hms_bus._events import is_legacy, pack_lines, split_lines
+
+    lines = [b'{"a":1}', b'{"b":' + b"2" * 50 + b"}", b'{"c":3}']
+    assert pack_lines(lines, 1000) == [b"\n".join(lines) + b"\n"]
+    packed = pack_lines(lines, 60)
+    assert [line for r in packed for line in split_lines(r)] == lines
+    assert all(len(r) <= 60 or len(split_lines(r)) == 1 for r in packed)
+    assert len(packed) == 3
+    assert split_lines(b'{"legacy":true}') == [b'{"legacy":true}']
+    assert is_legacy(b'{"legacy":true}') and not is_legacy(b'{"a":1}\n')
+    assert split_lines(b"\n") == []

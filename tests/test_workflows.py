@@ -372,6 +372,34 @@ async def test_start_with_the_same_id_is_idempotent(make_mgmt: MakeMgmt) -> None
     assert [s.step for s in again.steps] == ["a", "b"]
 
 
+async def test_concurrent_starts_of_one_id_start_it_once(make_mgmt: MakeMgmt) -> None:
+    """Starts made at the same instant share one statement on Postgres; the same id
+    among them still registers once, and every caller learns which call did."""
+    mgmt = make_mgmt()
+    mgmt.define_workflow("wf", ["a"])
+    calls: Counter[str] = Counter()
+
+    @mgmt.on_step("wf.a")
+    async def a(ctx: hms_bus.StepContext) -> Any:
+        calls[ctx.workflow_id] += 1
+        return ctx.payload
+
+    async with mgmt:
+        starts = await asyncio.gather(
+            *(mgmt.start("wf", {"v": i}, workflow_id="SAME") for i in range(5)),
+            *(mgmt.start("wf", {"v": i}, workflow_id=f"other-{i}") for i in range(20)),
+        )
+        finals = await asyncio.gather(*(mgmt.wait(s.workflow_id, 10) for s in starts))
+
+    same = starts[:5]
+    assert sum(s.created for s in same) == 1
+    assert all(s.created for s in starts[5:])
+    winner = next(i for i, s in enumerate(same) if s.created)
+    assert finals[0].payload == {"v": winner}
+    assert calls["SAME"] == 1
+    assert all(calls[f"other-{i}"] == 1 for i in range(20))
+
+
 async def test_an_id_used_by_another_workflow_is_a_config_error(make_mgmt: MakeMgmt) -> None:
     mgmt = make_mgmt()
     mgmt.define_workflow("one", ["a"])
@@ -1024,8 +1052,8 @@ async def test_duplicate_complete_step_does_not_advance_twice(make_mgmt: MakeMgm
     async with mgmt:
         started = await mgmt.start("wf", {})
         await eventually(lambda: calls["b"] == 1, what="step b running")
-        events = await read_topic(mgmt, mgmt.topics.events)
-        completes = [r for r in events if b'"completeStep"' in r.value]
+        inputs = await read_topic(mgmt, mgmt.topics.coordinator)
+        completes = [r for r in inputs if b'"completeStep"' in r.value]
         assert len(completes) == 1  # a's
         original = completes[0]
         await publish(mgmt, original.topic, original.value, original.key)
@@ -1035,12 +1063,12 @@ async def test_duplicate_complete_step_does_not_advance_twice(make_mgmt: MakeMgm
         final = await started.wait(timeout=5)
         await asyncio.sleep(0.2)
         b_commands = await read_topic(mgmt, mgmt.topics.step("wf", "b"))
-        events = await read_topic(mgmt, mgmt.topics.events)
+        inputs = await read_topic(mgmt, mgmt.topics.coordinator)
 
     assert final.status == "completed"
     assert calls == {"a": 1, "b": 1, "c": 1}
     assert len(b_commands) == 1
-    assert sum(r.value == original.value for r in events) == 3
+    assert sum(r.value == original.value for r in inputs) == 3
     assert [s.step for s in final.steps] == ["a", "b", "c"]
 
 

@@ -50,6 +50,8 @@ from .._events import (
     StepStuck,
     decode_heartbeat,
     encode,
+    encode_line,
+    split_lines,
 )
 from .._health import BreachReport, HealthReport, ProcessReport, StuckReport
 from .._status import StepState, WorkflowState
@@ -171,12 +173,16 @@ class Monitor(BatchRole):
             try:
                 if record.topic == heartbeats:
                     self._on_heartbeat(decode_heartbeat(record.value))
-                else:
-                    event = orjson.loads(record.value)
+                    continue
+            except SerializationError:
+                continue
+            for line in split_lines(record.value):
+                try:
+                    event = orjson.loads(line)
                     if isinstance(event, dict):
                         self._on_event(event)
-            except (SerializationError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # the coordinator dead-letters what cannot be read
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue  # the projector dead-letters what cannot be read
         # Steps that finished after their deadline before a check saw it pass.
         await self._rt.publish(self._late)
 
@@ -302,7 +308,7 @@ class Monitor(BatchRole):
                 log.warning("monitor: check failed: %s", exc)
 
     def _event(self, event: Any) -> Outgoing:
-        return Outgoing(self._rt.topics.events, encode(event), key=event.workflow_id.encode())
+        return Outgoing(self._rt.topics.events, encode_line(event), key=event.workflow_id.encode())
 
     def _breach(self, wid: str, d: _Deadline, elapsed: float) -> Outgoing:
         what = f"step {d.workflow}.{d.step} (seq {d.seq})" if d.step else f"workflow {d.workflow}"

@@ -1,11 +1,22 @@
 """The projector: records every workflow's and step's status in the store.
 
-It consumes ``hms.events`` in its own group and hands each batch to
+It consumes ``hms.events`` (the history) in its own group and hands each batch to
 :meth:`~hms_bus.store.StateStore.apply_events` in one call, which is idempotent by
-event id and monotonic (see :mod:`hms_bus._projection`). Offsets are committed only
-after the store has the batch; while the store is down the batch is retried with
-backoff and nothing is committed. Undecodable records are skipped here: the
-coordinator, reading the same topic, sends them to the dead-letter topic.
+event id and monotonic (see :mod:`hms_bus._projection`). Each event goes to the store
+with the bytes it arrived in, which the history keeps as they are. Offsets are
+committed only after the store has the batch; while the store is down the batch is
+retried with backoff and nothing is committed.
+
+It owns ``hms.events`` the way the coordinator owns ``hms.coordinator``: what does not
+decode there goes to the dead-letter topic, from here and nowhere else. An event type
+this version does not know (written by a newer one) is skipped, not lettered.
+
+Processes of the earlier event flow, in which clients and workers wrote their inputs
+to ``hms.events`` for a coordinator that read it, may run beside this version during
+an upgrade. Their records are single events without a final newline
+(:func:`~hms_bus._events.is_legacy`); the projector forwards those the coordinator
+decides on to ``hms.coordinator``, so that old clients and workers keep working with
+a new coordinator (see ``docs/upgrading.md``).
 """
 
 from __future__ import annotations
@@ -14,8 +25,8 @@ import logging
 from typing import Any
 
 from .._errors import SerializationError
-from .._events import decode_event
-from ..transport import Record
+from .._events import DECIDED, EVENT_TYPES, decode_event, is_legacy, split_lines
+from ..transport import Outgoing, Record
 from . import BatchRole, Runtime
 
 __all__ = ["Projector"]
@@ -32,11 +43,34 @@ class Projector(BatchRole):
         super().__init__(rt, [rt.topics.events])
 
     async def _process(self, records: list[Record]) -> None:
+        rt = self._rt
         events: list[Any] = []
+        bodies: list[bytes] = []
+        out: list[Outgoing] = []
         for record in records:
-            try:
-                events.append(decode_event(record.value))
-            except SerializationError as exc:
-                log.debug("skipping %s@%d: %s", record.topic, record.offset, exc)
+            legacy = is_legacy(record.value)
+            for line in split_lines(record.value):
+                try:
+                    event = decode_event(line, EVENT_TYPES)
+                except SerializationError as exc:
+                    out.append(rt.dead_letter(record, f"undecodable event: {exc}"))
+                    continue
+                if event is None:
+                    log.debug(
+                        "skipping an event of an unknown type at %s@%d", record.topic, record.offset
+                    )
+                    continue
+                events.append(event)
+                bodies.append(line)
+                if legacy and event.type in DECIDED:
+                    out.append(
+                        Outgoing(
+                            rt.topics.coordinator,
+                            line + b"\n",
+                            key=record.key,
+                            headers=record.headers,
+                        )
+                    )
         if events:
-            await self._rt.store.apply_events(events)
+            await rt.store.apply_events(events, bodies)
+        await rt.publish(out)

@@ -32,7 +32,7 @@ from .._events import (
     StepCompleted,
     StepStarted,
     decode_command,
-    encode,
+    encode_line,
     utcnow,
 )
 from .._pii import mask_text
@@ -158,7 +158,9 @@ class Worker:
                 attempt=cmd.attempt,
                 worker=rt.process_id,
             )
-            started_out = Outgoing(rt.topics.events, encode(started), key=key, headers=headers)
+            started_line = encode_line(started)
+            # Announced on its own, a slow step's start is history only.
+            started_out = Outgoing(rt.topics.events, started_line, key=key, headers=headers)
             announcer = _Announcer(rt, started_out, self._announce_after)
             self.running += 1
             try:
@@ -171,20 +173,23 @@ class Worker:
                 self.running -= 1
                 announcer.cancel()
         elapsed = time.perf_counter() - t0
-        limit = rt.settings.transport.max_message_bytes - len(key) - 512
+        announced = await announcer.announced()
+        # One record for the coordinator: the step's start (unless it was announced on
+        # its own), then its completion, as JSON lines.
+        limit = rt.settings.transport.max_message_bytes - len(key) - 1024
+        head = b"" if announced else started_line
         try:
-            body = encode(completed)
+            body = head + encode_line(completed)
             if len(body) > limit:
                 raise SerializationError(
                     f"step result is {len(body)} bytes encoded, over the bus limit of {limit} "
-                    "(transport.max_message_bytes): keep large data elsewhere and pass a reference"
+                    "(transport.max_message_bytes): keep large data elsewhere and pass a "
+                    "reference"
                 )
         except SerializationError as exc:
             completed = self._failure(cmd, started.ts, exc, retriable=False)
-            body = encode(completed)
-        out = [Outgoing(rt.topics.events, body, key=key, headers=headers)]
-        if not await announcer.announced():
-            out.insert(0, started_out)  # one send: stepStarted, then completeStep
+            body = head + encode_line(completed)
+        out = [Outgoing(rt.topics.coordinator, body, key=key, headers=headers)]
         try:
             await self._publish("completeStep", out)
         finally:

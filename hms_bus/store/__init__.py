@@ -20,7 +20,7 @@ namespace's roles see only its topics.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -31,6 +31,8 @@ from .._status import WorkflowPage, WorkflowState, WorkflowStatus
 from ..transport import Outgoing
 
 __all__ = [
+    "Change",
+    "ChangeCallback",
     "ClaimResult",
     "ClaimState",
     "ListQuery",
@@ -40,6 +42,16 @@ __all__ = [
     "TransitionClaim",
     "create_store",
 ]
+
+
+Change = tuple[str, str | None]
+"""What the projection changed: (workflow_id, None) when the workflow's status changed,
+(workflow_id, step) when a step execution of that name succeeded."""
+
+ChangeCallback = Callable[[Sequence[Change] | None], None]
+"""Called with the changes of each projected batch, once they are durable; with None
+when anything may have changed unseen (a lost connection to the database was
+restored, or the periodic safety re-check is due)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +161,15 @@ class StateStore(Protocol):
         """Register a workflow as ``running`` unless ``workflow_id`` exists already."""
         ...
 
-    async def apply_events(self, events: Sequence[Any]) -> int:
-        """Project workflow events, in order; return how many were new (by event id)."""
+    async def apply_events(
+        self, events: Sequence[Any], bodies: Sequence[bytes] | None = None
+    ) -> int:
+        """Project workflow events, in order; return how many were new (by event id).
+
+        ``bodies`` are the events as the bus delivered them (one JSON document each),
+        kept in the history as they are; without them the events are encoded. Changes
+        of status, and succeeded steps, go to the watchers (:meth:`watch`).
+        """
         ...
 
     async def claim_transitions(self, claims: Sequence[TransitionClaim]) -> list[ClaimResult]:
@@ -183,16 +202,21 @@ class StateStore(Protocol):
         """The workflow with its steps, or None."""
         ...
 
+    async def get_workflows(self, workflow_ids: Sequence[str]) -> dict[str, WorkflowStatus]:
+        """The workflows of ``workflow_ids`` that exist, with their steps, by id."""
+        ...
+
+    async def watch(self, on_change: ChangeCallback) -> None:
+        """Call ``on_change`` with every change the projection makes from now on, in
+        this process or any other (see :data:`ChangeCallback`); returns once watching."""
+        ...
+
     async def list_workflows(self, query: ListQuery) -> WorkflowPage:
         """Workflows matching ``query``, newest first, one page (without steps)."""
         ...
 
     async def history(self, workflow_id: str) -> list[Any]:
         """The workflow's events in the order they were applied."""
-        ...
-
-    async def wait_for_change(self, workflow_id: str, timeout: float) -> None:
-        """Sleep until the workflow's status may have changed or ``timeout`` seconds pass."""
         ...
 
     async def save_health(self, report: dict[str, Any]) -> None:

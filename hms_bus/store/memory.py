@@ -22,10 +22,19 @@ from urllib.parse import urlsplit
 
 from .._errors import ConfigError, StoreError
 from .._events import decode_event, encode
+from .._ledger import plan_claims
 from .._projection import WorkflowRow, apply_event
 from .._status import WorkflowPage, WorkflowStatus
 from ..transport import Outgoing
-from . import ClaimResult, ClaimState, ListQuery, StartResult, Timer, TransitionClaim
+from . import (
+    Change,
+    ChangeCallback,
+    ClaimResult,
+    ListQuery,
+    StartResult,
+    Timer,
+    TransitionClaim,
+)
 from ._cursor import encode_cursor, parse_cursor
 
 __all__ = ["MemoryStore"]
@@ -52,7 +61,7 @@ class _State:
     # (available_at as epoch seconds, timer_id); stale entries are skipped lazily
     timer_heap: list[tuple[float, str]] = field(default_factory=list)
     timer_added: asyncio.Event = field(default_factory=asyncio.Event)
-    waiters: dict[str, asyncio.Event] = field(default_factory=dict)
+    watchers: list[ChangeCallback] = field(default_factory=list)
     health: dict[str, Any] | None = None
 
 
@@ -70,6 +79,7 @@ class MemoryStore:
         self._name = parts.netloc
         self._namespace = namespace
         self._state: _State | None = None
+        self._watching: list[ChangeCallback] = []
 
     @property
     def url(self) -> str:
@@ -90,7 +100,11 @@ class MemoryStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        if self._state is not None:
+            for callback in self._watching:
+                with contextlib.suppress(ValueError):
+                    self._state.watchers.remove(callback)
+        self._watching.clear()
 
     @property
     def _s(self) -> _State:
@@ -122,12 +136,15 @@ class MemoryStore:
 
     # -- projection ---------------------------------------------------------------------
 
-    async def apply_events(self, events: Sequence[Any]) -> int:
-        """Fold events into workflow status, skipping event ids seen before."""
+    async def apply_events(
+        self, events: Sequence[Any], bodies: Sequence[bytes] | None = None
+    ) -> int:
+        """Fold events into workflow status, skipping event ids seen before, and tell
+        the watchers what changed."""
         s = self._s
         applied = 0
-        touched: set[str] = set()
-        for ev in events:
+        changes: list[Change] = []
+        for i, ev in enumerate(events):
             if ev.event_id in s.seen:
                 continue
             s.seen.add(ev.event_id)
@@ -143,43 +160,41 @@ class MemoryStore:
                 )
                 s.workflows[ev.workflow_id] = row
                 s.order.append(ev.workflow_id)
-            s.history.setdefault(ev.workflow_id, []).append(encode(ev))
+            body = bodies[i] if bodies is not None else encode(ev)
+            s.history.setdefault(ev.workflow_id, []).append(body)
             before = row.status
-            if apply_event(row, ev) and row.status is not before:
-                touched.add(ev.workflow_id)
-        for wid in touched:
-            waiter = s.waiters.pop(wid, None)
-            if waiter is not None:
-                waiter.set()
+            if apply_event(row, ev):
+                if row.status is not before:
+                    changes.append((ev.workflow_id, None))
+                elif ev.type == "completeStep" and ev.outcome == "succeeded":
+                    changes.append((ev.workflow_id, ev.step))
+        if changes:
+            for callback in list(s.watchers):
+                callback(changes)
         return applied
 
     # -- coordinator ledger -------------------------------------------------------------
 
     async def claim_transitions(self, claims: Sequence[TransitionClaim]) -> list[ClaimResult]:
-        """Record each claim once; refuse claims for closed workflows."""
+        """Record each claim once (:func:`~hms_bus._ledger.plan_claims`)."""
         s = self._s
-        results: list[ClaimResult] = []
-        for c in claims:
-            key = (c.workflow_id, c.transition_id)
-            known = s.transitions.get(key)
-            if known is not None:
-                if known.published:
-                    results.append(ClaimResult(ClaimState.DONE))
-                else:
-                    results.append(ClaimResult(ClaimState.UNPUBLISHED, known.messages or ()))
-                continue
-            if c.workflow_id in s.closed:
-                results.append(ClaimResult(ClaimState.CLOSED))
-                continue
-            s.transitions[key] = _Transition(messages=c.messages)
-            for t in c.timers:
-                self._add_timer(t)
-            if c.closes:
-                s.closed.add(c.workflow_id)
-                for tid in s.timers_by_workflow.pop(c.workflow_id, set()):
-                    s.timers.pop(tid, None)
-            results.append(ClaimResult(ClaimState.NEW, c.messages))
-        return results
+        keys = {(c.workflow_id, c.transition_id) for c in claims}
+        known = {k: s.transitions[k] for k in keys if k in s.transitions}
+        plan = plan_claims(
+            claims,
+            {k: t.published for k, t in known.items()},
+            lambda k: known[k].messages or (),
+            {c.workflow_id for c in claims if c.workflow_id in s.closed},
+        )
+        for c in plan.new:
+            s.transitions[(c.workflow_id, c.transition_id)] = _Transition(messages=c.messages)
+        for t in plan.timers:
+            self._add_timer(t)
+        for wid in plan.closing:
+            s.closed.add(wid)
+            for tid in s.timers_by_workflow.pop(wid, set()):
+                s.timers.pop(tid, None)
+        return plan.results
 
     async def mark_published(self, keys: Sequence[tuple[str, str]]) -> None:
         """Mark claims published and drop their recorded messages."""
@@ -248,6 +263,17 @@ class MemoryStore:
         row = self._s.workflows.get(workflow_id)
         return None if row is None else row.freeze()
 
+    async def get_workflows(self, workflow_ids: Sequence[str]) -> dict[str, WorkflowStatus]:
+        """The workflows that exist among ``workflow_ids``, by id."""
+        rows = self._s.workflows
+        return {w: rows[w].freeze() for w in workflow_ids if w in rows}
+
+    async def watch(self, on_change: ChangeCallback) -> None:
+        """Call ``on_change`` with the changes of every batch projected into this state,
+        by any Management of the process that shares it (``memory://name``)."""
+        self._s.watchers.append(on_change)
+        self._watching.append(on_change)
+
     async def list_workflows(self, query: ListQuery) -> WorkflowPage:
         """Newest first by (created_at, workflow_id), filtered, keyset-paged."""
         s = self._s
@@ -290,14 +316,3 @@ class MemoryStore:
     async def history(self, workflow_id: str) -> list[Any]:
         """The events applied for the workflow, in order."""
         return [decode_event(data) for data in self._s.history.get(workflow_id, ())]
-
-    async def wait_for_change(self, workflow_id: str, timeout: float) -> None:
-        """Sleep until the workflow's status (running, completed…) changes or ``timeout``.
-
-        Step progress does not wake waiters: :meth:`Management.wait` only needs the
-        workflow's own status, and waking on every step would rebuild it for nothing.
-        """
-        waiter = self._s.waiters.setdefault(workflow_id, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await waiter.wait()
