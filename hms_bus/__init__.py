@@ -22,6 +22,7 @@ watches heartbeats and SLAs.
 
 from __future__ import annotations
 
+from ._client import Started
 from ._context import StepContext
 from ._definitions import StepDefinition, WorkflowDefinition
 from ._errors import (
@@ -37,7 +38,7 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._events import ErrorInfo
-from ._management import Management, Started, init
+from ._management import Management, init
 from ._pii import Sensitive
 from ._results import Complete, Next
 from ._retry import RetryPolicy

@@ -1,15 +1,66 @@
-"""Choosing a backend by URL scheme, importing its module only when it is used."""
+"""Choosing a backend by URL scheme, importing its module only when it is used.
+
+:func:`open_bus` and :func:`open_store` build the backends a :class:`~hms_bus.Settings`
+names, with every option of its sections; :func:`scheme_of`, :func:`in_process` and
+:func:`private` answer the questions callers ask of a URL, so that no caller parses one.
+"""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import ConfigError
 
-__all__ = ["load_backend", "redact"]
+if TYPE_CHECKING:
+    from ._settings import Settings
+    from .store import StateStore
+    from .transport import Transport
+
+__all__ = ["in_process", "load_backend", "open_bus", "open_store", "private", "redact", "scheme_of"]
+
+
+def scheme_of(url: str) -> str:
+    """The URL's scheme, lower-case (``postgres`` is spelled ``postgresql``)."""
+    scheme = urlsplit(url).scheme.lower() if isinstance(url, str) and "://" in url else ""
+    return "postgresql" if scheme == "postgres" else scheme
+
+
+def in_process(url: str) -> bool:
+    """True for the embedded backends (``memory://``, ``memory://name``): their state
+    lives in this process only."""
+    return scheme_of(url) == "memory"
+
+
+def private(url: str) -> bool:
+    """True for ``memory://`` without a name: private to one Management."""
+    return in_process(url) and urlsplit(url).netloc == ""
+
+
+def open_bus(settings: Settings) -> Transport:
+    """The (unentered) bus of ``settings``: ``bus_url`` with the ``transport`` section.
+
+    Raises:
+        ConfigError: an unknown scheme or a bad option.
+    """
+    from .transport import create_transport
+
+    return create_transport(settings.bus_url, **settings.transport.options())
+
+
+def open_store(settings: Settings, *, namespace: str | None = None) -> StateStore:
+    """The (unentered) store of ``settings``: ``store_url`` with the ``postgres`` section,
+    scoped to the settings' namespace (or ``namespace``).
+
+    Raises:
+        ConfigError: an unknown scheme or a bad option.
+    """
+    from .store import create_store
+
+    ns = settings.namespace if namespace is None else namespace
+    return create_store(settings.store_url, namespace=ns, **settings.postgres.model_dump())
 
 
 def redact(url: str) -> str:

@@ -22,9 +22,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from ._errors import HmsBusError
+from ._retry import RetryPolicy
 from .transport import Consumer, Record, TopicPartition, Transport
 
-__all__ = ["BatchLoop", "KeyedLoop", "OffsetTracker", "retrying"]
+__all__ = ["OUTAGE", "BatchLoop", "KeyedLoop", "OffsetTracker", "retrying"]
 
 log = logging.getLogger("hms_bus.consume")
 
@@ -81,43 +82,73 @@ class OffsetTracker:
             self._ready.pop(tp, None)
 
 
+OUTAGE = RetryPolicy(max_attempts=1, initial_delay=0.1, max_delay=30.0, jitter=0.5)
+"""How roles back off while the bus or the store is away: from 0.1 s, doubling, up to
+30 s, with jitter, so that many processes do not all come back at the same instant."""
+
+_SAY_AGAIN = 60.0  # seconds between log lines of one outage
+
+
 async def retrying(
     what: str,
     op: Callable[[], Awaitable[None]],
     stopping: asyncio.Event,
     *,
-    initial: float = 0.1,
-    maximum: float = 5.0,
+    backoff: RetryPolicy = OUTAGE,
 ) -> bool:
     """Run ``op`` until it succeeds, backing off after each failure.
 
     Used where giving up would lose data (the store or the bus is down): the loop
-    waits and tries again, logging each failure. Returns False if ``stopping`` was set
-    before ``op`` succeeded.
+    waits and tries again. An outage is logged when it starts, then at most once a
+    minute with how long it has lasted, and once when it ends, not once per attempt.
+    Returns False if ``stopping`` was set before ``op`` succeeded.
     """
-    delay = initial
+    attempt = 0
+    began = said = 0.0
     while True:
         try:
             await op()
-            return True
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            attempt += 1
+            now = time.monotonic()
+            delay = backoff.delay(attempt)
             transient = isinstance(exc, HmsBusError) and exc.retriable
-            log.log(
-                logging.WARNING if transient else logging.ERROR,
-                "%s failed (%s: %s); retrying in %.1fs",
-                what,
-                type(exc).__name__,
-                exc,
-                delay,
-                exc_info=not transient,
-            )
+            if attempt == 1:
+                began = said = now
+                log.log(
+                    logging.WARNING if transient else logging.ERROR,
+                    "%s failed (%s: %s); retrying in %.1fs",
+                    what,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    exc_info=not transient,
+                )
+            elif now - said >= _SAY_AGAIN:
+                said = now
+                log.warning(
+                    "%s still failing after %.0fs and %d attempts (%s: %s)",
+                    what,
+                    now - began,
+                    attempt,
+                    type(exc).__name__,
+                    exc,
+                )
+        else:
+            if attempt:
+                log.warning(
+                    "%s succeeded again after %.1fs and %d failed attempts",
+                    what,
+                    time.monotonic() - began,
+                    attempt,
+                )
+            return True
         if stopping.is_set():
             return False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
-        delay = min(maximum, delay * 2)
 
 
 class Committer:

@@ -43,6 +43,7 @@ __all__ = [
     "EVENT_TYPES",
     "CancelRequested",
     "DeadLetter",
+    "Directive",
     "ErrorInfo",
     "Heartbeat",
     "ProcessDown",
@@ -171,12 +172,29 @@ class StepStarted(_WorkflowEnvelope):
     worker: str | None = None
 
 
+class Directive(BaseModel):
+    """Where a step that succeeded sends its workflow: a handler's return, normalised.
+
+    ``kind`` is ``"next"`` (go to ``step``), ``"default"`` (the next step in definition
+    order) or ``"complete"``; ``data`` is JSON-ready (the next step's payload, or the
+    workflow's result); ``delay`` is in seconds.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["next", "default", "complete"]
+    data: Any = None
+    step: str | None = None
+    delay: float | None = None
+
+
 class StepCompleted(_WorkflowEnvelope):
     """The ``completeStep`` event: a worker finished an attempt, succeeded or failed.
 
-    On success ``directive`` holds where to go next (``kind`` next/default/complete,
-    ``step``, ``data``, ``delay`` seconds). On failure ``error`` says why. ``payload``
-    is the attempt's input, which a retry or an error path needs.
+    On success ``directive`` says where to go next (see :class:`Directive`); a
+    ``completeStep`` without one goes on to the next step in order with ``payload``. On
+    failure ``error`` says why. ``payload`` is the attempt's input, which a retry or an
+    error path needs.
     """
 
     type: Literal["completeStep"] = "completeStep"
@@ -185,7 +203,7 @@ class StepCompleted(_WorkflowEnvelope):
     attempt: int
     outcome: Literal["succeeded", "failed"]
     payload: Any = None
-    directive: dict[str, Any] | None = None
+    directive: Directive | None = None
     error: ErrorInfo | None = None
     started_at: datetime
     finished_at: datetime

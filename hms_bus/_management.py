@@ -1,74 +1,46 @@
-"""The :class:`Management` object: definitions, handlers, roles and the client API."""
+"""The :class:`Management` object: one application's definitions, its node and its client.
+
+A Management holds what an application defines (workflows, step handlers, settings)
+and, once entered, runs two parts that know nothing of each other's internals:
+
+- the node (:mod:`hms_bus._node`): the bus and store connections, this process's roles,
+  heartbeats, health and ``/metrics``;
+- the client (:mod:`hms_bus._client`): start, status, wait, list, history, cancel.
+
+It is a thin façade over the two, so that an application deals with one object.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
-from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
-from ._backends import redact
-from ._definitions import Handler, Registry, StepDefinition, WorkflowDefinition, validate_payload
-from ._errors import ConfigError, HmsBusError, NotFoundError, TransportError
-from ._events import CancelRequested, Heartbeat, WorkflowStarted, encode, encode_line, utcnow
-from ._pii import Sealer, sensitive_names
-from ._results import to_jsonable
+from ._backends import open_bus, open_store, redact
+from ._client import Client, Started
+from ._definitions import Handler, Registry, StepDefinition, WorkflowDefinition
+from ._errors import HmsBusError
+from ._events import WorkflowEvent
+from ._node import Node
+from ._pii import Sealer
 from ._retry import RetryPolicy
 from ._settings import Settings, build_settings
 from ._status import WorkflowPage, WorkflowState, WorkflowStatus
-from ._telemetry import Telemetry, configure_from_environment, end_span, prometheus_reader
 from ._topics import Topics
-from ._waiting import Waiters
-from .roles import Role, Runtime
-from .roles.coordinator import Coordinator
+from .roles import Role
 from .roles.monitor import Monitor
-from .roles.projector import Projector
-from .roles.scheduler import Scheduler
-from .roles.worker import Worker
-from .store import ListQuery, StateStore, create_store
-from .transport import Outgoing, Transport, create_transport
+from .store import StateStore
+from .transport import Transport
 
 __all__ = ["Management", "Started", "init"]
-
-log = logging.getLogger("hms_bus")
-
-_MAX_ID = 200
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """What :meth:`Management.start` returns.
-
-    Attributes:
-        workflow_id: the instance id (caller-chosen or generated).
-        workflow: the workflow's name.
-        created: False when a workflow with this id existed already (idempotent start).
-    """
-
-    workflow_id: str
-    workflow: str
-    created: bool
-    _mgmt: Management = field(repr=False, compare=False)
-
-    async def wait(self, timeout: float | None = None) -> WorkflowStatus:
-        """Same as ``mgmt.wait(self.workflow_id, timeout)``."""
-        return await self._mgmt.wait(self.workflow_id, timeout)
-
-    async def status(self) -> WorkflowStatus | None:
-        """Same as ``mgmt.status(self.workflow_id)``."""
-        return await self._mgmt.status(self.workflow_id)
 
 
 class Management:
@@ -87,23 +59,24 @@ class Management:
         tracer_provider: otel_trace.TracerProvider | None = None,
         meter_provider: otel_metrics.MeterProvider | None = None,
     ) -> None:
-        self._settings = settings
-        self._tracer_provider = tracer_provider
-        self._meter_provider = meter_provider
-        self._telemetry: Telemetry | None = None
-        self._server: Any = None
-        self._sealer: Sealer | None = None
         self._registry = Registry()
-        self._topics = Topics(settings.namespace)
-        self._transport: Transport | None = None
-        self._store: StateStore | None = None
-        self._roles: dict[str, Role] = {}
-        self._tasks: list[asyncio.Task[None]] = []
         self._process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._stop = asyncio.Event()
-        self._failure: BaseException | None = None
-        self._waiters: Waiters | None = None
-        self._watching: asyncio.Lock | None = None
+        self._providers = (tracer_provider, meter_provider)
+        self._build(settings)
+
+    def _build(self, settings: Settings) -> None:
+        self._settings = settings
+        self._topics = Topics(settings.namespace)
+        self._node = Node(
+            settings,
+            self._registry,
+            self._topics,
+            self._process_id,
+            tracer_provider=self._providers[0],
+            meter_provider=self._providers[1],
+        )
+        self._client = Client(self._node)
+        self._node.on_failure = self._client.fail_waits
 
     def __repr__(self) -> str:
         return (
@@ -147,7 +120,7 @@ class Management:
         Takes the same keywords as :func:`init`: ``roles=``, ``bus=``, ``store=``,
         ``namespace=``, ``worker={"steps": [...]}``…
         """
-        if self._transport is not None:
+        if self.connected:
             raise HmsBusError("configure() must be called before 'async with mgmt'")
         current = self._settings.model_dump()
         sections = ("worker", "coordinator", "scheduler", "monitor", "transport", "postgres")
@@ -156,8 +129,7 @@ class Management:
                 settings[section] = {**current[section], **settings[section]}
         renamed = {"bus": "bus_url", "store": "store_url"}
         updates = {renamed.get(k, k): v for k, v in settings.items() if v is not None}
-        self._settings = build_settings(**{**current, **updates})
-        self._topics = Topics(self._settings.namespace)
+        self._build(build_settings(**{**current, **updates}))
 
     def define_workflow(
         self,
@@ -233,7 +205,7 @@ class Management:
 
         return register
 
-    # -- lifecycle ----------------------------------------------------------------------
+    # -- lifecycle (the node) -------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -250,136 +222,35 @@ class Management:
     @property
     def connected(self) -> bool:
         """True between :meth:`connect` and :meth:`close`."""
-        return self._transport is not None
+        return self._node.transport is not None
 
     async def connect(self) -> None:
         """Open the bus and store, create topics and start this process's roles."""
-        if self._transport is not None:
-            raise HmsBusError("this Management is already running")
-        s = self._settings
-        served = self._served_steps()
-        transport = create_transport(s.bus_url, **s.transport.options())
-        store = create_store(s.store_url, namespace=s.namespace, **s.postgres.model_dump())
-        await transport.__aenter__()
-        try:
-            await store.__aenter__()
-        except BaseException:
-            await transport.__aexit__(None, None, None)
-            raise
-        self._transport, self._store = transport, store
-        self._stop.clear()
-        self._failure = None
-        try:
-            telemetry = self._telemetry = self._make_telemetry(transport.url)
-            sealer = self._sealer = self._make_sealer(transport.url)
-            await transport.ensure_topics(self.required_topics())
-            rt = Runtime(
-                s,
-                self._registry,
-                transport,
-                store,
-                self._topics,
-                self._process_id,
-                telemetry,
-                sealer,
-            )
-            factories: dict[str, Callable[[], Role]] = {
-                "projector": lambda: Projector(rt),
-                "coordinator": lambda: Coordinator(rt),
-                "scheduler": lambda: Scheduler(rt),
-                "monitor": lambda: Monitor(rt),
-                "worker": lambda: Worker(rt, served),
-            }
-            for name in s.roles:
-                if name == "worker" and not served:
-                    log.warning("worker role: no step handlers registered; not consuming")
-                    continue
-                self._roles[name] = factories[name]()
-            for role in self._roles.values():
-                self._tasks.append(self._spawn(role))
-            self._observe(telemetry)
-            if s.telemetry.http_port is not None:
-                await self._serve_http()
-            await self._until_ready()
-            if self._roles and s.monitor.heartbeat_interval > 0:
-                self._tasks.append(asyncio.create_task(self._heartbeats(), name="hms-heartbeat"))
-        except BaseException:
-            await self.close()
-            raise
-        log.info(
-            "%s connected (bus %s, store %s, roles %s)",
-            s.service_name,
-            redact(transport.url),
-            redact(store.url),
-            ",".join(self._roles) or "none",
-        )
+        await self._node.connect(self.required_topics())
 
-    def _make_telemetry(self, bus_url: str) -> Telemetry:
-        t = self._settings.telemetry
-        if self._tracer_provider is None or self._meter_provider is None:
-            configure_from_environment(
-                self._settings.service_name, prometheus=t.http_port is not None and t.metrics
-            )
-        return Telemetry(
-            service_name=self._settings.service_name,
-            system="kafka" if bus_url.startswith("kafka") else "memory",
-            tracing=t.tracing,
-            metrics=t.metrics,
-            tracer_provider=self._tracer_provider,
-            meter_provider=self._meter_provider,
-        )
+    async def close(self) -> None:
+        """Stop the roles gracefully (workers drain), then close the bus and store."""
+        if self.connected:
+            self._client.close()
+        await self._node.close()
 
-    def _make_sealer(self, bus_url: str) -> Sealer:
-        s = self._settings
-        names = sensitive_names(self._registry.models()) | set(s.pii.fields)
-        sealer = Sealer(names, s.pii.key_list())
-        if names and sealer.generated and not bus_url.startswith("memory:"):
-            log.warning(
-                "sensitive fields (%s) are sealed with a key of this process only: set the "
-                "same HMS_PII__KEYS on every process, or workers elsewhere cannot open them",
-                ", ".join(sorted(names)),
-            )
-        return sealer
+    async def serve(self) -> None:
+        """Run the roles until :meth:`request_stop` (or a role crashes, which re-raises)."""
+        self._require()
+        await self._node.serve()
+
+    def request_stop(self) -> None:
+        """Make :meth:`serve` return (signal handlers call this)."""
+        self._node.request_stop()
+
+    def role(self, name: str) -> Role | None:
+        """The running role called ``name`` in this process, if any."""
+        return self._node.roles.get(name)
 
     @property
-    def sealer(self) -> Sealer:
-        """Seals, opens and masks sensitive values (while connected)."""
-        self._require()
-        assert self._sealer is not None
-        return self._sealer
-
-    def lag(self) -> dict[str, dict[str, int]]:
-        """Records not yet fetched by each role of this process, per topic."""
-        out: dict[str, dict[str, int]] = {}
-        for name, role in self._roles.items():
-            per_topic: dict[str, int] = {}
-            lag = getattr(role, "lag", None)
-            for (topic, _), n in (lag() if lag is not None else {}).items():
-                per_topic[topic] = per_topic.get(topic, 0) + n
-            out[name] = per_topic
-        return out
-
-    def _observe(self, telemetry: Telemetry) -> None:
-        if not telemetry.metrics:
-            return
-        role_attr = "hms.role"
-
-        def in_flight() -> list[tuple[float, dict[str, Any]]]:
-            worker = self._roles.get("worker")
-            return [(worker.running, {})] if isinstance(worker, Worker) else []
-
-        def lag() -> list[tuple[float, dict[str, Any]]]:
-            return [
-                (n, {role_attr: role, "messaging.destination.name": topic})
-                for role, topics in self.lag().items()
-                for topic, n in topics.items()
-            ]
-
-        telemetry.observe_in_flight(in_flight)
-        telemetry.observe_lag(lag)
-        monitor = self.monitor
-        if monitor is not None:
-            telemetry.observe_processes(monitor.process_counts)
+    def monitor(self) -> Monitor | None:
+        """The monitor role of this process, if it runs one."""
+        return self._node.monitor
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """This process's health, as ``/healthz`` reports it: (healthy, details).
@@ -387,208 +258,45 @@ class Management:
         Healthy once every role has joined its group and while none has crashed and the
         process is not stopping.
         """
-        running = self._transport is not None and not self._stop.is_set()
-        crashed = [t.get_name() for t in self._tasks if t.done() and not t.cancelled()]
-        joined = {name: _is_ready(role) for name, role in self._roles.items()}
-        healthy = running and not crashed and all(joined.values())
-        worker = self._roles.get("worker")
-        details: dict[str, Any] = {
-            "status": "ok" if healthy else ("stopping" if self._stop.is_set() else "unhealthy"),
-            "service": self._settings.service_name,
-            "process_id": self._process_id,
-            "roles": {name: ("ready" if ok else "starting") for name, ok in joined.items()},
-            "in_flight": worker.running if isinstance(worker, Worker) else 0,
-            "lag": {role: sum(t.values()) for role, t in self.lag().items()},
-        }
-        if crashed:
-            details["crashed"] = crashed
-        if self._failure is not None:
-            details["error"] = repr(self._failure)
-        return healthy, details
+        return self._node.health()
 
-    async def _serve_http(self) -> None:
-        from ._http import StatusServer
-
-        t = self._settings.telemetry
-        reader = prometheus_reader()
-        if t.http_port is None:  # pragma: no cover - checked by the caller
-            return
-        metrics = reader.render if reader is not None and t.metrics else None
-        self._server = StatusServer(t.http_host, t.http_port, health=self.health, metrics=metrics)
-        await self._server.start()
-        log.info(
-            "serving /healthz%s on http://%s:%d",
-            " and /metrics" if metrics is not None else "",
-            t.http_host,
-            self._server.port,
-        )
+    def lag(self) -> dict[str, dict[str, int]]:
+        """Records not yet fetched by each role of this process, per topic."""
+        return self._node.lag()
 
     @property
     def http_port(self) -> int | None:
         """The port ``/healthz`` and ``/metrics`` are served on, while connected."""
-        return self._server.port if self._server is not None else None
-
-    async def _until_ready(self) -> None:
-        """Wait until every role consumes (on Kafka, a group join takes a moment), so
-        work started right after entering is picked up at once; raise if one crashed."""
-        if not self._roles:
-            return
-        ready: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.gather(*(r.ready() for r in self._roles.values()))
-        )
-        stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for f in (ready, stopped):
-                f.cancel()
-            # Collect both, so an interrupted connect leaves no unretrieved exception.
-            await asyncio.gather(ready, stopped, return_exceptions=True)
-        self._raise_if_failed()
-
-    def _spawn(self, role: Role) -> asyncio.Task[None]:
-        task = asyncio.create_task(role.run(), name=f"hms-{role.name}")
-
-        def crashed(t: asyncio.Task[None]) -> None:
-            if not t.cancelled() and t.exception() is not None and not self._stop.is_set():
-                self._failure = t.exception()
-                log.critical("role %s stopped unexpectedly", role.name, exc_info=t.exception())
-                if self._waiters is not None:
-                    self._waiters.fail(self._role_failure())
-                self._stop.set()
-
-        task.add_done_callback(crashed)
-        return task
-
-    def _served_steps(self) -> list[StepDefinition]:
-        s = self._settings
-        if "worker" not in s.roles:
-            return []
-        if s.worker.steps is not None:
-            chosen = [self._registry.resolve(q) for q in s.worker.steps]
-            missing = [d.qualname for d in chosen if d.handler is None]
-            if missing:
-                raise ConfigError(
-                    f"--steps names steps without a handler in this app: {', '.join(missing)}"
-                )
-            return chosen
-        steps = self._registry.all_steps()
-        missing = [d.qualname for d in steps if d.handler is None]
-        if missing and s.bus_url.rstrip("/") == "memory:":
-            raise ConfigError(
-                f"steps without a handler: {', '.join(missing)} (on a private memory:// bus "
-                "no other process can run them; register them with @mgmt.on_step)"
-            )
-        if missing:
-            log.warning("no handler in this process for: %s", ", ".join(missing))
-        return [d for d in steps if d.handler is not None]
-
-    async def close(self) -> None:
-        """Stop the roles gracefully (workers drain), then close the bus and store."""
-        if self._transport is None:
-            return
-        self._stop.set()
-        for role in self._roles.values():
-            role.stop()
-        if self._tasks:
-            grace = self._settings.worker.shutdown_grace + 10
-            _, pending = await asyncio.wait(self._tasks, timeout=grace)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        if self._roles and self._settings.monitor.heartbeat_interval > 0:
-            with contextlib.suppress(Exception):
-                await self._transport.publish([self._heartbeat(stopping=True)])
-        self._tasks.clear()
-        self._roles.clear()
-        if self._server is not None:
-            await self._server.close()
-            self._server = None
-        if self._telemetry is not None:
-            self._telemetry.forget_sources()
-        if self._waiters is not None:
-            self._waiters.close()
-        transport, store = self._transport, self._store
-        self._transport = self._store = None
-        self._waiters = self._watching = None
-        try:
-            if store is not None:
-                await store.__aexit__(None, None, None)
-        finally:
-            await transport.__aexit__(None, None, None)
-
-    async def serve(self) -> None:
-        """Run the roles until :meth:`request_stop` (or a role crashes, which re-raises)."""
-        self._require()
-        await self._stop.wait()
-        self._raise_if_failed()
-
-    def _raise_if_failed(self) -> None:
-        if self._failure is not None:
-            raise self._role_failure()
-
-    def _role_failure(self) -> HmsBusError:
-        error = HmsBusError(
-            f"a role of this process stopped unexpectedly ({self._failure!r}); "
-            "see the log for the traceback"
-        )
-        error.__cause__ = self._failure
-        return error
-
-    def request_stop(self) -> None:
-        """Make :meth:`serve` return (signal handlers call this)."""
-        self._stop.set()
-
-    def role(self, name: str) -> Role | None:
-        """The running role called ``name`` in this process, if any."""
-        return self._roles.get(name)
+        return self._node.http_port
 
     @property
-    def monitor(self) -> Monitor | None:
-        """The monitor role of this process, if it runs one."""
-        m = self._roles.get("monitor")
-        return m if isinstance(m, Monitor) else None
-
-    def _heartbeat(self, *, stopping: bool = False) -> Outgoing:
-        worker = self._roles.get("worker")
-        hb = Heartbeat(
-            process_id=self._process_id,
-            service=self._settings.service_name,
-            roles=list(self._roles),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            steps=worker.steps if isinstance(worker, Worker) else [],
-            in_flight=worker.running if isinstance(worker, Worker) else 0,
-            steps_done=worker.done if isinstance(worker, Worker) else 0,
-            lag={role: sum(t.values()) for role, t in self.lag().items()},
-            interval=self._settings.monitor.heartbeat_interval,
-            stopping=stopping,
-        )
-        return Outgoing(self._topics.heartbeats, encode(hb), key=self._process_id.encode())
-
-    async def _heartbeats(self) -> None:
-        interval = self._settings.monitor.heartbeat_interval
-        while not self._stop.is_set():
-            try:
-                await self._require().publish([self._heartbeat()])
-            except Exception as exc:
-                log.warning("heartbeat not sent: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), interval)
+    def sealer(self) -> Sealer:
+        """Seals, opens and masks sensitive values (while connected)."""
+        return self._client.sealer
 
     def _require(self) -> Transport:
-        if self._transport is None:
+        transport = self._node.transport
+        if transport is None:
             raise HmsBusError(
                 f"Management {self._settings.service_name!r} is not connected: "
                 "use 'async with mgmt:' (or await mgmt.connect()) first"
             )
-        return self._transport
+        return transport
+
+    # What tests and the CLI's dry run reach for.
+
+    @property
+    def _transport(self) -> Transport | None:
+        return self._node.transport
 
     @property
     def _st(self) -> StateStore:
         self._require()
-        assert self._store is not None
-        return self._store
+        assert self._node.store is not None
+        return self._node.store
+
+    def _served_steps(self) -> list[StepDefinition]:
+        return self._node.served_steps()
 
     # -- client API ---------------------------------------------------------------------
 
@@ -610,96 +318,14 @@ class Management:
             TransportError: the payload is over ``transport.max_message_bytes``
                 (``retriable=False``; nothing was stored), or the bus is unreachable.
         """
-        transport = self._require()
-        wf = self._registry.workflow(workflow)
-        if workflow_id is None:
-            workflow_id = uuid.uuid4().hex
-        elif not isinstance(workflow_id, str) or not workflow_id or len(workflow_id) > _MAX_ID:
-            raise ConfigError(
-                f"workflow_id must be a non-empty string of at most {_MAX_ID} characters, "
-                f"got {workflow_id!r}"
-            )
-        elif not workflow_id.isprintable():
-            raise ConfigError(f"workflow_id must be printable text, got {workflow_id!r}")
-        model = wf.input_model(wf.first_step)
-        validated = validate_payload(model, payload, f"workflow {workflow!r}")
-        body = self.sealer.seal(to_jsonable(validated))
-        event = WorkflowStarted(
-            workflow_id=workflow_id,
-            workflow=workflow,
-            payload=body,
-            service=self._settings.service_name,
-        )
-        encoded = encode_line(event)  # fails here, before anything is stored, if not JSON
-        limit = self._settings.transport.max_message_bytes
-        if len(encoded) + len(workflow_id) > limit:
-            raise TransportError(
-                f"the start payload of {workflow!r} is {len(encoded)} bytes encoded, over the "
-                f"bus limit of {limit} (transport.max_message_bytes); keep large data "
-                "elsewhere and pass a reference",
-                retriable=False,
-            )
-        result = await self._st.register_start(
-            workflow_id, workflow, body, event.event_id, utcnow()
-        )
-        if not result.created and result.workflow != workflow:
-            raise ConfigError(
-                f"workflow_id {workflow_id!r} already belongs to a {result.workflow!r} workflow"
-            )
-        if result.created or not result.confirmed:
-            if not result.created:
-                event = event.model_copy(
-                    update={"event_id": result.start_event_id, "payload": result.payload}
-                )
-                encoded = encode_line(event)
-            await self._publish_start(transport, event, encoded)
-        return Started(workflow_id, workflow, result.created, self)
-
-    async def _publish_start(
-        self, transport: Transport, event: WorkflowStarted, body: bytes
-    ) -> None:
-        """Publish ``workflowStarted`` to the coordinator, under the span that opens the
-        workflow's trace."""
-        tel = self._telemetry
-        topic = self._topics.coordinator
-        key = event.workflow_id.encode()
-        if tel is None or not tel.tracing:
-            await transport.publish([Outgoing(topic, body, key=key)])
-            return
-        # A trace of its own per workflow, linked to the caller's span (if any).
-        span = tel.span(
-            f"start {event.workflow}",
-            kind=SpanKind.PRODUCER,
-            parent=None,
-            links=tel.caller_links(),
-            attributes={
-                "messaging.system": tel.system,
-                "messaging.operation.type": "send",
-                "messaging.destination.name": topic,
-                "hms.workflow_id": event.workflow_id,
-            },
-        )
-        try:
-            await transport.publish([Outgoing(topic, body, key=key, headers=tel.inject(span))])
-        except BaseException as exc:
-            end_span(span, error=exc)
-            raise
-        span.end()
+        return await self._client.start(workflow, payload, workflow_id=workflow_id)
 
     async def status(self, workflow_id: str) -> WorkflowStatus | None:
         """The workflow's status with its steps, or None if the store does not know it.
 
         Sensitive values in its payload and result are masked.
         """
-        return self._masked(await self._st.get_workflow(workflow_id))
-
-    def _masked(self, status: WorkflowStatus | None) -> WorkflowStatus | None:
-        if status is None:
-            return None
-        sealer = self.sealer
-        return status.model_copy(
-            update={"payload": sealer.mask(status.payload), "result": sealer.mask(status.result)}
-        )
+        return await self._client.status(workflow_id)
 
     async def wait(
         self, workflow_id: str, timeout: float | None = None, *, until_step: str | None = None
@@ -709,33 +335,14 @@ class Management:
         With ``until_step``, return as soon as a step of that name has succeeded (or the
         workflow is terminal): a caller that needs the outcome of one step (a payment
         initiated) need not wait for the steps scheduled after it (a status check an
-        hour later).
+        hour later). Waiting polls nothing: the store wakes the waiters a change
+        concerns, in this process or any other.
 
         Raises:
             NotFoundError: the store does not know ``workflow_id``.
             WaitTimeoutError: (a TimeoutError) it was not terminal within ``timeout`` seconds.
         """
-        self._raise_if_failed()
-        waiters = await self._waiting()
-        status = await waiters.wait(workflow_id, until_step=until_step, timeout=timeout)
-        masked = self._masked(status)
-        assert masked is not None
-        return masked
-
-    async def _waiting(self) -> Waiters:
-        """This process's waiters, watching the store from the first wait on."""
-        store = self._st
-        if self._waiters is None:
-            if self._watching is None:
-                self._watching = asyncio.Lock()
-            async with self._watching:
-                if self._waiters is None:
-                    waiters = Waiters(store.get_workflows)
-                    await store.watch(waiters.changed)
-                    if self._failure is not None:
-                        waiters.fail(self._role_failure())
-                    self._waiters = waiters
-        return self._waiters
+        return await self._client.wait(workflow_id, timeout, until_step=until_step)
 
     async def run(
         self,
@@ -746,21 +353,14 @@ class Management:
         timeout: float | None = None,
     ) -> WorkflowStatus:
         """Start a workflow and wait for its terminal status (see :meth:`start`, :meth:`wait`)."""
-        started = await self.start(workflow, payload, workflow_id=workflow_id)
-        return await self.wait(started.workflow_id, timeout)
+        return await self._client.run(workflow, payload, workflow_id=workflow_id, timeout=timeout)
 
-    async def history(self, workflow_id: str) -> list[Any]:
+    async def history(self, workflow_id: str) -> list[WorkflowEvent]:
         """The workflow's lifecycle events in order, as the projector recorded them.
 
         Sensitive values in payloads, step results and the workflow's result are masked.
         """
-        sealer = self.sealer
-        out = []
-        for event in await self._st.history(workflow_id):
-            fields = {f: getattr(event, f, None) for f in ("payload", "result", "directive")}
-            masked = {f: sealer.mask(v) for f, v in fields.items() if v is not None}
-            out.append(event.model_copy(update=masked) if masked else event)
-        return out
+        return await self._client.history(workflow_id)
 
     async def cancel(self, workflow_id: str, reason: str | None = None) -> bool:
         """Ask for the workflow to be cancelled; False if it has already ended.
@@ -771,17 +371,7 @@ class Management:
         Raises:
             NotFoundError: the store does not know ``workflow_id``.
         """
-        transport = self._require()
-        status = await self._st.get_workflow(workflow_id)
-        if status is None:
-            raise NotFoundError(f"no workflow {workflow_id!r}")
-        if status.terminal:
-            return False
-        event = CancelRequested(workflow_id=workflow_id, workflow=status.workflow, reason=reason)
-        await transport.publish(
-            [Outgoing(self._topics.coordinator, encode_line(event), key=workflow_id.encode())]
-        )
-        return True
+        return await self._client.cancel(workflow_id, reason)
 
     async def list(
         self,
@@ -797,26 +387,9 @@ class Management:
 
         Pass the page's ``next_cursor`` as ``cursor`` for the next page.
         """
-        if not 1 <= limit <= 1000:
-            raise ConfigError(f"limit must be between 1 and 1000, got {limit}")
-        try:
-            state = WorkflowState(status) if status is not None else None
-        except ValueError:
-            raise ConfigError(
-                f"unknown status {status!r} (statuses: {', '.join(s.value for s in WorkflowState)})"
-            ) from None
-        page = await self._st.list_workflows(
-            ListQuery(
-                workflow=workflow,
-                status=state,
-                since=since,
-                until=until,
-                limit=limit,
-                cursor=cursor,
-            )
+        return await self._client.list(
+            workflow, status, since=since, until=until, limit=limit, cursor=cursor
         )
-        items = [self._masked(item) for item in page.items]
-        return page.model_copy(update={"items": [i for i in items if i is not None]})
 
 
 def init(
@@ -852,12 +425,6 @@ def init(
         service_name=service_name, bus_url=bus, store_url=store, roles=roles, **settings
     )
     # Fail fast on a bad URL scheme, before anything is defined on the object.
-    create_transport(s.bus_url, **s.transport.options())
-    create_store(s.store_url, **s.postgres.model_dump())
+    open_bus(s)
+    open_store(s)
     return Management(s, tracer_provider=tracer_provider, meter_provider=meter_provider)
-
-
-def _is_ready(role: Role) -> bool:
-    loop = getattr(role, "_loop", None)
-    joined = getattr(loop, "joined", None)
-    return bool(joined.is_set()) if joined is not None else True

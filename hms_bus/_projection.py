@@ -12,6 +12,7 @@ The rules, which every store follows:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,7 @@ from ._events import (
 )
 from ._status import StepState, StepStatus, WorkflowState, WorkflowStatus
 
-__all__ = ["StepRow", "WorkflowRow", "apply_event", "phase"]
+__all__ = ["Fold", "StepRow", "WorkflowRow", "apply_event", "fold", "phase"]
 
 _PHASE = {StepState.PENDING: 0, StepState.RUNNING: 1, StepState.SUCCEEDED: 2, StepState.FAILED: 2}
 
@@ -176,3 +177,56 @@ def apply_event(row: WorkflowRow, event: Any) -> bool:
     if changed:
         row.updated_at = max(row.updated_at, event.ts)
     return changed
+
+
+@dataclass(slots=True)
+class Fold:
+    """What :func:`fold` did to the rows it was given.
+
+    Attributes:
+        changed: the workflows whose row changed, or was created.
+        steps: the step executions that changed, by (workflow_id, seq).
+        changes: what waiters are told (see :data:`hms_bus.store.Change`): a workflow
+            whose status changed, a step execution that succeeded.
+    """
+
+    changed: set[str] = field(default_factory=set)
+    steps: dict[tuple[str, int], StepRow] = field(default_factory=dict)
+    changes: list[tuple[str, str | None]] = field(default_factory=list)
+
+
+def fold(rows: MutableMapping[str, WorkflowRow], events: Iterable[Any]) -> Fold:
+    """Fold new ``events`` into ``rows`` (by workflow id; rows are created as needed).
+
+    The rule every store follows; the stores only read the rows beforehand and write
+    back what :class:`Fold` names. Events must be new (stores skip event ids they have
+    applied before): folding is monotonic, so a repeated event changes nothing anyway,
+    but it would be counted.
+    """
+    out = Fold()
+    before: dict[str, WorkflowState | None] = {}
+    for ev in events:
+        wid = ev.workflow_id
+        row = rows.get(wid)
+        if wid not in before:
+            before[wid] = None if row is None else row.status
+        if row is None:
+            row = rows[wid] = WorkflowRow(
+                workflow_id=wid,
+                workflow=ev.workflow,
+                created_at=ev.ts,
+                updated_at=ev.ts,
+                start_event_id=ev.event_id if ev.type == "workflowStarted" else "",
+            )
+            out.changed.add(wid)
+        if apply_event(row, ev):
+            out.changed.add(wid)
+            seq = getattr(ev, "seq", None)
+            if seq is not None and seq in row.steps:
+                out.steps[(wid, seq)] = row.steps[seq]
+            if ev.type == "completeStep" and ev.outcome == "succeeded":
+                out.changes.append((wid, ev.step))
+    out.changes.extend(
+        (wid, None) for wid, status in before.items() if rows[wid].status is not status
+    )
+    return out

@@ -4,7 +4,9 @@ Handlers return one of:
 
 - :class:`Next` — go to a named step (optionally after a durable ``delay``).
 - the seed's dict ``{"nextStep": "creditCheck", "data": {...}}`` (``next_step`` also works,
-  as does ``"delay"`` in seconds).
+  as does ``"delay"`` in seconds). It is read so only when its keys are a subset of
+  ``nextStep``/``next_step``/``data``/``delay``: a result of its own that happens to carry
+  a ``nextStep`` key among others is data like any other dict.
 - :class:`Complete` — finish the workflow now with a result.
 - any other dict, pydantic model or JSON value — the data for the next step in
   definition order.
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
 from ._errors import ConfigError, SerializationError
+from ._events import Directive
 
 __all__ = ["Complete", "Directive", "Next", "normalize_result", "to_jsonable"]
 
@@ -45,20 +48,6 @@ class Complete:
     """Finish the workflow now as ``completed`` with ``result``, skipping any later steps."""
 
     result: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class Directive:
-    """A handler's return value, normalised.
-
-    ``kind`` is ``"next"`` (go to ``step``), ``"default"`` (the next step in definition
-    order) or ``"complete"``; ``data`` is JSON-ready; ``delay`` is in seconds.
-    """
-
-    kind: Literal["next", "default", "complete"]
-    data: Any
-    step: str | None = None
-    delay: float | None = None
 
 
 def to_jsonable(value: Any) -> Any:
@@ -90,6 +79,14 @@ def _seconds(delay: timedelta | float | int | None) -> float | None:
     return seconds
 
 
+_SEED_KEYS = frozenset({"nextStep", "next_step", "data", "delay"})
+
+
+def _is_seed_form(value: dict[Any, Any]) -> bool:
+    """The seed's ``{"nextStep": …, "data": …}``: a routing key, and no key but these."""
+    return ("nextStep" in value or "next_step" in value) and value.keys() <= _SEED_KEYS
+
+
 def normalize_result(value: Any, payload: Any) -> Directive:
     """Read a handler's return value into a :class:`Directive`.
 
@@ -110,13 +107,8 @@ def normalize_result(value: Any, payload: Any) -> Directive:
         return Directive(kind="next", step=value.step, data=data, delay=_seconds(value.delay))
     if isinstance(value, Complete):
         return Directive(kind="complete", data=to_jsonable(value.result))
-    if isinstance(value, dict) and ("nextStep" in value or "next_step" in value):
+    if isinstance(value, dict) and _is_seed_form(value):
         step = value.get("nextStep", value.get("next_step"))
-        extra = set(value) - {"nextStep", "next_step", "data", "delay"}
-        if extra:
-            raise ConfigError(
-                f"a nextStep result may only hold nextStep, data and delay; got {sorted(extra)}"
-            )
         if step is None:  # {"nextStep": None, "data": ...} ends the workflow
             return Directive(kind="complete", data=to_jsonable(value.get("data")))
         if not isinstance(step, str) or not step:

@@ -295,8 +295,9 @@ class ManagementLayer:
                 event.type == "completeStep"
                 and event.step == "initiateTransfer"
                 and event.outcome == "succeeded"
+                and event.directive is not None
             ):
-                data: dict[str, Any] = event.directive["data"]
+                data: dict[str, Any] = event.directive.data
                 return data
         raise hms_bus.HmsBusError(f"{workflow_id}: initiateTransfer has no recorded result")
 

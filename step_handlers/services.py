@@ -58,6 +58,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+import hms_bus
 from schemas.grant import Applicant
 from schemas.payment import PaymentInstruction, PaymentResult
 
@@ -310,6 +311,11 @@ class _HttpService:
         self.retries = retries
         self.backoff = backoff
         self.max_delay = max_delay
+        # The same backoff as a step's retries, without jitter: a client's few attempts
+        # within one step attempt need no spreading.
+        self._policy = hms_bus.RetryPolicy(
+            max_attempts=retries, initial_delay=backoff, max_delay=max_delay, jitter=0.0
+        )
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient()
 
@@ -390,10 +396,8 @@ class _HttpService:
                 cause = f"HTTP {status} {response.reason_phrase}: {detail}"
                 if status in (429, 503):
                     wait = _retry_after(response)
-            if attempt < self.retries:
-                if wait is None:
-                    wait = self.backoff * 2 ** (attempt - 1)
-                wait = min(wait, self.max_delay)
+            if self._policy.allows_another(attempt):
+                wait = self._policy.delay(attempt) if wait is None else min(wait, self.max_delay)
                 logger.warning(
                     "%s %s: attempt %d of %d failed (%s); retrying in %.2fs",
                     self.service,

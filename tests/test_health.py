@@ -58,7 +58,7 @@ async def test_a_worker_gone_mid_step_is_reported_down_and_its_step_stuck(
         assert healthy.problems() == []
         assert {p.service for p in healthy.processes} == {"watcher", "worker-app"}
         # The worker's process dies without a goodbye: no more heartbeats.
-        next(t for t in worker._tasks if t.get_name() == "hms-heartbeat").cancel()
+        next(t for t in worker._node._tasks if t.get_name() == "hms-heartbeat").cancel()
         await eventually(
             lambda: any(p.down for p in monitor.processes()), within=5, what="worker down"
         )
@@ -149,7 +149,7 @@ async def test_health_command_reads_the_report_and_exits_1_when_unhealthy(
         assert code == 0, out
         assert out.startswith("healthy")
         assert "worker-app" in out and "watcher" in out
-        next(t for t in worker._tasks if t.get_name() == "hms-heartbeat").cancel()
+        next(t for t in worker._node._tasks if t.get_name() == "hms-heartbeat").cancel()
         await eventually(lambda: any(p.down for p in monitor.processes()), what="down")
         await asyncio.sleep(0.2)
         code, out = await asyncio.to_thread(health)

@@ -53,7 +53,7 @@ async def test_wait_raises_when_a_role_of_this_process_crashed(make_mgmt: MakeMg
         started = await mgmt.start("wf", {})
         # A role dying of a bug (not a backend outage, which roles retry) is supervised
         # like the built-in ones.
-        mgmt._tasks.append(mgmt._spawn(_Crashing()))
+        mgmt._node._tasks.append(mgmt._node._spawn(_Crashing()))
         with pytest.raises(hms_bus.HmsBusError, match="stopped unexpectedly") as exc:
             await mgmt.wait(started.workflow_id, timeout=5)
     assert isinstance(exc.value.__cause__, SystemError)

@@ -168,6 +168,6 @@ async def test_a_process_whose_heartbeat_task_dies_is_reported_down(make_mgmt: M
             )
 
         await eventually(info, what="worker heard")
-        heartbeat = next(t for t in worker._tasks if t.get_name() == "hms-heartbeat")
+        heartbeat = next(t for t in worker._node._tasks if t.get_name() == "hms-heartbeat")
         heartbeat.cancel()
         await eventually(lambda: info().down, within=2, what="worker reported down")

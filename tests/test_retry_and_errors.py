@@ -362,8 +362,8 @@ async def test_idempotency_key_is_stable_across_retries_only(make_mgmt: MakeMgmt
 
 @pytest.mark.parametrize(
     "returned",
-    [object(), {"nextStep": "b", "junk": 1}, hms_bus.Next("b", delay=-1)],
-    ids=["not-json", "extra-keys", "negative-delay"],
+    [object(), {"nextStep": 7}, hms_bus.Next("b", delay=-1)],
+    ids=["not-json", "bad-next-step", "negative-delay"],
 )
 async def test_an_invalid_return_value_fails_without_retry(
     make_mgmt: MakeMgmt, returned: Any
@@ -387,3 +387,33 @@ async def test_an_invalid_return_value_fails_without_retry(
     assert attempts == [1]
     assert final.status == "failed"
     assert "'a'" in (final.error or "")
+
+
+async def test_a_result_with_a_next_step_key_among_others_is_data(make_mgmt: MakeMgmt) -> None:
+    """The seed's ``{"nextStep": …, "data": …}`` routes only when those (and ``next_step``,
+    ``delay``) are its only keys; a result of its own that carries a ``nextStep`` field
+    goes to the next step in order, as any other dict."""
+    mgmt = make_mgmt()
+    mgmt.define_workflow("wf", ["a", "b", "c"])
+    seen: dict[str, Any] = {}
+    result = {"nextStep": "c", "reviewer": "Jane", "data": {"note": "seed-like"}}
+
+    @mgmt.on_step("wf.a")
+    async def a(ctx: hms_bus.StepContext) -> Any:
+        return result
+
+    @mgmt.on_step("wf.b")
+    async def b(ctx: hms_bus.StepContext) -> Any:
+        seen["b"] = ctx.payload
+        return {"nextStep": "c", "data": {"routed": True}, "delay": 0}
+
+    @mgmt.on_step("wf.c")
+    async def c(ctx: hms_bus.StepContext) -> Any:
+        seen["c"] = ctx.payload
+
+    async with mgmt:
+        final = await mgmt.run("wf", {}, timeout=10)
+
+    assert final.status == "completed"
+    assert seen == {"b": result, "c": {"routed": True}}
+    assert [s.step for s in final.steps] == ["a", "b", "c"]

@@ -24,9 +24,9 @@ from .._settings import Settings
 from .._telemetry import Telemetry
 from .._topics import Topics
 from ..store import StateStore
-from ..transport import Outgoing, Record, Transport
+from ..transport import Outgoing, Record, TopicPartition, Transport
 
-__all__ = ["BatchRole", "Role", "Runtime"]
+__all__ = ["BatchRole", "Role", "RoleStats", "Runtime"]
 
 log = logging.getLogger("hms_bus")
 
@@ -100,6 +100,21 @@ class Runtime:
             raise TransportError(f"publish failed: {exc}", retriable=True) from exc
 
 
+@dataclass(frozen=True, slots=True)
+class RoleStats:
+    """What a role says of its work, for heartbeats and ``/healthz``.
+
+    Attributes:
+        in_flight: work taken and not finished (a worker: handlers running now).
+        done: units of work finished since the role started (a worker: step attempts).
+        steps: the ``workflow.step`` names the role serves (a worker).
+    """
+
+    in_flight: int = 0
+    done: int = 0
+    steps: tuple[str, ...] = ()
+
+
 class BatchRole:
     """Base of the roles that consume whole batches (coordinator, projector, monitor).
 
@@ -134,10 +149,19 @@ class BatchRole:
         """Return once the role's consumer has joined its group."""
         await self._loop.joined.wait()
 
+    @property
+    def is_ready(self) -> bool:
+        """True once the role's consumer has joined its group."""
+        return self._loop.joined.is_set()
+
     def lag(self) -> dict[tuple[str, int], int]:
         """Records published but not yet fetched, per owned partition."""
         consumer = self._loop.consumer
         return consumer.lag() if consumer is not None else {}
+
+    def stats(self) -> RoleStats:
+        """A batch role reports no work of its own beyond its lag."""
+        return RoleStats()
 
     def stop(self) -> None:
         """Finish the current batch, commit and stop."""
@@ -148,7 +172,12 @@ class BatchRole:
 
 
 class Role(Protocol):
-    """A long-running part of a Management: ``run`` until ``stop`` is called."""
+    """A long-running part of a node: ``run`` until ``stop`` is called.
+
+    The node supervises roles through this Protocol alone: it starts them, waits until
+    they are ready, reads their lag and stats for heartbeats and ``/healthz``, and stops
+    them.
+    """
 
     name: str
 
@@ -158,6 +187,19 @@ class Role(Protocol):
 
     async def ready(self) -> None:
         """Return once the role is consuming (its consumer has joined its group)."""
+        ...
+
+    @property
+    def is_ready(self) -> bool:
+        """True once :meth:`ready` would return at once."""
+        ...
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records published but not yet fetched by the role, per owned partition."""
+        ...
+
+    def stats(self) -> RoleStats:
+        """What the role says of its work (see :class:`RoleStats`)."""
         ...
 
     def stop(self) -> None:

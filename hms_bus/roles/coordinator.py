@@ -38,16 +38,12 @@ from .._consume import retrying
 from .._errors import SerializationError
 from .._events import (
     DECIDED,
-    CancelRequested,
-    ErrorInfo,
     RetryScheduled,
     StepCommand,
-    StepCompleted,
     StepScheduled,
     WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
-    WorkflowStarted,
     decode_event,
     encode,
     encode_line,
@@ -56,9 +52,11 @@ from .._events import (
     split_lines,
     utcnow,
 )
+from .._routing import Cancel, Decision, Fail, Finish, Input, Retry, Schedule, decide, transition_of
 from .._telemetry import Headers, end_span
+from .._topics import Topics
 from ..store import ClaimState, Timer, TransitionClaim
-from ..transport import Outgoing, Record
+from ..transport import Outgoing, Record, record_size
 from . import BatchRole, Runtime
 
 __all__ = ["Coordinator"]
@@ -75,10 +73,6 @@ class Coordinator(BatchRole):
 
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt, [rt.topics.coordinator])
-        # What the decision being built does, for its span: (operation, destination, step).
-        self._op: tuple[str, str, str | None] = ("decide", rt.topics.events, None)
-        # The trace headers every message of the decision being built carries.
-        self._headers: Headers = ()
         # Claims published, to mark so in the ledger, off the path of the next batch.
         self._published: list[tuple[str, str]] = []
         self._unmarked: set[tuple[str, str]] = set()  # published by us, mark pending
@@ -156,13 +150,14 @@ class Coordinator(BatchRole):
                         attributes=None,
                     )
                     # An unsampled trace goes on with the context it came with.
-                    self._headers = tel.inject(span) if span.is_recording() else record.headers
+                    headers = tel.inject(span) if span.is_recording() else record.headers
                 else:
-                    self._headers = record.headers  # carry the trace on, if there is one
-                headers = self._headers
-                claim = self._decide(event)
+                    headers = record.headers  # carry the trace on, if there is one
+                decision = decide(rt.registry.workflows, event)
+                claim = self._claim(event, decision, headers)
+                what = _operation(decision, event, rt.topics)
                 if span is not None and span.is_recording():
-                    operation, destination, _ = self._op
+                    operation, destination, _ = what
                     span.update_name(f"{operation} {destination}")
                     span.set_attributes(
                         {
@@ -176,14 +171,14 @@ class Coordinator(BatchRole):
                 mine.append(len(claims))
                 claims.append(claim)
                 spans.append(span)
-                ops.append((*self._op, event.workflow))
+                ops.append((*what, event.workflow))
             if lines:
                 inputs.append((record, lines, mine, headers))
         try:
             results = await rt.store.claim_transitions(claims) if claims else []
             history_out: list[Outgoing] = []
             out: list[Outgoing] = []  # commands and letters, after the history
-            keys: list[tuple[str, str]] = []
+            keys: dict[tuple[str, str], None] = {}  # claims published now, in order
             for record, lines, mine, headers in inputs:
                 history = list(lines)
                 for k in mine:
@@ -196,7 +191,7 @@ class Coordinator(BatchRole):
                         state = ClaimState.DONE  # we published it; the mark is on its way
                     if state in (ClaimState.NEW, ClaimState.UNPUBLISHED) and key not in keys:
                         history.extend(self._split(result.messages, out))
-                        keys.append(key)
+                        keys[key] = None
                         if result.state is ClaimState.NEW:
                             self._log_failure(claim)
                             if op[0] == "retry" and tel.metrics:
@@ -214,7 +209,7 @@ class Coordinator(BatchRole):
                 history_out.extend(self._history(record, history, headers))
             await rt.publish([*dead, *history_out, *out])
             if keys:
-                self._mark(keys)
+                self._mark(list(keys))
         except BaseException as exc:
             for span in spans:
                 if span is not None:
@@ -237,10 +232,11 @@ class Coordinator(BatchRole):
 
     def _history(self, record: Record, lines: list[bytes], headers: Headers) -> list[Outgoing]:
         """The history record(s) of one input: as few as fit the bus's record limit."""
-        topic = self._rt.topics.events
-        key = record.key
-        room = self._rt.settings.transport.max_message_bytes - 512 - len(key or b"")
-        room -= sum(len(k) + len(v) for k, v in headers)
+        topic, key = self._rt.topics.events, record.key
+        # The value may take what its key and headers leave (record_size's measure).
+        room = self._rt.settings.transport.max_message_bytes - record_size(
+            Outgoing(topic, b"", key=key, headers=headers)
+        )
         return [
             Outgoing(topic, value, key=key, headers=headers) for value in pack_lines(lines, room)
         ]
@@ -255,163 +251,76 @@ class Coordinator(BatchRole):
                 )
                 self._rt.count_dead_letter(letter["source_topic"])
 
-    # -- decisions ----------------------------------------------------------------------
+    # -- from a decision to what it publishes ---------------------------------------------
 
-    def _decide(self, event: Any) -> TransitionClaim:
-        if isinstance(event, WorkflowStarted):
-            wf = self._rt.registry.workflows.get(event.workflow)
-            if wf is None:
-                return self._fail(event, "start", f"unknown workflow {event.workflow!r}", None)
-            msgs, _ = self._next(event, wf.first_step, 1, 1, event.payload, None, None)
-            return TransitionClaim(event.workflow_id, "start", msgs)
-        if isinstance(event, StepCompleted):
-            return self._completed(event)
-        if isinstance(event, CancelRequested):
-            cancelled = WorkflowCancelled(
-                workflow_id=event.workflow_id,
-                workflow=event.workflow,
-                reason=event.reason or "cancelled",
-            )
-            self._op = ("cancel", event.workflow, None)
-            return TransitionClaim(
-                event.workflow_id, "cancel", (self._event(cancelled),), closes=True
-            )
-        raise AssertionError(f"not an input of the coordinator: {event.type}")
+    def _claim(self, ev: Input, decision: Decision, headers: Headers) -> TransitionClaim:
+        """The claim of ``decision``: its history events, commands, timers and letters."""
+        tid = transition_of(ev)
+        topics = self._rt.topics
+        key = ev.workflow_id.encode()
 
-    def _completed(self, ev: StepCompleted) -> TransitionClaim:
-        tid = f"{ev.step}:{ev.seq}:{ev.attempt}"
-        wf = self._rt.registry.workflows.get(ev.workflow)
-        if wf is None or ev.step not in wf.steps:
-            return self._fail(ev, tid, f"unknown step {ev.workflow}.{ev.step}", ev.step)
-        if ev.outcome == "succeeded":
-            d = ev.directive or {"kind": "default", "data": ev.payload}
-            data = d.get("data")
-            if d.get("kind") == "complete":
-                return self._complete(ev, tid, data)
-            target = d.get("step") if d.get("kind") == "next" else wf.next_after(ev.step)
-            if target is None:
-                return self._complete(ev, tid, data)
-            if target not in wf.steps:
-                msg = f"step {ev.step!r} routed to unknown step {target!r}"
-                return self._fail(ev, tid, msg, ev.step)
-            delay = d.get("delay")
-            msgs, timers = self._next(ev, target, ev.seq + 1, 1, data, None, delay)
-            return TransitionClaim(ev.workflow_id, tid, msgs, timers)
-        error = ev.error or ErrorInfo(message="step failed", type="Error")
-        step = wf.steps[ev.step]
-        if error.retriable and step.retry.allows_another(ev.attempt):
-            delay = step.retry.delay(ev.attempt)
-            due = utcnow() + timedelta(seconds=delay)
-            notice = RetryScheduled(
+        def event(e: Any) -> Outgoing:
+            return Outgoing(topics.events, encode_line(e), key=key, headers=headers)
+
+        def command(step: str, seq: int, attempt: int, payload: Any, error: Any) -> Outgoing:
+            cmd = StepCommand(
                 workflow_id=ev.workflow_id,
                 workflow=ev.workflow,
-                step=ev.step,
-                seq=ev.seq,
-                attempt=ev.attempt + 1,
-                due_at=due,
+                step=step,
+                seq=seq,
+                attempt=attempt,
+                payload=payload,
                 error=error,
             )
-            command = self._command(ev, ev.step, ev.seq, ev.attempt + 1, ev.payload, None)
-            self._op = ("retry", command.topic, ev.step)
-            if delay > 0:
-                timer = Timer(new_id(), ev.workflow_id, due, command)
-                return TransitionClaim(ev.workflow_id, tid, (self._event(notice),), (timer,))
-            return TransitionClaim(ev.workflow_id, tid, (self._event(notice), command))
-        route = wf.error_route(ev.step)
-        if route is not None:
-            info = error.model_copy(update={"step": ev.step})
-            msgs, timers = self._next(ev, route, ev.seq + 1, 1, ev.payload, info, None)
-            return TransitionClaim(ev.workflow_id, tid, msgs, timers)
-        return self._fail(ev, tid, error.message, ev.step, error, original=ev)
+            return Outgoing(topics.step(ev.workflow, step), encode(cmd), key=key, headers=headers)
 
-    # -- building blocks ----------------------------------------------------------------
+        ids = {"workflow_id": ev.workflow_id, "workflow": ev.workflow}
+        if isinstance(decision, Schedule):
+            due = utcnow() + timedelta(seconds=decision.delay) if decision.delay else None
+            notice = StepScheduled(**ids, step=decision.step, seq=decision.seq, due_at=due)
+            cmd = command(decision.step, decision.seq, 1, decision.payload, decision.error)
+            if due is None:
+                return TransitionClaim(ev.workflow_id, tid, (event(notice), cmd))
+            timer = Timer(new_id(), ev.workflow_id, due, cmd)
+            return TransitionClaim(ev.workflow_id, tid, (event(notice),), (timer,))
+        if isinstance(decision, Retry):
+            due = utcnow() + timedelta(seconds=decision.delay)
+            retry = RetryScheduled(
+                **ids,
+                step=decision.step,
+                seq=decision.seq,
+                attempt=decision.attempt,
+                due_at=due,
+                error=decision.error,
+            )
+            cmd = command(decision.step, decision.seq, decision.attempt, decision.payload, None)
+            if decision.delay > 0:
+                timer = Timer(new_id(), ev.workflow_id, due, cmd)
+                return TransitionClaim(ev.workflow_id, tid, (event(retry),), (timer,))
+            return TransitionClaim(ev.workflow_id, tid, (event(retry), cmd))
+        if isinstance(decision, Finish):
+            done = WorkflowCompleted(**ids, result=decision.result)
+            return TransitionClaim(ev.workflow_id, tid, (event(done),), closes=True)
+        if isinstance(decision, Cancel):
+            cancelled = WorkflowCancelled(**ids, reason=decision.reason)
+            return TransitionClaim(ev.workflow_id, tid, (event(cancelled),), closes=True)
+        failed = WorkflowFailed(**ids, error=decision.error)
+        letter = self._letter(ev, decision, headers)
+        return TransitionClaim(ev.workflow_id, tid, (event(failed), letter), closes=True)
 
-    def _event(self, event: Any) -> Outgoing:
-        """A history event of the decision (joined with the input's in one record)."""
-        return Outgoing(
-            self._rt.topics.events,
-            encode_line(event),
-            key=event.workflow_id.encode(),
-            headers=self._headers,
-        )
-
-    def _command(
-        self,
-        ev: Any,
-        step: str,
-        seq: int,
-        attempt: int,
-        payload: Any,
-        error: ErrorInfo | None,
-    ) -> Outgoing:
-        cmd = StepCommand(
-            workflow_id=ev.workflow_id,
-            workflow=ev.workflow,
-            step=step,
-            seq=seq,
-            attempt=attempt,
-            payload=payload,
-            error=error,
-        )
-        return Outgoing(
-            self._rt.topics.step(ev.workflow, step),
-            encode(cmd),
-            key=ev.workflow_id.encode(),
-            headers=self._headers,
-        )
-
-    def _next(
-        self,
-        ev: Any,
-        step: str,
-        seq: int,
-        attempt: int,
-        payload: Any,
-        error: ErrorInfo | None,
-        delay: float | None,
-    ) -> tuple[tuple[Outgoing, ...], tuple[Timer, ...]]:
-        due = utcnow() + timedelta(seconds=delay) if delay else None
-        notice = StepScheduled(
-            workflow_id=ev.workflow_id,
-            workflow=ev.workflow,
-            step=step,
-            seq=seq,
-            attempt=attempt,
-            due_at=due,
-        )
-        command = self._command(ev, step, seq, attempt, payload, error)
-        self._op = ("schedule", command.topic, step)
-        if due is None:
-            return (self._event(notice), command), ()
-        return (self._event(notice),), (Timer(new_id(), ev.workflow_id, due, command),)
-
-    def _complete(self, ev: Any, tid: str, result: Any) -> TransitionClaim:
-        done = WorkflowCompleted(workflow_id=ev.workflow_id, workflow=ev.workflow, result=result)
-        self._op = ("complete", ev.workflow, None)
-        return TransitionClaim(ev.workflow_id, tid, (self._event(done),), closes=True)
-
-    def _fail(
-        self,
-        ev: Any,
-        tid: str,
-        message: str,
-        step: str | None,
-        error: ErrorInfo | None = None,
-        original: StepCompleted | None = None,
-    ) -> TransitionClaim:
-        info = error or ErrorInfo(message=message, type="ConfigError", retriable=False)
-        info = info.model_copy(update={"step": step})
-        failed = WorkflowFailed(workflow_id=ev.workflow_id, workflow=ev.workflow, error=info)
-        self._op = ("fail", ev.workflow, step)
-        if original is not None:
-            # The command of the attempt that failed, as the worker received it.
-            command = StepCommand.model_validate(original.model_dump(include=_COMMAND_FIELDS))
-            source = self._rt.topics.step(original.workflow, original.step)
+    def _letter(self, ev: Input, decision: Fail, headers: Headers) -> Outgoing:
+        """The dead letter of a failed workflow: the failed attempt's command, as the
+        worker received it, or the input that could not be routed."""
+        error, attempt = decision.error, decision.attempt
+        if attempt is not None:
+            command = StepCommand.model_validate(attempt.model_dump(include=_COMMAND_FIELDS))
+            source = self._rt.topics.step(attempt.workflow, attempt.step)
             body: Any = command.model_dump(mode="json")
         else:
             source, body = self._rt.topics.coordinator, ev.model_dump(mode="json")
-        reason = f"workflow failed at step {step!r}: {message}" if step else message
-        letter = self._rt.dead_letter(
+        step = error.step
+        reason = f"workflow failed at step {step!r}: {error.message}" if step else error.message
+        return self._rt.dead_letter(
             None,
             reason,
             log_it=False,
@@ -420,7 +329,18 @@ class Coordinator(BatchRole):
             workflow_id=ev.workflow_id,
             workflow=ev.workflow,
             step=step,
-            error=info,
-            headers=self._headers,
+            error=error,
+            headers=headers,
         )
-        return TransitionClaim(ev.workflow_id, tid, (self._event(failed), letter), closes=True)
+
+
+def _operation(decision: Decision, ev: Input, topics: Topics) -> tuple[str, str, str | None]:
+    """What a decision does, for its span: (operation, destination, step)."""
+    if isinstance(decision, (Schedule, Retry)):
+        kind = "schedule" if isinstance(decision, Schedule) else "retry"
+        return kind, topics.step(ev.workflow, decision.step), decision.step
+    if isinstance(decision, Finish):
+        return "complete", ev.workflow, None
+    if isinstance(decision, Cancel):
+        return "cancel", ev.workflow, None
+    return "fail", ev.workflow, decision.error.step

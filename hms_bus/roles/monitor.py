@@ -7,7 +7,7 @@ silent for ``missed_heartbeats`` intervals is reported down (a ``processDown`` r
 ``hms.heartbeats``, a warning log line and the ``hms.processes`` metric) and forgotten
 ``forget_after`` seconds later.
 
-It also reads ``hms.events`` (as plain JSON: it validates nothing it does not use):
+It also reads ``hms.events`` (decoding only the event types it acts on):
 
 - SLA deadlines: a step with ``sla=`` must finish within that many seconds of
   starting, a workflow with ``sla=`` must end within that many seconds of its start. A
@@ -39,15 +39,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from .._errors import SerializationError
 from .._events import (
     Heartbeat,
     ProcessDown,
     ProcessFacts,
     SlaBreached,
+    StepCompleted,
+    StepScheduled,
+    StepStarted,
     StepStuck,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowEvent,
+    WorkflowFailed,
+    WorkflowStarted,
+    decode_event,
     decode_heartbeat,
     encode,
     encode_line,
@@ -63,7 +70,18 @@ __all__ = ["Breach", "Monitor", "ProcessInfo"]
 
 log = logging.getLogger("hms_bus.monitor")
 
-_TERMINAL = frozenset({"workflowCompleted", "workflowFailed", "workflowCancelled"})
+# What the monitor reads of the history; the rest is not decoded at all.
+_WATCHED = frozenset(
+    {
+        "workflowStarted",
+        "stepScheduled",
+        "stepStarted",
+        "completeStep",
+        "workflowCompleted",
+        "workflowFailed",
+        "workflowCancelled",
+    }
+)
 _STATUS = {
     "workflowCompleted": "completed",
     "workflowFailed": "failed",
@@ -178,11 +196,11 @@ class Monitor(BatchRole):
                 continue
             for line in split_lines(record.value):
                 try:
-                    event = orjson.loads(line)
-                    if isinstance(event, dict):
-                        self._on_event(event)
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    event = decode_event(line, _WATCHED)
+                except SerializationError:
                     continue  # the projector dead-letters what cannot be read
+                if event is not None:
+                    self._on_event(event)
         # Steps that finished after their deadline before a check saw it pass.
         await self._rt.publish(self._late)
 
@@ -213,42 +231,38 @@ class Monitor(BatchRole):
         if sla is not None and (wid, seq) not in self._deadlines:
             self._deadlines[(wid, seq)] = _Deadline(workflow, step, seq, sla, since)
 
-    def _on_event(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("type")
-        if kind == "stepScheduled":
-            wid, seq = ev["workflow_id"], ev["seq"]
+    def _on_event(self, ev: WorkflowEvent) -> None:
+        at = ev.ts.timestamp()
+        wid = ev.workflow_id
+        if isinstance(ev, StepScheduled):
             # A later step was scheduled: the earlier ones of this workflow have ended.
-            for run_key in [k for k in self._running if k[0] == wid and k[1] < seq]:
+            for run_key in [k for k in self._running if k[0] == wid and k[1] < ev.seq]:
                 del self._running[run_key]
             if self._deadlines:
                 for key in [k for k in self._deadlines if k[0] == wid and k[1] is not None]:
-                    if key[1] is not None and key[1] < seq:
-                        self._end(key, _ts(ev))
-        elif kind == "stepStarted":
-            wid, seq, at = ev["workflow_id"], ev["seq"], _ts(ev)
-            self._running[(wid, seq)] = _Running(
-                ev["workflow"], ev["step"], ev["attempt"], ev.get("worker") or "", at
+                    if key[1] is not None and key[1] < ev.seq:
+                        self._end(key, at)
+        elif isinstance(ev, StepStarted):
+            self._running[(wid, ev.seq)] = _Running(
+                ev.workflow, ev.step, ev.attempt, ev.worker or "", at
             )
-            self._watch(wid, ev["workflow"], ev["step"], seq, at)
-        elif kind == "completeStep":
-            wid, seq = ev["workflow_id"], ev["seq"]
-            running = self._running.get((wid, seq))
-            if running is not None and running.attempt <= ev["attempt"]:
-                del self._running[(wid, seq)]
-            if ev.get("outcome") == "succeeded" and self._deadlines:
-                self._end((wid, seq), _ts(ev))
-        elif kind == "workflowStarted":
-            wid, at = ev["workflow_id"], _ts(ev)
-            self._starts.setdefault(wid, (ev["workflow"], at))
-            self._watch(wid, ev["workflow"], None, None, at)
-        elif kind in _TERMINAL:
-            wid, at = ev["workflow_id"], _ts(ev)
+            self._watch(wid, ev.workflow, ev.step, ev.seq, at)
+        elif isinstance(ev, StepCompleted):
+            running = self._running.get((wid, ev.seq))
+            if running is not None and running.attempt <= ev.attempt:
+                del self._running[(wid, ev.seq)]
+            if ev.outcome == "succeeded" and self._deadlines:
+                self._end((wid, ev.seq), at)
+        elif isinstance(ev, WorkflowStarted):
+            self._starts.setdefault(wid, (ev.workflow, at))
+            self._watch(wid, ev.workflow, None, None, at)
+        elif isinstance(ev, (WorkflowCompleted, WorkflowFailed, WorkflowCancelled)):
             started = self._starts.pop(wid, None)
             tel = self._rt.telemetry
             if started is not None and tel.metrics:
                 tel.workflow_duration.record(
                     max(0.0, at - started[1]),
-                    tel.attrs("hms.workflow", started[0], "hms.status", _STATUS[kind]),
+                    tel.attrs("hms.workflow", started[0], "hms.status", _STATUS[ev.type]),
                 )
             for run_key in [k for k in self._running if k[0] == wid]:
                 del self._running[run_key]
@@ -467,8 +481,3 @@ class Monitor(BatchRole):
             breaches=breaches,
             stuck=stuck,
         )
-
-
-def _ts(event: dict[str, Any]) -> float:
-    """An event's ``ts`` (ISO 8601, as encoded) in epoch seconds."""
-    return datetime.fromisoformat(event["ts"]).timestamp()

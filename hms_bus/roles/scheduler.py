@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 from .._consume import retrying
 from .._events import utcnow
 from ..store import Timer
-from . import Runtime
+from ..transport import TopicPartition
+from . import RoleStats, Runtime
 
 __all__ = ["Scheduler"]
 
@@ -41,6 +42,19 @@ class Scheduler:
 
     async def ready(self) -> None:
         """The scheduler reads only the store: it is ready at once."""
+
+    @property
+    def is_ready(self) -> bool:
+        """Always: the scheduler reads only the store."""
+        return True
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """The scheduler consumes nothing from the bus."""
+        return {}
+
+    def stats(self) -> RoleStats:
+        """Timers fired since the scheduler started."""
+        return RoleStats(done=self.fired)
 
     async def run(self) -> None:
         """Fire timers until stopped."""

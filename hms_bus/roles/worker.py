@@ -38,8 +38,8 @@ from .._events import (
 from .._pii import mask_text
 from .._results import normalize_result
 from .._telemetry import attach, detach, end_span
-from ..transport import Outgoing, Record, TopicPartition
-from . import Runtime
+from ..transport import Outgoing, Record, TopicPartition, oversized
+from . import RoleStats, Runtime
 
 __all__ = ["Worker"]
 
@@ -87,6 +87,15 @@ class Worker:
     async def ready(self) -> None:
         """Return once the worker's consumer has joined its group."""
         await self._loop.joined.wait()
+
+    @property
+    def is_ready(self) -> bool:
+        """True once the worker's consumer has joined its group."""
+        return self._loop.joined.is_set()
+
+    def stats(self) -> RoleStats:
+        """Handlers running now, step attempts finished, and the steps served."""
+        return RoleStats(in_flight=self.running, done=self.done, steps=tuple(self.steps))
 
     def lag(self) -> dict[TopicPartition, int]:
         """Commands published on the served topics but not yet fetched, per partition."""
@@ -176,20 +185,21 @@ class Worker:
         announced = await announcer.announced()
         # One record for the coordinator: the step's start (unless it was announced on
         # its own), then its completion, as JSON lines.
-        limit = rt.settings.transport.max_message_bytes - len(key) - 1024
+        limit = rt.settings.transport.max_message_bytes
         head = b"" if announced else started_line
         try:
-            body = head + encode_line(completed)
-            if len(body) > limit:
+            out = [Outgoing(rt.topics.coordinator, head + encode_line(completed), key, headers)]
+            found = oversized(out, limit)
+            if found is not None:
                 raise SerializationError(
-                    f"step result is {len(body)} bytes encoded, over the bus limit of {limit} "
+                    f"step result is {found[1]} bytes encoded, over the bus limit of {limit} "
                     "(transport.max_message_bytes): keep large data elsewhere and pass a "
                     "reference"
                 )
         except SerializationError as exc:
             completed = self._failure(cmd, started.ts, exc, retriable=False)
             body = head + encode_line(completed)
-        out = [Outgoing(rt.topics.coordinator, body, key=key, headers=headers)]
+            out = [Outgoing(rt.topics.coordinator, body, key=key, headers=headers)]
         try:
             await self._publish("completeStep", out)
         finally:
@@ -302,12 +312,7 @@ class Worker:
             cmd,
             started_at,
             outcome="succeeded",
-            directive={
-                "kind": directive.kind,
-                "step": directive.step,
-                "data": sealer.seal(directive.data, opened),
-                "delay": directive.delay,
-            },
+            directive=directive.model_copy(update={"data": sealer.seal(directive.data, opened)}),
         )
 
     @staticmethod

@@ -23,11 +23,10 @@ from urllib.parse import urlsplit
 from .._errors import ConfigError, StoreError
 from .._events import decode_event, encode
 from .._ledger import plan_claims
-from .._projection import WorkflowRow, apply_event
+from .._projection import WorkflowRow, fold
 from .._status import WorkflowPage, WorkflowStatus
 from ..transport import Outgoing
 from . import (
-    Change,
     ChangeCallback,
     ClaimResult,
     ListQuery,
@@ -142,36 +141,21 @@ class MemoryStore:
         """Fold events into workflow status, skipping event ids seen before, and tell
         the watchers what changed."""
         s = self._s
-        applied = 0
-        changes: list[Change] = []
+        new: list[Any] = []
         for i, ev in enumerate(events):
             if ev.event_id in s.seen:
                 continue
             s.seen.add(ev.event_id)
-            applied += 1
-            row = s.workflows.get(ev.workflow_id)
-            if row is None:
-                row = WorkflowRow(
-                    workflow_id=ev.workflow_id,
-                    workflow=ev.workflow,
-                    created_at=ev.ts,
-                    updated_at=ev.ts,
-                    start_event_id=ev.event_id if ev.type == "workflowStarted" else "",
-                )
-                s.workflows[ev.workflow_id] = row
-                s.order.append(ev.workflow_id)
+            new.append(ev)
             body = bodies[i] if bodies is not None else encode(ev)
             s.history.setdefault(ev.workflow_id, []).append(body)
-            before = row.status
-            if apply_event(row, ev):
-                if row.status is not before:
-                    changes.append((ev.workflow_id, None))
-                elif ev.type == "completeStep" and ev.outcome == "succeeded":
-                    changes.append((ev.workflow_id, ev.step))
+        fresh = [w for w in dict.fromkeys(e.workflow_id for e in new) if w not in s.workflows]
+        changes = fold(s.workflows, new).changes
+        s.order.extend(fresh)
         if changes:
             for callback in list(s.watchers):
                 callback(changes)
-        return applied
+        return len(new)
 
     # -- coordinator ledger -------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from .._backends import redact
 from .._errors import ConfigError, StoreError
 from .._events import decode_event, encode
 from .._ledger import plan_claims
-from .._projection import StepRow, WorkflowRow, apply_event
+from .._projection import StepRow, WorkflowRow, fold
 from .._status import StepState, WorkflowPage, WorkflowState, WorkflowStatus
 from ..transport import Outgoing
 from . import (
@@ -625,34 +625,10 @@ class PostgresStore:
                 if fresh is None or e.event_id in fresh:
                     todo.setdefault(e.event_id, e)
             rows = await self._load_fold(conn, list(todo.values()))
-            before = {wid: row.status for wid, row in rows.items()}
-            created: set[str] = set()
-            changed_steps: dict[tuple[str, int], StepRow] = {}
-            changed: set[str] = set()
-            changes: list[Change] = []
-            for ev in todo.values():
-                row = rows.get(ev.workflow_id)
-                if row is None:
-                    row = rows[ev.workflow_id] = WorkflowRow(
-                        workflow_id=ev.workflow_id,
-                        workflow=ev.workflow,
-                        created_at=ev.ts,
-                        updated_at=ev.ts,
-                        start_event_id=ev.event_id if ev.type == "workflowStarted" else "",
-                    )
-                    created.add(ev.workflow_id)
-                if apply_event(row, ev):
-                    changed.add(ev.workflow_id)
-                    seq = getattr(ev, "seq", None)
-                    if seq is not None and seq in row.steps:
-                        changed_steps[(ev.workflow_id, seq)] = row.steps[seq]
-                    if ev.type == "completeStep" and ev.outcome == "succeeded":
-                        changes.append((ev.workflow_id, ev.step))
-            changes.extend(
-                (wid, None) for wid, row in rows.items() if row.status is not before.get(wid)
-            )
+            done = fold(rows, todo.values())
+            changes = done.changes
             await self._write_fold(
-                conn, [rows[w] for w in sorted(changed | created)], changed_steps, changes
+                conn, [rows[w] for w in sorted(done.changed)], done.steps, changes
             )
         if changes:
             self._changed(changes)  # this process at once; the others by NOTIFY

@@ -32,6 +32,8 @@ __all__ = [
     "Transport",
     "check_sizes",
     "create_transport",
+    "oversized",
+    "record_size",
 ]
 
 TopicPartition = tuple[str, int]
@@ -178,22 +180,39 @@ class Transport(Protocol):
         ...
 
 
+def record_size(message: Outgoing) -> int:
+    """The bytes a record counts against ``transport.max_message_bytes``: its value, key
+    and headers. The one measure every size check uses (``start``, a step's result, the
+    coordinator's history records, the transports)."""
+    size = len(message.value) + (len(message.key) if message.key else 0)
+    if message.headers:
+        size += sum(len(k.encode()) + len(v) for k, v in message.headers)
+    return size
+
+
+def oversized(messages: Sequence[Outgoing], limit: int) -> tuple[Outgoing, int] | None:
+    """The first record over ``limit`` bytes (:func:`record_size`) and its size, or None."""
+    for m in messages:
+        size = record_size(m)
+        if size > limit:
+            return m, size
+    return None
+
+
 def check_sizes(messages: Sequence[Outgoing], limit: int) -> None:
-    """Refuse the whole call if any record (value + key + headers) is over ``limit``.
+    """Refuse the whole call if any record is over ``limit`` (:func:`record_size`).
 
     Raises:
         TransportError: (``retriable=False``) naming the topic and both sizes.
     """
-    for m in messages:
-        size = len(m.value) + (len(m.key) if m.key else 0)
-        if m.headers:
-            size += sum(len(k.encode()) + len(v) for k, v in m.headers)
-        if size > limit:
-            raise TransportError(
-                f"record for topic {m.topic!r} is {size} bytes, over the "
-                f"limit of {limit} bytes; nothing of the batch was published",
-                retriable=False,
-            )
+    found = oversized(messages, limit)
+    if found is not None:
+        m, size = found
+        raise TransportError(
+            f"record for topic {m.topic!r} is {size} bytes, over the "
+            f"limit of {limit} bytes; nothing of the batch was published",
+            retriable=False,
+        )
 
 
 _SCHEMES: dict[str, str] = {

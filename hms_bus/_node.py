@@ -1,0 +1,405 @@
+"""The node: what runs in a process once a Management is entered.
+
+A :class:`Node` opens the bus and the store, creates the topics, starts this process's
+roles and supervises them, sends the process's heartbeats, reports its health
+(``/healthz``) and serves ``/metrics``, and stops everything gracefully. It knows the
+roles only through the :class:`~hms_bus.roles.Role` Protocol (readiness, lag, stats).
+The client API (:mod:`hms_bus._client`) runs on the bus and store a node opened; a
+process that only starts and queries workflows runs a node with no roles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace as otel_trace
+
+from ._backends import in_process, open_bus, open_store, private, redact, scheme_of
+from ._definitions import Registry, StepDefinition
+from ._errors import ConfigError, HmsBusError
+from ._events import Heartbeat, encode
+from ._pii import Sealer, sensitive_names
+from ._settings import Settings
+from ._telemetry import Telemetry, configure_from_environment, prometheus_reader
+from ._topics import Topics
+from .roles import Role, RoleStats, Runtime
+from .roles.coordinator import Coordinator
+from .roles.monitor import Monitor
+from .roles.projector import Projector
+from .roles.scheduler import Scheduler
+from .roles.worker import Worker
+from .store import StateStore
+from .transport import Outgoing, Transport
+
+__all__ = ["Node"]
+
+log = logging.getLogger("hms_bus")
+
+
+@dataclass(frozen=True, slots=True)
+class _Providers:
+    tracer: otel_trace.TracerProvider | None
+    meter: otel_metrics.MeterProvider | None
+
+
+class Node:
+    """The runtime of one Management in one process (see module docs)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        topics: Topics,
+        process_id: str,
+        *,
+        tracer_provider: otel_trace.TracerProvider | None = None,
+        meter_provider: otel_metrics.MeterProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.topics = topics
+        self.process_id = process_id
+        self._providers = _Providers(tracer_provider, meter_provider)
+        self.transport: Transport | None = None
+        self.store: StateStore | None = None
+        self.telemetry: Telemetry | None = None
+        self.sealer: Sealer | None = None
+        self.roles: dict[str, Role] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: Any = None
+        self._stop = asyncio.Event()
+        self.failure: BaseException | None = None
+        """The exception of a role that stopped unexpectedly, if one did."""
+        self.on_failure: Callable[[BaseException], None] | None = None
+
+    # -- starting and stopping ----------------------------------------------------------
+
+    async def connect(self, topics: list[str]) -> None:
+        """Open the bus and store, create ``topics`` and start this process's roles."""
+        if self.transport is not None:
+            raise HmsBusError("this Management is already running")
+        s = self.settings
+        served = self.served_steps()
+        transport, store = open_bus(s), open_store(s)
+        await transport.__aenter__()
+        try:
+            await store.__aenter__()
+        except BaseException:
+            await transport.__aexit__(None, None, None)
+            raise
+        self.transport, self.store = transport, store
+        self._stop.clear()
+        self.failure = None
+        try:
+            telemetry = self.telemetry = self._make_telemetry(transport.url)
+            sealer = self.sealer = self._make_sealer(transport.url)
+            await transport.ensure_topics(topics)
+            rt = Runtime(
+                s, self.registry, transport, store, self.topics, self.process_id, telemetry, sealer
+            )
+            factories: dict[str, Callable[[], Role]] = {
+                "projector": lambda: Projector(rt),
+                "coordinator": lambda: Coordinator(rt),
+                "scheduler": lambda: Scheduler(rt),
+                "monitor": lambda: Monitor(rt),
+                "worker": lambda: Worker(rt, served),
+            }
+            for name in s.roles:
+                if name == "worker" and not served:
+                    log.warning("worker role: no step handlers registered; not consuming")
+                    continue
+                self.roles[name] = factories[name]()
+            for role in self.roles.values():
+                self._tasks.append(self._spawn(role))
+            self._observe(telemetry)
+            if s.telemetry.http_port is not None:
+                await self._serve_http()
+            await self._until_ready()
+            if self.roles and s.monitor.heartbeat_interval > 0:
+                self._tasks.append(asyncio.create_task(self._heartbeats(), name="hms-heartbeat"))
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "%s connected (bus %s, store %s, roles %s)",
+            s.service_name,
+            redact(transport.url),
+            redact(store.url),
+            ",".join(self.roles) or "none",
+        )
+
+    async def close(self) -> None:
+        """Stop the roles gracefully (workers drain), then close the bus and store."""
+        transport = self.transport
+        if transport is None:
+            return
+        self._stop.set()
+        for role in self.roles.values():
+            role.stop()
+        if self._tasks:
+            grace = self.settings.worker.shutdown_grace + 10
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.roles and self.settings.monitor.heartbeat_interval > 0:
+            with contextlib.suppress(Exception):
+                await transport.publish([self._heartbeat(stopping=True)])
+        self._tasks.clear()
+        self.roles.clear()
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
+        if self.telemetry is not None:
+            self.telemetry.forget_sources()
+        store = self.store
+        self.transport = self.store = None
+        try:
+            if store is not None:
+                await store.__aexit__(None, None, None)
+        finally:
+            await transport.__aexit__(None, None, None)
+
+    async def serve(self) -> None:
+        """Run the roles until :meth:`request_stop` (or a role crashes, which re-raises)."""
+        await self._stop.wait()
+        self.raise_if_failed()
+
+    def request_stop(self) -> None:
+        """Make :meth:`serve` return (signal handlers call this)."""
+        self._stop.set()
+
+    def raise_if_failed(self) -> None:
+        """Raise :meth:`role_failure` if a role of this process crashed."""
+        if self.failure is not None:
+            raise self.role_failure()
+
+    def role_failure(self) -> HmsBusError:
+        """The error that says a role of this process crashed, with it as the cause."""
+        error = HmsBusError(
+            f"a role of this process stopped unexpectedly ({self.failure!r}); "
+            "see the log for the traceback"
+        )
+        error.__cause__ = self.failure
+        return error
+
+    def served_steps(self) -> list[StepDefinition]:
+        """The steps this process's worker serves (``worker.steps``, else every step that
+        has a handler).
+
+        Raises:
+            ConfigError: ``worker.steps`` names a step without a handler here, or (on a
+                private ``memory://`` bus, where no other process can run them) a step
+                has no handler.
+        """
+        s = self.settings
+        if "worker" not in s.roles:
+            return []
+        if s.worker.steps is not None:
+            chosen = [self.registry.resolve(q) for q in s.worker.steps]
+            missing = [d.qualname for d in chosen if d.handler is None]
+            if missing:
+                raise ConfigError(
+                    f"--steps names steps without a handler in this app: {', '.join(missing)}"
+                )
+            return chosen
+        steps = self.registry.all_steps()
+        missing = [d.qualname for d in steps if d.handler is None]
+        if missing and private(s.bus_url):
+            raise ConfigError(
+                f"steps without a handler: {', '.join(missing)} (on a private memory:// bus "
+                "no other process can run them; register them with @mgmt.on_step)"
+            )
+        if missing:
+            log.warning("no handler in this process for: %s", ", ".join(missing))
+        return [d for d in steps if d.handler is not None]
+
+    # -- what the process says of itself ------------------------------------------------
+
+    def lag(self) -> dict[str, dict[str, int]]:
+        """Records not yet fetched by each role of this process, per topic."""
+        out: dict[str, dict[str, int]] = {}
+        for name, role in self.roles.items():
+            per_topic: dict[str, int] = {}
+            for (topic, _), n in role.lag().items():
+                per_topic[topic] = per_topic.get(topic, 0) + n
+            out[name] = per_topic
+        return out
+
+    def worker_stats(self) -> RoleStats:
+        """The stats of this process's worker (empty without one): what heartbeats
+        and ``/healthz`` report as the process's steps, in flight and done."""
+        worker = self.roles.get("worker")
+        return worker.stats() if worker is not None else RoleStats()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """This process's health, as ``/healthz`` reports it: (healthy, details).
+
+        Healthy once every role has joined its group and while none has crashed and the
+        process is not stopping.
+        """
+        running = self.transport is not None and not self._stop.is_set()
+        crashed = [t.get_name() for t in self._tasks if t.done() and not t.cancelled()]
+        joined = {name: role.is_ready for name, role in self.roles.items()}
+        healthy = running and not crashed and all(joined.values())
+        details: dict[str, Any] = {
+            "status": "ok" if healthy else ("stopping" if self._stop.is_set() else "unhealthy"),
+            "service": self.settings.service_name,
+            "process_id": self.process_id,
+            "roles": {name: ("ready" if ok else "starting") for name, ok in joined.items()},
+            "in_flight": self.worker_stats().in_flight,
+            "lag": {role: sum(t.values()) for role, t in self.lag().items()},
+        }
+        if crashed:
+            details["crashed"] = crashed
+        if self.failure is not None:
+            details["error"] = repr(self.failure)
+        return healthy, details
+
+    @property
+    def monitor(self) -> Monitor | None:
+        """The monitor role of this process, if it runs one."""
+        m = self.roles.get("monitor")
+        return m if isinstance(m, Monitor) else None
+
+    @property
+    def http_port(self) -> int | None:
+        """The port ``/healthz`` and ``/metrics`` are served on, while connected."""
+        return self._server.port if self._server is not None else None
+
+    # -- the parts ----------------------------------------------------------------------
+
+    def _make_telemetry(self, bus_url: str) -> Telemetry:
+        t = self.settings.telemetry
+        if self._providers.tracer is None or self._providers.meter is None:
+            configure_from_environment(
+                self.settings.service_name, prometheus=t.http_port is not None and t.metrics
+            )
+        return Telemetry(
+            service_name=self.settings.service_name,
+            system=scheme_of(bus_url),
+            tracing=t.tracing,
+            metrics=t.metrics,
+            tracer_provider=self._providers.tracer,
+            meter_provider=self._providers.meter,
+        )
+
+    def _make_sealer(self, bus_url: str) -> Sealer:
+        s = self.settings
+        names = sensitive_names(self.registry.models()) | set(s.pii.fields)
+        sealer = Sealer(names, s.pii.key_list())
+        if names and sealer.generated and not in_process(bus_url):
+            log.warning(
+                "sensitive fields (%s) are sealed with a key of this process only: set the "
+                "same HMS_PII__KEYS on every process, or workers elsewhere cannot open them",
+                ", ".join(sorted(names)),
+            )
+        return sealer
+
+    def _observe(self, telemetry: Telemetry) -> None:
+        if not telemetry.metrics:
+            return
+        role_attr = "hms.role"
+
+        def in_flight() -> list[tuple[float, dict[str, Any]]]:
+            return [(self.worker_stats().in_flight, {})] if "worker" in self.roles else []
+
+        def lag() -> list[tuple[float, dict[str, Any]]]:
+            return [
+                (n, {role_attr: role, "messaging.destination.name": topic})
+                for role, topics in self.lag().items()
+                for topic, n in topics.items()
+            ]
+
+        telemetry.observe_in_flight(in_flight)
+        telemetry.observe_lag(lag)
+        monitor = self.monitor
+        if monitor is not None:
+            telemetry.observe_processes(monitor.process_counts)
+
+    async def _serve_http(self) -> None:
+        from ._http import StatusServer
+
+        t = self.settings.telemetry
+        if t.http_port is None:  # pragma: no cover - checked by the caller
+            return
+        reader = prometheus_reader()
+        metrics = reader.render if reader is not None and t.metrics else None
+        self._server = StatusServer(t.http_host, t.http_port, health=self.health, metrics=metrics)
+        await self._server.start()
+        log.info(
+            "serving /healthz%s on http://%s:%d",
+            " and /metrics" if metrics is not None else "",
+            t.http_host,
+            self._server.port,
+        )
+
+    async def _until_ready(self) -> None:
+        """Wait until every role consumes (on Kafka, a group join takes a moment), so
+        work started right after entering is picked up at once; raise if one crashed."""
+        if not self.roles:
+            return
+        ready: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(r.ready() for r in self.roles.values()))
+        )
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (ready, stopped):
+                f.cancel()
+            # Collect both, so an interrupted connect leaves no unretrieved exception.
+            await asyncio.gather(ready, stopped, return_exceptions=True)
+        self.raise_if_failed()
+
+    def _spawn(self, role: Role) -> asyncio.Task[None]:
+        task = asyncio.create_task(role.run(), name=f"hms-{role.name}")
+
+        def crashed(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None and not self._stop.is_set():
+                self.failure = t.exception()
+                log.critical("role %s stopped unexpectedly", role.name, exc_info=t.exception())
+                if self.on_failure is not None:
+                    self.on_failure(self.role_failure())
+                self._stop.set()
+
+        task.add_done_callback(crashed)
+        return task
+
+    def _heartbeat(self, *, stopping: bool = False) -> Outgoing:
+        stats = self.worker_stats()
+        hb = Heartbeat(
+            process_id=self.process_id,
+            service=self.settings.service_name,
+            roles=list(self.roles),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            steps=list(stats.steps),
+            in_flight=stats.in_flight,
+            steps_done=stats.done,
+            lag={role: sum(t.values()) for role, t in self.lag().items()},
+            interval=self.settings.monitor.heartbeat_interval,
+            stopping=stopping,
+        )
+        return Outgoing(self.topics.heartbeats, encode(hb), key=self.process_id.encode())
+
+    async def _heartbeats(self) -> None:
+        interval = self.settings.monitor.heartbeat_interval
+        while not self._stop.is_set():
+            transport = self.transport
+            if transport is None:
+                return
+            try:
+                await transport.publish([self._heartbeat()])
+            except Exception as exc:
+                log.warning("heartbeat not sent: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
