@@ -4,15 +4,17 @@ Their JSON Schema is exported to ``schemas/json/`` by
 ``hms-bus schemas export schemas --out schemas/json`` (checked in CI).
 """
 
-from .grant import Applicant, BankAccount, GrantApplication
+from .grant import AccountOnFile, Applicant, BankAccount, GrantApplication, PayeeAccount
 from .inspection import Inspection
 from .payment import PaymentInstruction, PaymentRequest, PaymentResult, PaymentStatus
 
 __all__ = [
+    "AccountOnFile",
     "Applicant",
     "BankAccount",
     "GrantApplication",
     "Inspection",
+    "PayeeAccount",
     "PaymentInstruction",
     "PaymentRequest",
     "PaymentResult",

@@ -96,8 +96,8 @@ class _Printer:
 def _describe(status: hms_bus.WorkflowStatus) -> str:
     r = status.result if isinstance(status.result, dict) else {}
     if status.status == "completed" and r.get("decision") == "approved":
-        amount = float(r["amount"])
-        return f"approved {r['approvalId']}: ${amount:,.2f}, inspection {r['inspectionDate']}"
+        amount = f"${float(r['amount']):,.2f}" if r.get("amount") else "no amount requested"
+        return f"approved {r['approvalId']}: {amount}, inspection {r['inspectionDate']}"
     if status.status == "completed" and r.get("decision") == "rejected":
         return f"rejected: {r.get('reason')}"
     if status.status == "failed":

@@ -4,17 +4,25 @@
 error path of the credit check:
 
 - **validateApp** refuses, without retry (``Fail``), an application whose applicant has
-  no name or whose bank account is malformed (a routing number that is not nine digits
-  with a valid ABA checksum, or an account number that is not 4–17 digits). The
-  workflow then fails and the command goes to the dead-letter topic.
+  no name, that requests an amount without saying where to pay it, or whose bank
+  account is malformed (a routing number that is not nine digits with a valid ABA
+  checksum, or an account number that is not 4–17 digits; an account on file is
+  HMS-ACH's to resolve when the grant is paid). The workflow then fails and the command
+  goes to the dead-letter topic.
 - **creditCheck** asks the credit bureau for a score. A bureau outage is an ordinary
   exception, retried with backoff; a score under :data:`MIN_CREDIT_SCORE` raises
   ``Fail`` and takes the error path to **reject**.
 - **scheduleInspection** books a site inspection a few business days out, with the
   region's inspection office.
-- **finalize** approves the grant and records the amount in the grants ledger, keyed by
-  the step's idempotency key so a redelivered attempt never records it twice.
+- **finalize** approves the grant and records it (with its amount, if one was
+  requested) in the grants ledger, keyed by the step's idempotency key so a redelivered
+  attempt never records it twice.
 - **reject** (error path) ends the workflow with the rejection and its reason.
+
+The smallest application is an id and an applicant's name, the hms-mgmt chapter's start
+payload ``{"applicationId": …, "applicantData": {"name": …}}``: it runs the four steps
+to a decision without an amount or a bank account, which the payment (``grantPayment``
+in :mod:`step_handlers.management_layer`) carries.
 
 Run the workers of this app with ``hms-bus worker step_handlers.grant_approval:mgmt``.
 """
@@ -30,7 +38,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import hms_bus
-from schemas.grant import GrantApplication
+from schemas.grant import BankAccount, GrantApplication
 
 __all__ = [
     "MIN_CREDIT_SCORE",
@@ -103,16 +111,20 @@ class GrantLedger:
 
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def record(self, idempotency_key: str, application_id: str, amount: Decimal) -> str:
-        """Record an approval (again: a no-op) and return its approval id."""
+    def record(
+        self, idempotency_key: str, application_id: str, amount: Decimal | None = None
+    ) -> str:
+        """Record an approval (again: a no-op) and return its approval id.
+
+        ``amount`` is None for an application that requested none (payment is decided
+        on its own); the entry then has no ``amount``.
+        """
         entry = self.entries.get(idempotency_key)
         if entry is None:
             approval_id = f"APR-{len(self.entries) + 1:06d}"
-            entry = {
-                "approvalId": approval_id,
-                "applicationId": application_id,
-                "amount": str(amount),
-            }
+            entry = {"approvalId": approval_id, "applicationId": application_id}
+            if amount is not None:
+                entry["amount"] = str(amount)
             self.entries[idempotency_key] = entry
         return str(entry["approvalId"])
 
@@ -123,6 +135,17 @@ def routing_number_valid(routing: str) -> bool:
         return False
     d = [int(c) for c in routing]
     return (3 * (d[0] + d[3] + d[6]) + 7 * (d[1] + d[4] + d[7]) + (d[2] + d[5] + d[8])) % 10 == 0
+
+
+def _check_bank_account(account: BankAccount) -> None:
+    """Fail the step (no retry) when ``account`` is malformed."""
+    if not routing_number_valid(account.routing_number):
+        raise hms_bus.Fail(
+            f"bank account is malformed: routing number {account.routing_number!r} "
+            "is not a valid nine-digit ABA number"
+        )
+    if not re.fullmatch(r"\d{4,17}", account.account_number):
+        raise hms_bus.Fail("bank account is malformed: account number must be 4 to 17 digits")
 
 
 def business_days_after(start: date, days: int) -> date:
@@ -172,15 +195,13 @@ def create_app(
         if not (app.applicant.name or "").strip():
             raise hms_bus.Fail("applicant name is missing")
         account = app.bank_account
-        if account is None:
-            raise hms_bus.Fail("bank account is missing")
-        if not routing_number_valid(account.routing_number):
+        if account is None and app.amount is not None:
             raise hms_bus.Fail(
-                f"bank account is malformed: routing number {account.routing_number!r} "
-                "is not a valid nine-digit ABA number"
+                "bank account is missing: an application for an amount needs the account "
+                "to pay it to (bankAccount, or an account on file)"
             )
-        if not re.fullmatch(r"\d{4,17}", account.account_number):
-            raise hms_bus.Fail("bank account is malformed: account number must be 4 to 17 digits")
+        if isinstance(account, BankAccount):
+            _check_bank_account(account)
         # The seed's return form, accepted as is.
         return {"nextStep": "creditCheck", "data": app.model_dump(mode="json", by_alias=True)}
 
@@ -211,13 +232,18 @@ def create_app(
     @mgmt.on_step("grantApproval.finalize", timeout=30)
     async def finalize(ctx: hms_bus.StepContext) -> dict[str, Any]:
         p = ctx.payload
-        amount = Decimal(str(p["amount"]))
+        requested = p.get("amount")
+        amount = None if requested is None else Decimal(str(requested))
         approval_id = ledger.record(ctx.idempotency_key, p["applicationId"], amount)
-        return {
+        decision: dict[str, Any] = {
             "decision": "approved",
             "applicationId": p["applicationId"],
             "approvalId": approval_id,
-            "amount": str(amount),
+        }
+        if amount is not None:
+            decision["amount"] = str(amount)
+        return {
+            **decision,
             "creditScore": p["creditScore"],
             "inspectionDate": p["inspection"]["date"],
         }

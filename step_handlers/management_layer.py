@@ -1,15 +1,25 @@
 """The HMS Management Layer's grant payment: ``ManagementLayer.process_workflow``.
 
-``process_workflow(request)`` pays a grant through the ``grantPayment`` workflow::
+``process_workflow(request)`` pays a grant through the ``grantPayment`` workflow. The
+request is a :class:`~schemas.payment.PaymentRequest`, in the chapter's flat form::
+
+    {"application_id": "GR-2023-55", "amount": 2500,
+     "applicant": {"name": "Jane Doe", "bank_account": "12345"}}
+
+(``bank_account`` a plain string: an account on file, which HMS-ACH resolves) or the
+richer form with ``payment: {amount, bankAccount: {routingNumber, accountNumber}}``;
+the model turns the first into the second. The workflow::
 
     validateApplicant → initiateTransfer → (one hour later) checkPaymentStatus
 
-- **validateApplicant** asks HMS-SVC whether the applicant may be paid. An invalid
-  applicant (or a request HMS-SVC refuses) fails the workflow without retry: the answer
-  is ``{"status": "error", "message": "validation_failed"}``.
+- **validateApplicant** asks HMS-SVC whether the applicant may be paid (telling it of
+  an account on file, whose holder needs no tax id: they were identified when it was
+  put on file). An invalid applicant (or a request HMS-SVC refuses) fails the workflow
+  without retry: the answer is ``{"status": "error", "message": "validation_failed"}``.
 - **initiateTransfer** sends the ACH credit to HMS-ACH, with the step's idempotency key
-  so a retried or redelivered attempt never pays twice. A transfer HMS-ACH rejects fails
-  the workflow: ``{"status": "error", "message": "payment_failed"}``. Otherwise the answer
+  so a retried or redelivered attempt never pays twice. A transfer HMS-ACH rejects (an
+  unknown account on file among the reasons) fails the workflow:
+  ``{"status": "error", "message": "payment_failed"}``. Otherwise the answer
   is ``{"status": "completed", "payment_id": "PAY-…", "details": {…}}`` at once, while
   the workflow goes on:
 - **checkPaymentStatus** runs ``status_check_delay`` seconds later (one hour by default)
@@ -26,7 +36,8 @@ HMS-SVC or HMS-ACH refuses is final.
 
 The applicant's tax id and the bank account number are :class:`hms_bus.Sensitive`: the
 handlers get them intact, every other place (status, history, logs, spans, dead letters,
-the CLI) sees a mask.
+the CLI) sees a mask. An account on file's reference is not (it is of no use outside
+HMS-ACH), and shows as it is: never put an account number there.
 
 Run the workers of this app with ``hms-bus worker step_handlers.management_layer:mgmt``.
 """
@@ -43,6 +54,7 @@ from typing import Any, Self, TypeVar
 from pydantic import BaseModel
 
 import hms_bus
+from schemas.grant import AccountOnFile
 from schemas.payment import PaymentRequest, PaymentResult
 
 from .services import (
@@ -97,8 +109,12 @@ def create_payment_app(
     @mgmt.on_step(f"{WORKFLOW}.validateApplicant", input=PaymentRequest, retry=retry, timeout=60)
     async def validate_applicant(ctx: hms_bus.StepContext) -> PaymentRequest:
         request: PaymentRequest = ctx.payload
+        account = request.payment.bank_account
+        on_file = account.account_on_file if isinstance(account, AccountOnFile) else None
         try:
-            outcome = await validator.validate(request.application_id, request.applicant)
+            outcome = await validator.validate(
+                request.application_id, request.applicant, account_on_file=on_file
+            )
         except ServiceRejected as exc:
             raise hms_bus.Fail(f"validation_failed: {exc}") from exc
         if not outcome.valid:

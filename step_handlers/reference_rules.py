@@ -9,17 +9,28 @@ functions here, from the same wire bodies, so the two cannot drift apart.
 problem, when
 
 - the name is missing or blank (``applicant name is missing``);
-- the tax id is missing (``tax id is missing``), or not ``NN-NNNNNNN``, nine digits with
-  the dash after the second (``tax id is not in the form NN-NNNNNNN``);
+- the tax id is missing (``tax id is missing``), unless the payment goes to an account
+  on file (the request's ``accountOnFile``): the payee's identity was verified when
+  that account was put on file, and HMS-ACH pays only that account;
+- the tax id is not ``NN-NNNNNNN``, nine digits with the dash after the second (``tax id
+  is not in the form NN-NNNNNNN``);
 - the tax id is on the deny list: it starts with one of :data:`DENIED_TAX_ID_PREFIXES`
   (``00-``, a prefix the IRS never assigns) (``tax id is on the deny list``).
 
-**HMS-ACH** (:class:`TransferBook`): an initiated transfer gets a ``PAY-`` id and is
-``pending``, or ``rejected`` at once, with a reason, when
+**HMS-ACH** (:class:`TransferBook`) pays a bank account given as such (routing and
+account number), or an *account on file*: a reference, such as ``"12345"``, to an
+account it already holds for the payee, which it maps to that account's routing and
+account number (:data:`ACCOUNTS_ON_FILE`, the one table the reference service and the
+simulation share). An initiated transfer gets a ``PAY-`` id and is ``pending``, or
+``rejected`` at once, with a reason, when
 
+- the reference is not on file (``unknown account on file``);
 - the routing number fails the ABA checksum (``routing number fails the ABA checksum``);
 - the account number is not 4 to 17 digits (``account number is not 4 to 17 digits``);
 - the account number ends in ``0000`` (``account closed``).
+
+For an account on file, the last three rules, and the ``9999`` rule below, look at the
+account it stands for.
 
 A pending transfer is ``settled`` at the first status check ``settle_after`` seconds or
 more after it was initiated (0: at the first check), except for an account number
@@ -28,7 +39,7 @@ when the status last changed (the initiation, or that check). A repeated
 idempotency key answers the first transfer again (HTTP 200 instead of 201); the same
 key with a different request is refused (422). An unknown payment id is 404.
 
-Reasons and error messages never contain a tax id or an account number.
+Reasons and error messages never contain a tax id, an account number or a reference.
 """
 
 from __future__ import annotations
@@ -36,20 +47,22 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from schemas.grant import Applicant
+from schemas.grant import AccountOnFile, Applicant, BankAccount
 from schemas.payment import PaymentInstruction, PaymentResult, PaymentStatus
 
 from .grant_approval import routing_number_valid
 
 __all__ = [
+    "ACCOUNTS_ON_FILE",
     "DENIED_TAX_ID_PREFIXES",
     "HEALTH_PATH",
     "TRANSFERS_PATH",
@@ -73,6 +86,15 @@ HEALTH_PATH = "/healthz"
 
 DENIED_TAX_ID_PREFIXES = ("00-",)
 """Tax ids starting with one of these are refused by HMS-SVC."""
+
+ACCOUNTS_ON_FILE: Mapping[str, BankAccount] = MappingProxyType(
+    {
+        "12345": BankAccount(routing_number="011000015", account_number="4401923377"),
+        "67890": BankAccount(routing_number="021000021", account_number="000123459999"),
+    }
+)
+"""The accounts on file of the reference HMS-ACH, by reference: what a payment to an
+account on file pays. ``12345`` settles; ``67890`` ends in ``9999`` and is returned."""
 
 _TAX_ID = re.compile(r"\d{2}-\d{7}")
 _ACCOUNT = re.compile(r"\d{4,17}")
@@ -103,6 +125,9 @@ class ValidationRequest(BaseModel):
 
     application_id: str = Field(min_length=1, max_length=64)
     applicant: Applicant
+    account_on_file: str | None = Field(
+        None, description="The account on file the payment goes to, if it goes to one."
+    )
 
 
 class TransferRequest(PaymentInstruction):
@@ -127,14 +152,20 @@ def _parse(model: type[_M], body: Any) -> _M:
         raise RequestRefused(400, f"invalid request: {describe_validation_error(exc)}") from None
 
 
-def applicant_problems(applicant: Applicant) -> tuple[str, ...]:
-    """Why HMS-SVC finds ``applicant`` invalid; empty when it is valid."""
+def applicant_problems(applicant: Applicant, *, account_on_file: bool = False) -> tuple[str, ...]:
+    """Why HMS-SVC finds ``applicant`` invalid; empty when it is valid.
+
+    ``account_on_file``: the payment goes to an account on file, whose holder was
+    identified when it was put on file, so a missing tax id is no problem (a tax id
+    that is given is checked all the same).
+    """
     reasons: list[str] = []
     if not (applicant.name or "").strip():
         reasons.append("applicant name is missing")
     tax_id = applicant.tax_id
     if not tax_id:
-        reasons.append("tax id is missing")
+        if not account_on_file:
+            reasons.append("tax id is missing")
     elif not _TAX_ID.fullmatch(tax_id):
         reasons.append("tax id is not in the form NN-NNNNNNN")
     elif tax_id.startswith(DENIED_TAX_ID_PREFIXES):
@@ -149,13 +180,14 @@ def check_applicant(body: Any) -> dict[str, Any]:
         RequestRefused: (400) the body is not a :class:`ValidationRequest`.
     """
     request = _parse(ValidationRequest, body)
-    reasons = applicant_problems(request.applicant)
+    reasons = applicant_problems(
+        request.applicant, account_on_file=request.account_on_file is not None
+    )
     return {"valid": not reasons, "reasons": list(reasons)}
 
 
-def transfer_problem(instruction: PaymentInstruction) -> str | None:
-    """Why HMS-ACH rejects ``instruction`` at once; None when it accepts it."""
-    account = instruction.bank_account
+def transfer_problem(account: BankAccount) -> str | None:
+    """Why HMS-ACH rejects a transfer to ``account`` at once; None when it accepts it."""
     if not routing_number_valid(account.routing_number):
         return "routing number fails the ABA checksum"
     if not _ACCOUNT.fullmatch(account.account_number):
@@ -176,6 +208,8 @@ class Transfer:
     payment_id: str
     idempotency_key: str
     request: TransferRequest = field(repr=False)  # holds the account number
+    account: BankAccount | None = field(repr=False)
+    """The account paid (an account on file resolved); None for an unknown reference."""
     initiated_at: float
     status: PaymentStatus
     reason: str | None
@@ -200,14 +234,30 @@ class TransferBook:
         settle_after: seconds after initiation from which a status check settles (or
             returns) a pending transfer; 0 settles it at the first check.
         clock: the time, in seconds since the epoch.
+        accounts_on_file: the accounts on file, by reference (default
+            :data:`ACCOUNTS_ON_FILE`).
     """
 
-    def __init__(self, *, settle_after: float = 0.0, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        *,
+        settle_after: float = 0.0,
+        clock: Callable[[], float] = time.time,
+        accounts_on_file: Mapping[str, BankAccount] = ACCOUNTS_ON_FILE,
+    ):
         self.settle_after = settle_after
         self.clock = clock
+        self.accounts_on_file = accounts_on_file
         self.transfers: dict[str, Transfer] = {}
         """Every transfer initiated, by payment id."""
         self._by_key: dict[str, Transfer] = {}
+
+    def resolve(self, account: BankAccount | AccountOnFile) -> BankAccount | None:
+        """The account a transfer to ``account`` pays: itself, or the account on file it
+        names (None when no account is on file under that reference)."""
+        if isinstance(account, AccountOnFile):
+            return self.accounts_on_file.get(account.account_on_file)
+        return account
 
     def _new_id(self) -> str:
         while True:
@@ -237,11 +287,13 @@ class TransferBook:
                 )
             return 200, known.result()
         now = self.clock()
-        reason = transfer_problem(request)
+        account = self.resolve(request.bank_account)
+        reason = "unknown account on file" if account is None else transfer_problem(account)
         transfer = Transfer(
             payment_id=self._new_id(),
             idempotency_key=idempotency_key,
             request=request,
+            account=account,
             initiated_at=now,
             status="rejected" if reason else "pending",
             reason=reason,
@@ -262,7 +314,7 @@ class TransferBook:
             raise RequestRefused(404, "unknown payment id")
         now = self.clock()
         if transfer.status == "pending" and now >= transfer.initiated_at + self.settle_after:
-            if transfer.request.bank_account.account_number.endswith("9999"):
+            if transfer.account is not None and transfer.account.account_number.endswith("9999"):
                 transfer.status, transfer.reason = "returned", "R03 no account"
             else:
                 transfer.status = "settled"

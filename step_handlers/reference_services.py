@@ -12,7 +12,8 @@ tests and demos::
 Endpoints (JSON bodies, camelCase fields):
 
 - ``POST /svc/v1/applicants/validate`` (HMS-SVC), body ``{"applicationId", "applicant":
-  {"name", "taxId", "email"}}``: 200 ``{"valid": bool, "reasons": [...]}``.
+  {"name", "taxId", "email"}, "accountOnFile"}`` (``accountOnFile`` when the payment
+  goes to one): 200 ``{"valid": bool, "reasons": [...]}``.
 - ``POST /ach/v1/transfers`` (HMS-ACH), body a payment instruction plus
   ``applicationId``, header ``Idempotency-Key`` (required): 201 and the transfer
   (``paymentId``, ``status``, ``amount``, ``currency``, ``reason``, ``updatedAt``), or
@@ -29,14 +30,18 @@ The business rules (in :mod:`step_handlers.reference_rules`, shared with the
 simulations of :mod:`step_handlers.services`):
 
 - HMS-SVC finds an applicant invalid when the name is missing or blank, when the tax
-  id is missing or not ``NN-NNNNNNN`` (nine digits with the dash), or when it starts
-  with ``00-`` (the deny list).
-- HMS-ACH rejects a transfer at once (status ``rejected``, with a reason) when the
-  routing number fails the ABA checksum, when the account number is not 4 to 17
-  digits, or when it ends in ``0000`` (``account closed``). Otherwise the transfer is
-  ``pending``, and a status check ``settle_after`` seconds or more after initiation
-  (0: the first check) settles it, except for an account number ending in ``9999``,
-  which is ``returned`` (``R03 no account``).
+  id is missing (unless the request names an ``accountOnFile``) or not ``NN-NNNNNNN``
+  (nine digits with the dash), or when it starts with ``00-`` (the deny list).
+- HMS-ACH pays a ``bankAccount`` given as routing and account number, or as an account
+  on file, ``{"accountOnFile": "12345"}`` (or the string alone), which it maps to the
+  account it holds under that reference (``reference_rules.ACCOUNTS_ON_FILE``). It
+  rejects a transfer at once (status ``rejected``, with a reason) when the reference is
+  not on file (``unknown account on file``), when the routing number fails the ABA
+  checksum, when the account number is not 4 to 17 digits, or when it ends in ``0000``
+  (``account closed``). Otherwise the transfer is ``pending``, and a status check
+  ``settle_after`` seconds or more after initiation (0: the first check) settles it,
+  except for an account number ending in ``9999``, which is ``returned`` (``R03 no
+  account``).
 
 For tests, :meth:`ReferenceServices.fail` injects faults (error statuses, slow answers)
 and :attr:`ReferenceServices.calls` counts requests per path. Nothing here logs a tax

@@ -36,6 +36,12 @@ attempt, so a retried POST never pays twice. A *rejected payment* is not an erro
 HMS-ACH accepts the request and answers a :class:`~schemas.payment.PaymentResult` with
 status ``rejected`` and a reason.
 
+A payment to an *account on file* (:class:`~schemas.grant.AccountOnFile`, a reference
+such as ``"12345"`` to an account HMS-ACH holds for the payee) carries the reference
+only: HMS-ACH resolves it, and rejects a reference it does not hold (``unknown account
+on file``). HMS-SVC is told of it, and then needs no tax id (see
+:mod:`step_handlers.reference_rules`).
+
 Tax ids and account numbers travel in request bodies only: nothing here logs them,
 and an error text a service sends back is scrubbed of the values the request carried.
 """
@@ -59,7 +65,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 import hms_bus
-from schemas.grant import Applicant
+from schemas.grant import Applicant, BankAccount
 from schemas.payment import PaymentInstruction, PaymentResult
 
 from .reference_rules import (
@@ -185,8 +191,13 @@ class ValidationOutcome:
 class ApplicantValidator(Protocol):
     """HMS-SVC: checks who is to be paid."""
 
-    async def validate(self, application_id: str, applicant: Applicant) -> ValidationOutcome:
+    async def validate(
+        self, application_id: str, applicant: Applicant, *, account_on_file: str | None = None
+    ) -> ValidationOutcome:
         """The verdict on ``applicant`` of application ``application_id``.
+
+        ``account_on_file`` is the reference of the account on file the payment goes to,
+        if it goes to one: that payee was identified when the account was put on file.
 
         Raises:
             ServiceUnavailable: the service could not be reached (transient).
@@ -227,15 +238,26 @@ class PaymentGateway(Protocol):
 # --- wire bodies, shared by the clients and the simulations --------------------------
 
 
-def _validation_body(application_id: str, applicant: Applicant) -> dict[str, Any]:
-    return {
+def _validation_body(
+    application_id: str, applicant: Applicant, account_on_file: str | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "applicationId": application_id,
         "applicant": applicant.model_dump(mode="json", by_alias=True),
     }
+    if account_on_file is not None:
+        body["accountOnFile"] = account_on_file
+    return body
 
 
 def _transfer_body(application_id: str, instruction: PaymentInstruction) -> dict[str, Any]:
     return {**instruction.model_dump(mode="json", by_alias=True), "applicationId": application_id}
+
+
+def _account_numbers(instruction: PaymentInstruction) -> tuple[str, ...]:
+    """The account number ``instruction`` carries in clear (none for an account on file)."""
+    account = instruction.bank_account
+    return (account.account_number,) if isinstance(account, BankAccount) else ()
 
 
 def _require_key(idempotency_key: str) -> None:
@@ -445,12 +467,14 @@ class HttpApplicantValidator(_HttpService):
 
     service = SVC
 
-    async def validate(self, application_id: str, applicant: Applicant) -> ValidationOutcome:
+    async def validate(
+        self, application_id: str, applicant: Applicant, *, account_on_file: str | None = None
+    ) -> ValidationOutcome:
         """The verdict on ``applicant`` (see :meth:`ApplicantValidator.validate`)."""
         status, data = await self._call(
             "POST",
             VALIDATE_PATH,
-            body=_validation_body(application_id, applicant),
+            body=_validation_body(application_id, applicant, account_on_file),
             secrets=(applicant.tax_id,),
         )
         answer = self._parse(_ValidationAnswer, data, status, f"POST {VALIDATE_PATH}")
@@ -483,7 +507,7 @@ class HttpPaymentGateway(_HttpService):
             TRANSFERS_PATH,
             body=_transfer_body(application_id, instruction),
             headers={"Idempotency-Key": idempotency_key},
-            secrets=(instruction.bank_account.account_number,),
+            secrets=_account_numbers(instruction),
         )
         return self._parse(PaymentResult, data, status, f"POST {TRANSFERS_PATH}")
 
@@ -553,12 +577,14 @@ class SimulatedApplicantValidator(_Simulated):
     calls: int = 0
     """Calls made so far, failed ones included."""
 
-    async def validate(self, application_id: str, applicant: Applicant) -> ValidationOutcome:
+    async def validate(
+        self, application_id: str, applicant: Applicant, *, account_on_file: str | None = None
+    ) -> ValidationOutcome:
         """The verdict on ``applicant`` (see :meth:`ApplicantValidator.validate`)."""
         endpoint = f"POST {VALIDATE_PATH}"
         await self._enter(endpoint)
         try:
-            answer = check_applicant(_validation_body(application_id, applicant))
+            answer = check_applicant(_validation_body(application_id, applicant, account_on_file))
         except RequestRefused as exc:
             raise self._rejected(endpoint, exc) from None
         return ValidationOutcome(valid=answer["valid"], reasons=tuple(answer["reasons"]))
