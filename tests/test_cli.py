@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -306,3 +307,226 @@ def test_migrate_status_list_and_history_read_the_postgres_store(
     assert main(["history", wid, "--store", pg_schema]) == 0
     out = capsys.readouterr().out
     assert "workflowStarted" in out and "workflowCompleted" in out
+
+
+# -- how the command ends: broken pipe, Ctrl-C, SIGTERM ----------------------------------
+
+QUICK_APP = """
+import hms_bus
+
+mgmt = hms_bus.init("quick")
+mgmt.define_workflow("wf", ["a"])
+
+
+@mgmt.on_step("wf.a")
+async def a(ctx):
+    return {"ok": True}
+"""
+
+# Its first step schedules the second an hour later: `start --wait` waits until stopped.
+NEVER_APP = """
+import hms_bus
+
+mgmt = hms_bus.init("never")
+mgmt.define_workflow("wf", ["a", "b"])
+
+
+@mgmt.on_step("wf.a")
+async def a(ctx):
+    return hms_bus.Next("b", delay=3600)
+
+
+@mgmt.on_step("wf.b")
+async def b(ctx):
+    return None
+"""
+
+
+def _app_env(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "quick_app.py").write_text(QUICK_APP)
+    (tmp_path / "never_app.py").write_text(NEVER_APP)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    for name in ("HMS_BUS_URL", "HMS_STORE_URL", "NO_COLOR"):
+        env.pop(name, None)
+    return env
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["start", "quick_app:mgmt", "wf", "--wait"],
+        ["start", "quick_app:mgmt", "wf", "--wait", "--json"],
+        ["worker", "quick_app:mgmt", "--dry-run"],
+        ["worker", "--help"],
+    ],
+    ids=["status-table", "json", "dry-run", "help"],
+)
+def test_a_reader_that_closes_early_ends_the_command_quietly_with_141(
+    tmp_path: Path, args: list[str]
+) -> None:
+    # As in `hms-bus status ID | head -3`: the reader has gone before the output comes.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hms_bus", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=_app_env(tmp_path),
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+
+
+def _waiting(tmp_path: Path) -> subprocess.Popen[str]:
+    """`start --wait` on a workflow that does not end, once it is waiting."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hms_bus", "start", "never_app:mgmt", "wf", "--wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=_app_env(tmp_path),
+        # Python turns SIGINT into KeyboardInterrupt only if it was not ignored, as it is
+        # for a background job of a non-interactive shell: give the child the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stderr is not None
+    seen, deadline = "", time.monotonic() + 30
+    while "running every role in this process" not in seen:
+        assert time.monotonic() < deadline and proc.poll() is None, seen
+        seen += proc.stderr.readline()
+    time.sleep(0.3)  # into mgmt.wait()
+    return proc
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "line"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_and_sigterm_stop_a_waiting_command_with_one_line(
+    tmp_path: Path, sig: signal.Signals, code: int, line: str
+) -> None:
+    proc = _waiting(tmp_path)
+    try:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1] == line, err
+    assert "Traceback" not in err and out == ""
+
+
+# -- parsing and output ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], "Missing command"),
+        (["nope"], "No such command 'nope'"),
+        (["start", APP], "Missing argument 'WORKFLOW'"),
+        (["list", "--limit", "x"], "'x' is not a valid integer"),
+        (["status", "X", "--no-such-option"], "No such option '--no-such-option'"),
+        (["status", "X", "--log-level", "LOUD"], "unknown log level 'LOUD'"),
+    ],
+)
+def test_a_command_line_that_does_not_parse_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    assert expected in _one_line_error(capsys, argv)
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"hms-bus {hms_bus.__version__}\n"
+    with pytest.raises(SystemExit) as exc:
+        main(["start", "-h"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: hms-bus start [OPTIONS] APP WORKFLOW [PAYLOAD]")
+    assert "JSON payload, @file, or - for stdin (default {})" in out
+    assert "--id ID" in out and "--no-color" in out
+
+
+def test_the_cli_imports_the_reference_app_only_for_demo() -> None:
+    code = (
+        "import sys\n"
+        "from hms_bus.cli import main\n"
+        "try:\n"
+        "    main(['worker', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('step_handlers', 'schemas')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _on_a_terminal(argv: list[str], env: dict[str, str]) -> str:
+    """What the command writes to a terminal (a pseudo-terminal 120 columns wide)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hms_bus", *argv],
+        stdout=follower,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**env, "COLUMNS": "120"},
+    )
+    os.close(follower)
+    chunks = []
+    with contextlib.suppress(OSError):  # EIO once the command has closed the terminal
+        while chunk := os.read(leader, 65536):
+            chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    return b"".join(chunks).decode()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_colour_only_on_a_terminal_and_never_with_no_color(tmp_path: Path) -> None:
+    env = _app_env(tmp_path)
+    argv = ["start", "quick_app:mgmt", "wf"]
+    coloured = _on_a_terminal(argv, env)
+    assert "\x1b[" in coloured and "completed" in coloured
+    assert "\x1b[" not in _on_a_terminal([*argv, "--no-color"], env)
+    assert "\x1b[" not in _on_a_terminal(argv, {**env, "NO_COLOR": "1"})
+    piped = subprocess.run(
+        [sys.executable, "-m", "hms_bus", *argv], capture_output=True, text=True, env=env
+    )
+    assert "status     completed" in piped.stdout and "\x1b[" not in piped.stdout
+    assert all(line == line.rstrip() for line in piped.stdout.splitlines())
+
+
+def test_text_and_json_show_the_same_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "same_status_app.py").write_text(QUICK_APP)  # an app object of its own
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["start", "same_status_app:mgmt", "wf", '{"n": 1}', "--id", "SAME-1"]
+    assert main([*argv, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    head, steps = text.split("\n\n")
+    fields = dict(line.split(None, 1) for line in head.splitlines())
+    assert fields["workflow"] == doc["workflow_id"] and fields["status"] == doc["status"]
+    assert json.loads(fields["result"]) == doc["result"]
+    rows = [line.split()[:4] for line in steps.splitlines()[1:]]
+    assert rows == [
+        [str(s["seq"]), s["step"], s["status"], str(s["attempts"])] for s in doc["steps"]
+    ]
