@@ -26,7 +26,10 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from pydantic import JsonValue
+
 from .._backends import load_backend
+from .._events import WorkflowEvent
 from .._status import WorkflowPage, WorkflowState, WorkflowStatus
 from ..transport import Outgoing
 
@@ -122,7 +125,7 @@ class StartResult:
     workflow: str
     start_event_id: str
     confirmed: bool
-    payload: Any = None
+    payload: JsonValue = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +159,18 @@ class StateStore(Protocol):
     ) -> None: ...
 
     async def register_start(
-        self, workflow_id: str, workflow: str, payload: Any, start_event_id: str, now: datetime
+        self,
+        workflow_id: str,
+        workflow: str,
+        payload: JsonValue,
+        start_event_id: str,
+        now: datetime,
     ) -> StartResult:
         """Register a workflow as ``running`` unless ``workflow_id`` exists already."""
         ...
 
     async def apply_events(
-        self, events: Sequence[Any], bodies: Sequence[bytes] | None = None
+        self, events: Sequence[WorkflowEvent], bodies: Sequence[bytes] | None = None
     ) -> int:
         """Project workflow events, in order; return how many were new (by event id).
 
@@ -215,15 +223,15 @@ class StateStore(Protocol):
         """Workflows matching ``query``, newest first, one page (without steps)."""
         ...
 
-    async def history(self, workflow_id: str) -> list[Any]:
+    async def history(self, workflow_id: str) -> list[WorkflowEvent]:
         """The workflow's events in the order they were applied."""
         ...
 
-    async def save_health(self, report: dict[str, Any]) -> None:
+    async def save_health(self, report: dict[str, JsonValue]) -> None:
         """Replace the monitor's health report (JSON-ready) of this namespace."""
         ...
 
-    async def load_health(self) -> dict[str, Any] | None:
+    async def load_health(self) -> dict[str, JsonValue] | None:
         """The last health report the monitor saved, or None."""
         ...
 

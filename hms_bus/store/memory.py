@@ -20,8 +20,10 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from pydantic import JsonValue
+
 from .._errors import ConfigError, StoreError
-from .._events import decode_event, encode
+from .._events import WorkflowEvent, decode_event, encode
 from .._ledger import plan_claims
 from .._projection import WorkflowRow, fold
 from .._status import WorkflowPage, WorkflowStatus
@@ -114,7 +116,12 @@ class MemoryStore:
     # -- starts -------------------------------------------------------------------------
 
     async def register_start(
-        self, workflow_id: str, workflow: str, payload: Any, start_event_id: str, now: datetime
+        self,
+        workflow_id: str,
+        workflow: str,
+        payload: JsonValue,
+        start_event_id: str,
+        now: datetime,
     ) -> StartResult:
         """Register a workflow as running unless its id exists already."""
         s = self._s
@@ -136,7 +143,7 @@ class MemoryStore:
     # -- projection ---------------------------------------------------------------------
 
     async def apply_events(
-        self, events: Sequence[Any], bodies: Sequence[bytes] | None = None
+        self, events: Sequence[WorkflowEvent], bodies: Sequence[bytes] | None = None
     ) -> int:
         """Fold events into workflow status, skipping event ids seen before, and tell
         the watchers what changed."""
@@ -289,14 +296,14 @@ class MemoryStore:
             next_cursor=encode_cursor(items[-1]) if more and items else None,
         )
 
-    async def save_health(self, report: dict[str, Any]) -> None:
+    async def save_health(self, report: dict[str, JsonValue]) -> None:
         """Keep the monitor's health report."""
         self._s.health = report
 
-    async def load_health(self) -> dict[str, Any] | None:
+    async def load_health(self) -> dict[str, JsonValue] | None:
         """The last health report saved."""
         return self._s.health
 
-    async def history(self, workflow_id: str) -> list[Any]:
+    async def history(self, workflow_id: str) -> list[WorkflowEvent]:
         """The events applied for the workflow, in order."""
         return [decode_event(data) for data in self._s.history.get(workflow_id, ())]

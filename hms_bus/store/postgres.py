@@ -26,27 +26,25 @@ not store.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from importlib import resources
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
+from pydantic import JsonValue
 
 from .._backends import redact
 from .._errors import ConfigError, StoreError
-from .._events import decode_event, encode
+from .._events import WorkflowEvent, decode_event, encode
 from .._ledger import plan_claims
 from .._projection import StepRow, WorkflowRow, fold
-from .._status import StepState, WorkflowPage, WorkflowState, WorkflowStatus
-from ..transport import Outgoing
+from .._status import WorkflowPage, WorkflowState, WorkflowStatus
 from . import (
     Change,
     ChangeCallback,
@@ -56,9 +54,29 @@ from . import (
     Timer,
     TransitionClaim,
 )
+from . import _pg_rows as rows_io
 from ._batching import Batcher
 from ._cursor import encode_cursor, parse_cursor
 from ._notify import Listener, channel_name, encode_changes
+from ._pg_rows import Start
+from ._sql import (
+    CLAIM_TIMERS,
+    DELETE_TIMERS,
+    FIRST_TIMER,
+    HISTORY,
+    INSERT_EVENTS,
+    LOAD_HEALTH,
+    LOCK_LEDGER,
+    MARK_PUBLISHED,
+    READ_LEDGER,
+    SAVE_HEALTH,
+    WORKFLOW_COLUMNS,
+    WRITE_LEDGER,
+    pack,
+    unpack,
+    workflow_row,
+)
+from .migrations import MIGRATIONS, migrate
 
 __all__ = ["MIGRATIONS", "PostgresStore", "migrate"]
 
@@ -66,20 +84,6 @@ log = logging.getLogger("hms_bus.store")
 
 _IDENT_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 _ROUND = 1000  # workflows read per query by get_workflows
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every shipped migration, in order."""
-    out = []
-    for entry in resources.files("hms_bus.store.migrations").iterdir():
-        name = entry.name
-        if name.endswith(".sql") and name[:4].isdigit():
-            out.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
-    return sorted(out)
-
-
-MIGRATIONS = _migrations()
-"""The shipped migrations: (version, file name, SQL)."""
 
 
 def _schema_of(url: str) -> tuple[str, str]:
@@ -124,239 +128,6 @@ async def _errors(what: str) -> Any:
         raise _unavailable(exc, what) from exc
     except asyncpg.PostgresError as exc:
         raise StoreError(f"{what}: {type(exc).__name__}: {exc}", retriable=False) from exc
-
-
-async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
-    """Apply the migrations ``schema`` lacks; return the names applied.
-
-    Safe when several processes start at once: the work runs in one transaction under
-    an advisory lock per schema, so one applies them and the others find them done.
-    """
-    applied: list[str] = []
-    async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"hms-bus:migrate:{schema}"
-        )
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        await conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{schema}".hms_schema_migrations ('
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {
-            r["version"]
-            for r in await conn.fetch(f'SELECT version FROM "{schema}".hms_schema_migrations')
-        }
-        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
-        for version, name, sql in MIGRATIONS:
-            if version in done:
-                continue
-            await conn.execute(sql)
-            await conn.execute(
-                "INSERT INTO hms_schema_migrations (version, name) VALUES ($1, $2)", version, name
-            )
-            applied.append(name)
-    return applied
-
-
-# -- encoding of what the ledger and timers keep ----------------------------------------
-
-
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode()
-
-
-def _unb64(text: str | None) -> bytes | None:
-    return None if text is None else base64.b64decode(text)
-
-
-def _pack(messages: Iterable[Outgoing]) -> bytes:
-    return orjson.dumps(
-        [
-            [m.topic, _b64(m.key), _b64(m.value), [[k, _b64(v)] for k, v in m.headers]]
-            for m in messages
-        ]
-    )
-
-
-def _unpack(data: bytes | None) -> tuple[Outgoing, ...]:
-    if not data:
-        return ()
-    return tuple(
-        Outgoing(
-            topic,
-            _unb64(value) or b"",
-            key=_unb64(key),
-            headers=tuple((k, _unb64(v) or b"") for k, v in headers),
-        )
-        for topic, key, value, headers in orjson.loads(data)
-    )
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
-
-
-_WORKFLOW_COLUMNS = (
-    "workflow_id, workflow, status, payload::text AS payload, result::text AS result, error,"
-    " created_at, updated_at, finished_at, sla_breached, start_event_id, confirmed"
-)
-_STEP_COLUMNS = (
-    "workflow_id, seq, step, status, attempts, scheduled_at, due_at, started_at, finished_at,"
-    " error, sla_breached"
-)
-
-# -- the projection's statements (also what bench/postgres_projector.py measures) --------
-
-INSERT_EVENTS = (
-    # The new events go into the history; the workflows they name are locked (sorted:
-    # no deadlocks between projectors) in the same round trip. One row comes back: how
-    # many were new, and their ids only when some were not (after a redelivery).
-    "WITH ins AS (INSERT INTO hms_events (namespace, event_id, workflow_id, type, ts, body)"
-    " SELECT $1, e, w, t, ts, b::jsonb"
-    " FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])"
-    " WITH ORDINALITY AS x(e, w, t, ts, b, n) ORDER BY n"
-    " ON CONFLICT (namespace, event_id) DO NOTHING RETURNING event_id, workflow_id),"
-    " lk AS (SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || w, 0)) AS l"
-    "  FROM (SELECT DISTINCT workflow_id AS w FROM ins ORDER BY 1) d)"
-    " SELECT (SELECT count(*) FROM lk) AS locks, count(*)::int AS n,"
-    " CASE WHEN count(*) < cardinality($2::text[]) THEN array_agg(event_id) END AS ids"
-    " FROM ins"
-)
-# The reads probe the primary key once per key: a LATERAL subquery with OFFSET 0, which
-# the planner may not flatten into a join. Flattened, a table without statistics yet (a
-# new deployment, a test) got a hash join over every row of the namespace, and with
-# statistics the steps read became a sequential scan: a cost that grows with the table.
-SELECT_FOLD_WORKFLOWS = (
-    # What the fold needs of each workflow: not its payload and result, which the fold
-    # only sets while they are null and the upsert keeps (COALESCE).
-    "SELECT x.* FROM unnest($2::text[]) AS k(w) CROSS JOIN LATERAL"
-    " (SELECT workflow_id, workflow, status, error, created_at, updated_at, finished_at,"
-    "  sla_breached, start_event_id, confirmed FROM hms_workflows"
-    "  WHERE namespace = $1 AND workflow_id = k.w OFFSET 0) AS x"
-)
-SELECT_FOLD_STEPS = (
-    # Only the step executions the batch's events name.
-    "SELECT x.* FROM unnest($2::text[], $3::int[]) AS k(w, q) CROSS JOIN LATERAL"
-    f" (SELECT {_STEP_COLUMNS} FROM hms_steps"
-    "  WHERE namespace = $1 AND workflow_id = k.w AND seq = k.q OFFSET 0) AS x"
-)
-WRITE_FOLD = (
-    # The changed workflows and step executions, and the notification of what changed,
-    # in one statement. The upsert keeps a workflow's payload and result, which the
-    # fold (reading neither) only sets while they are null.
-    "WITH wf AS (INSERT INTO hms_workflows AS w (namespace, workflow_id, workflow, status,"
-    "  payload, result, error, created_at, updated_at, finished_at, sla_breached,"
-    "  start_event_id, confirmed)"
-    "  SELECT $1, i, n, s, p::jsonb, r::jsonb, e, c, u, f, b, se, cf FROM unnest("
-    "  $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
-    "  $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::bool[],"
-    "  $12::text[], $13::bool[]) AS x(i, n, s, p, r, e, c, u, f, b, se, cf)"
-    "  ON CONFLICT (namespace, workflow_id) DO UPDATE SET status = excluded.status,"
-    "  payload = COALESCE(w.payload, excluded.payload),"
-    "  result = COALESCE(excluded.result, w.result), error = excluded.error,"
-    "  updated_at = excluded.updated_at, finished_at = excluded.finished_at,"
-    "  sla_breached = excluded.sla_breached, confirmed = excluded.confirmed,"
-    "  start_event_id = CASE WHEN w.start_event_id = '' THEN excluded.start_event_id"
-    "  ELSE w.start_event_id END),"
-    " st AS (INSERT INTO hms_steps (namespace, workflow_id, seq, step, status, attempts,"
-    "  scheduled_at, due_at, started_at, finished_at, error, sla_breached)"
-    "  SELECT $1, * FROM unnest($14::text[], $15::int[], $16::text[], $17::text[],"
-    "  $18::int[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[],"
-    "  $22::timestamptz[], $23::text[], $24::bool[])"
-    "  ON CONFLICT (namespace, workflow_id, seq) DO UPDATE SET"
-    "  status = excluded.status, attempts = excluded.attempts,"
-    "  scheduled_at = excluded.scheduled_at, due_at = excluded.due_at,"
-    "  started_at = excluded.started_at, finished_at = excluded.finished_at,"
-    "  error = excluded.error, sla_breached = excluded.sla_breached)"
-    " SELECT pg_notify($25, p) FROM unnest($26::text[]) AS p"
-)
-
-# -- starts ----------------------------------------------------------------------------
-
-REGISTER_STARTS = (
-    # Insert what is new; answer for every id: created, or what is on record.
-    "WITH ins AS (INSERT INTO hms_workflows (namespace, workflow_id, workflow, status, payload,"
-    "  created_at, updated_at, start_event_id)"
-    "  SELECT $1, i, n, 'running', p::jsonb, c, c, e FROM unnest($2::text[], $3::text[],"
-    "  $4::text[], $5::text[], $6::timestamptz[]) AS x(i, n, p, e, c)"
-    "  ON CONFLICT (namespace, workflow_id) DO NOTHING RETURNING workflow_id)"
-    " SELECT workflow_id, true AS created, NULL AS workflow, NULL AS start_event_id,"
-    "  NULL::bool AS confirmed, NULL AS payload FROM ins"
-    " UNION ALL SELECT workflow_id, false, workflow, start_event_id, confirmed, payload::text"
-    "  FROM hms_workflows WHERE namespace = $1 AND workflow_id = ANY($2::text[])"
-    "  AND workflow_id NOT IN (SELECT workflow_id FROM ins)"
-)
-READ_STARTS = (
-    "SELECT workflow_id, false AS created, workflow, start_event_id, confirmed,"
-    " payload::text AS payload FROM hms_workflows"
-    " WHERE namespace = $1 AND workflow_id = ANY($2::text[])"
-)
-
-# -- the coordinator's ledger ---------------------------------------------------------------
-
-LOCK_LEDGER = (
-    "SELECT pg_advisory_xact_lock(hashtextextended($1 || ':ledger:' || w, 0))"
-    " FROM unnest($2::text[]) AS w ORDER BY w"
-)
-READ_LEDGER = (
-    # The claims' recorded transitions, and (transition_id null) which workflows closed.
-    "SELECT workflow_id, transition_id, published, messages FROM hms_transitions"
-    " WHERE namespace = $1 AND (workflow_id, transition_id) IN"
-    " (SELECT * FROM unnest($2::text[], $3::text[]))"
-    " UNION ALL SELECT workflow_id, NULL, NULL, NULL FROM hms_closed"
-    " WHERE namespace = $1 AND workflow_id = ANY($4::text[])"
-)
-WRITE_LEDGER = (
-    # New transitions, their timers, closed workflows (dropping their stored timers;
-    # the plan holds no timer of a workflow it closes) and the timers' notification.
-    "WITH t AS (INSERT INTO hms_transitions (namespace, workflow_id, transition_id, messages)"
-    "  SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[])),"
-    " tm AS (INSERT INTO hms_timers (namespace, timer_id, workflow_id, due_at,"
-    "  available_at, message) SELECT $1, i, w, d, d, m FROM unnest($5::text[], $6::text[],"
-    "  $7::timestamptz[], $8::bytea[]) AS x(i, w, d, m) ON CONFLICT (namespace, timer_id)"
-    "  DO NOTHING),"
-    " c AS (INSERT INTO hms_closed (namespace, workflow_id)"
-    "  SELECT $1, unnest($9::text[]) ON CONFLICT DO NOTHING),"
-    " d AS (DELETE FROM hms_timers WHERE namespace = $1 AND workflow_id = ANY($9::text[]))"
-    " SELECT pg_notify($11, p) FROM unnest($10::text[]) AS p"
-)
-
-
-def _workflow_row(r: asyncpg.Record) -> WorkflowRow:
-    return WorkflowRow(
-        workflow_id=r["workflow_id"],
-        workflow=r["workflow"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-        status=WorkflowState(r["status"]),
-        payload=_loads(r["payload"]),
-        result=_loads(r["result"]),
-        error=r["error"],
-        finished_at=r["finished_at"],
-        sla_breached=r["sla_breached"],
-        start_event_id=r["start_event_id"],
-        confirmed=r["confirmed"],
-    )
-
-
-def _step_row(r: asyncpg.Record) -> StepRow:
-    return StepRow(
-        step=r["step"],
-        seq=r["seq"],
-        status=StepState(r["status"]),
-        attempts=r["attempts"],
-        scheduled_at=r["scheduled_at"],
-        due_at=r["due_at"],
-        started_at=r["started_at"],
-        finished_at=r["finished_at"],
-        error=r["error"],
-        sla_breached=r["sla_breached"],
-    )
 
 
 class _Connection(asyncpg.Connection):  # type: ignore[misc]
@@ -538,7 +309,12 @@ class PostgresStore:
     # -- starts -------------------------------------------------------------------------
 
     async def register_start(
-        self, workflow_id: str, workflow: str, payload: Any, start_event_id: str, now: datetime
+        self,
+        workflow_id: str,
+        workflow: str,
+        payload: JsonValue,
+        start_event_id: str,
+        now: datetime,
     ) -> StartResult:
         """Register a workflow as running unless its id exists already.
 
@@ -546,56 +322,14 @@ class PostgresStore:
         """
         return await self._starts.submit((workflow_id, workflow, payload, start_event_id, now))
 
-    async def _register_starts(
-        self, starts: list[tuple[str, str, Any, str, datetime]]
-    ) -> list[StartResult]:
-        first: dict[str, tuple[str, str, Any, str, datetime]] = {}
-        for start in starts:  # the same id twice in a batch: the first one registers it
-            first.setdefault(start[0], start)
-        rows = list(first.values())
+    async def _register_starts(self, starts: list[Start]) -> list[StartResult]:
         async with _errors("register_start"), self._c().acquire() as conn:
-            found = await conn.fetch(
-                REGISTER_STARTS,
-                self._ns,
-                [r[0] for r in rows],
-                [r[1] for r in rows],
-                [_json(r[2]) for r in rows],
-                [r[3] for r in rows],
-                [r[4] for r in rows],
-            )
-            known = {r["workflow_id"]: r for r in found}
-            missing = [r[0] for r in rows if r[0] not in known]
-            if missing:  # registered by a transaction that committed after ours began
-                for r in await conn.fetch(READ_STARTS, self._ns, missing):
-                    known[r["workflow_id"]] = r
-        out: list[StartResult] = []
-        claimed: set[str] = set()
-        for wid, workflow, payload, event_id, _ in starts:
-            r = known.get(wid)
-            if r is None:  # pragma: no cover - deleted between the two statements
-                raise StoreError(f"workflow {wid!r} vanished during start", retriable=True)
-            if r["created"] and wid not in claimed and first[wid][3] == event_id:
-                claimed.add(wid)
-                out.append(StartResult(True, workflow, event_id, False, payload))
-            elif r["created"]:  # registered by an earlier call of this batch
-                _, name, body, first_event, _ = first[wid]
-                out.append(StartResult(False, name, first_event, False, body))
-            else:
-                out.append(
-                    StartResult(
-                        False,
-                        r["workflow"],
-                        r["start_event_id"],
-                        bool(r["confirmed"]),
-                        _loads(r["payload"]),
-                    )
-                )
-        return out
+            return await rows_io.register_starts(conn, self._ns, starts)
 
     # -- projection ---------------------------------------------------------------------
 
     async def apply_events(
-        self, events: Sequence[Any], bodies: Sequence[bytes] | None = None
+        self, events: Sequence[WorkflowEvent], bodies: Sequence[bytes] | None = None
     ) -> int:
         """Fold events into workflow status in one transaction and notify the changes;
         return how many were new."""
@@ -639,58 +373,7 @@ class PostgresStore:
     ) -> dict[str, WorkflowRow]:
         """What the fold of ``events`` reads: their workflows (without payload and
         result) and the step executions they name."""
-        wids = sorted({e.workflow_id for e in events})
-        rows = {
-            r["workflow_id"]: WorkflowRow(
-                workflow_id=r["workflow_id"],
-                workflow=r["workflow"],
-                created_at=r["created_at"],
-                updated_at=r["updated_at"],
-                status=WorkflowState(r["status"]),
-                error=r["error"],
-                finished_at=r["finished_at"],
-                sla_breached=r["sla_breached"],
-                start_event_id=r["start_event_id"],
-                confirmed=r["confirmed"],
-            )
-            for r in await conn.fetch(SELECT_FOLD_WORKFLOWS, self._ns, wids)
-        }
-        keys = sorted(
-            {(e.workflow_id, e.seq) for e in events if getattr(e, "seq", None) is not None}
-        )
-        if keys:
-            for r in await conn.fetch(
-                SELECT_FOLD_STEPS, self._ns, [k[0] for k in keys], [k[1] for k in keys]
-            ):
-                row = rows.get(r["workflow_id"])
-                if row is not None:
-                    row.steps[r["seq"]] = _step_row(r)
-        return rows
-
-    async def _load(self, conn: asyncpg.Connection, wids: list[str]) -> dict[str, WorkflowRow]:
-        """Workflows with payload, result and every step, for the client's reads."""
-        # Index probes per workflow, as the fold's reads (see SELECT_FOLD_WORKFLOWS).
-        found = await conn.fetch(
-            f"SELECT x.* FROM unnest($2::text[]) AS k(w) CROSS JOIN LATERAL"
-            f" (SELECT {_WORKFLOW_COLUMNS} FROM hms_workflows"
-            "  WHERE namespace = $1 AND workflow_id = k.w OFFSET 0) AS x",
-            self._ns,
-            wids,
-        )
-        rows = {r["workflow_id"]: _workflow_row(r) for r in found}
-        if not rows:
-            return rows
-        for r in await conn.fetch(
-            f"SELECT x.* FROM unnest($2::text[]) AS k(w) CROSS JOIN LATERAL"
-            f" (SELECT {_STEP_COLUMNS} FROM hms_steps"
-            "  WHERE namespace = $1 AND workflow_id = k.w OFFSET 0) AS x",
-            self._ns,
-            list(rows),
-        ):
-            row = rows.get(r["workflow_id"])
-            if row is not None:
-                row.steps[r["seq"]] = _step_row(r)
-        return rows
+        return await rows_io.load_fold(conn, self._ns, events)
 
     async def _write_fold(
         self,
@@ -699,37 +382,8 @@ class PostgresStore:
         steps: dict[tuple[str, int], StepRow],
         changes: list[Change],
     ) -> None:
-        keys = sorted(steps)
-        ss = [steps[k] for k in keys]
-        await conn.execute(
-            WRITE_FOLD,
-            self._ns,
-            [r.workflow_id for r in rows],
-            [r.workflow for r in rows],
-            [r.status.value for r in rows],
-            [_json(r.payload) for r in rows],
-            [_json(r.result) for r in rows],
-            [r.error for r in rows],
-            [r.created_at for r in rows],
-            [r.updated_at for r in rows],
-            [r.finished_at for r in rows],
-            [r.sla_breached for r in rows],
-            [r.start_event_id for r in rows],
-            [r.confirmed for r in rows],
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [s.step for s in ss],
-            [s.status.value for s in ss],
-            [s.attempts for s in ss],
-            [s.scheduled_at for s in ss],
-            [s.due_at for s in ss],
-            [s.started_at for s in ss],
-            [s.finished_at for s in ss],
-            [s.error for s in ss],
-            [s.sla_breached for s in ss],
-            self._channel,
-            encode_changes(changes),
-        )
+        """The changed rows, and the notification of what changed, in one statement."""
+        await rows_io.write_fold(conn, self._ns, self._channel, rows, steps, changes)
 
     # -- coordinator ledger -------------------------------------------------------------
 
@@ -758,7 +412,7 @@ class PostgresStore:
                     key = (r["workflow_id"], r["transition_id"])
                     published[key] = r["published"]
                     messages[key] = r["messages"]
-            plan = plan_claims(claims, published, lambda k: _unpack(messages[k]), closed)
+            plan = plan_claims(claims, published, lambda k: unpack(messages[k]), closed)
             if plan.new or plan.closing:
                 timers = plan.timers
                 await conn.execute(
@@ -766,11 +420,11 @@ class PostgresStore:
                     ns,
                     [c.workflow_id for c in plan.new],
                     [c.transition_id for c in plan.new],
-                    [_pack(c.messages) for c in plan.new],
+                    [pack(c.messages) for c in plan.new],
                     [t.timer_id for t in timers],
                     [t.workflow_id for t in timers],
                     [t.due_at for t in timers],
-                    [_pack([t.message]) for t in timers],
+                    [pack([t.message]) for t in timers],
                     plan.closing,
                     # Schedulers in other processes wake when this commits.
                     encode_changes((), timers=True) if timers else [],
@@ -786,9 +440,7 @@ class PostgresStore:
             return
         async with _errors("mark_published"), self._p().acquire() as conn:
             await conn.execute(
-                "UPDATE hms_transitions SET published = true, messages = NULL"
-                " WHERE namespace = $1 AND (workflow_id, transition_id) IN"
-                " (SELECT * FROM unnest($2::text[], $3::text[]))",
+                MARK_PUBLISHED,
                 self._ns,
                 [k[0] for k in keys],
                 [k[1] for k in keys],
@@ -802,12 +454,7 @@ class PostgresStore:
         """Lease due timers (``FOR UPDATE SKIP LOCKED``) until ``now + lease``."""
         async with _errors("claim_due_timers"), self._p().acquire() as conn:
             rows = await conn.fetch(
-                "UPDATE hms_timers t SET available_at = $3, owner = $4"
-                " FROM (SELECT timer_id FROM hms_timers"
-                "       WHERE namespace = $1 AND available_at <= $2"
-                "       ORDER BY available_at LIMIT $5 FOR UPDATE SKIP LOCKED) due"
-                " WHERE t.namespace = $1 AND t.timer_id = due.timer_id"
-                " RETURNING t.timer_id, t.workflow_id, t.due_at, t.message",
+                CLAIM_TIMERS,
                 self._ns,
                 now,
                 now + timedelta(seconds=lease),
@@ -815,7 +462,7 @@ class PostgresStore:
                 limit,
             )
         return [
-            Timer(r["timer_id"], r["workflow_id"], r["due_at"], _unpack(r["message"])[0])
+            Timer(r["timer_id"], r["workflow_id"], r["due_at"], unpack(r["message"])[0])
             for r in sorted(rows, key=lambda r: (r["due_at"], r["timer_id"]))
         ]
 
@@ -825,7 +472,7 @@ class PostgresStore:
             return
         async with _errors("delete_timers"), self._p().acquire() as conn:
             await conn.execute(
-                "DELETE FROM hms_timers WHERE namespace = $1 AND timer_id = ANY($2::text[])",
+                DELETE_TIMERS,
                 self._ns,
                 list(timer_ids),
             )
@@ -839,9 +486,7 @@ class PostgresStore:
             except StoreError as exc:  # the timeout bounds the sleep all the same
                 log.debug("scheduler: not listening for new timers: %s", exc)
         async with _errors("wait_for_timers"), self._p().acquire() as conn:
-            first = await conn.fetchval(
-                "SELECT min(available_at) FROM hms_timers WHERE namespace = $1", self._ns
-            )
+            first = await conn.fetchval(FIRST_TIMER, self._ns)
         if first is not None:
             timeout = min(timeout, max(0.0, first.timestamp() - time.time()))
         if timeout <= 0:
@@ -856,7 +501,7 @@ class PostgresStore:
     async def get_workflow(self, workflow_id: str) -> WorkflowStatus | None:
         """The workflow with its steps, or None."""
         async with _errors("get_workflow"), self._c().acquire() as conn:
-            rows = await self._load(conn, [workflow_id])
+            rows = await rows_io.load(conn, self._ns, [workflow_id])
         row = rows.get(workflow_id)
         return None if row is None else row.freeze()
 
@@ -867,7 +512,7 @@ class PostgresStore:
         ids = list(dict.fromkeys(workflow_ids))
         async with _errors("get_workflows"), self._c().acquire() as conn:
             for i in range(0, len(ids), _ROUND):
-                rows = await self._load(conn, ids[i : i + _ROUND])
+                rows = await rows_io.load(conn, self._ns, ids[i : i + _ROUND])
                 out.update((w, row.freeze()) for w, row in rows.items())
         return out
 
@@ -892,12 +537,12 @@ class PostgresStore:
         if query.until is not None:
             where.append(f"created_at < {arg(query.until)}")
         sql = (
-            f"SELECT {_WORKFLOW_COLUMNS} FROM hms_workflows WHERE {' AND '.join(where)}"
+            f"SELECT {WORKFLOW_COLUMNS} FROM hms_workflows WHERE {' AND '.join(where)}"
             f" ORDER BY created_at DESC, workflow_id DESC LIMIT {arg(query.limit + 1)}"
         )
         async with _errors("list_workflows"), self._c().acquire() as conn:
             found = await conn.fetch(sql, *args)
-        rows = [_workflow_row(r) for r in found]
+        rows = [workflow_row(r) for r in found]
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         return WorkflowPage(
@@ -905,35 +550,29 @@ class PostgresStore:
             next_cursor=encode_cursor(rows[-1]) if more and rows else None,
         )
 
-    async def save_health(self, report: dict[str, Any]) -> None:
+    async def save_health(self, report: dict[str, JsonValue]) -> None:
         """Replace the namespace's health report (one row, one statement)."""
         async with _errors("save_health"), self._p().acquire() as conn:
             await conn.execute(
-                "INSERT INTO hms_health (namespace, report, updated_at)"
-                " VALUES ($1, $2::jsonb, now())"
-                " ON CONFLICT (namespace) DO UPDATE"
-                " SET report = EXCLUDED.report, updated_at = EXCLUDED.updated_at",
+                SAVE_HEALTH,
                 self._ns,
                 orjson.dumps(report).decode(),
             )
 
-    async def load_health(self) -> dict[str, Any] | None:
+    async def load_health(self) -> dict[str, JsonValue] | None:
         """The namespace's last health report, or None."""
         async with _errors("load_health"), self._c().acquire() as conn:
             try:
-                text = await conn.fetchval(
-                    "SELECT report::text FROM hms_health WHERE namespace = $1", self._ns
-                )
+                text = await conn.fetchval(LOAD_HEALTH, self._ns)
             except asyncpg.UndefinedTableError:  # not migrated: no monitor has written
                 return None
         return None if text is None else dict(orjson.loads(text))
 
-    async def history(self, workflow_id: str) -> list[Any]:
+    async def history(self, workflow_id: str) -> list[WorkflowEvent]:
         """The events applied for the workflow, in the order applied."""
         async with _errors("history"), self._c().acquire() as conn:
             rows = await conn.fetch(
-                "SELECT body::text AS body FROM hms_events"
-                " WHERE namespace = $1 AND workflow_id = $2 ORDER BY id",
+                HISTORY,
                 self._ns,
                 workflow_id,
             )
