@@ -24,7 +24,7 @@ from ._pii import Sealer
 from ._results import to_jsonable
 from ._settings import Settings
 from ._status import WorkflowPage, WorkflowState, WorkflowStatus
-from ._telemetry import Telemetry, end_span
+from ._telemetry import Attr, Telemetry, end_span
 from ._topics import Topics
 from ._waiting import Waiters
 from .store import ListQuery, StateStore
@@ -197,10 +197,10 @@ class Client:
             parent=None,
             links=tel.caller_links(),
             attributes={
-                "messaging.system": tel.system,
-                "messaging.operation.type": "send",
-                "messaging.destination.name": record.topic,
-                "hms.workflow_id": event.workflow_id,
+                Attr.MESSAGING_SYSTEM: tel.system,
+                Attr.MESSAGING_OPERATION_TYPE: Attr.SEND,
+                Attr.MESSAGING_DESTINATION_NAME: record.topic,
+                Attr.HMS_WORKFLOW_ID: event.workflow_id,
             },
         )
         try:

@@ -1,69 +1,130 @@
-"""A tiny HTTP/1.1 server for ``/healthz`` and ``/metrics``, on the application's event loop.
+"""``/healthz`` and ``/metrics`` over HTTP: a Starlette app, served by uvicorn on the loop.
 
-It answers one request per connection (``Connection: close``), ``GET`` and ``HEAD``
-only, and nothing but the two paths; a query string is ignored, and so is a request
-body. It is meant for probes and scrapers on a private port, not for the internet, but
-a misbehaving client costs it little: the request head is capped at :data:`MAX_HEAD`
-bytes, a client is dropped after ``timeout`` seconds, and an exception in ``health`` or
-``metrics`` is logged (logger ``hms_bus.http``) and answered with 500.
+Two pieces, so that the product can put more on the same port (the operator's console
+mounts on this app):
+
+- :func:`status_app` builds the ASGI application: ``GET /healthz`` and ``GET /metrics``
+  (``HEAD`` too) from two callables, plus whatever routes and mounts the caller adds,
+  then or later (``app.mount(...)``, ``app.add_route(...)``).
+- :class:`StatusServer` serves that app with uvicorn's ``Server`` as a task of the
+  running event loop: no thread, no lifespan, uvicorn's logs at warning and no access
+  log, and no signal handlers (SIGTERM and SIGINT stay the CLI's, which drains the
+  roles on them). It binds its listening sockets itself before uvicorn starts, so a
+  port in use is an ``OSError`` from :meth:`~StatusServer.start` (uvicorn would exit the
+  process instead) and :attr:`~StatusServer.port` is known at once.
+
+``health`` and ``metrics`` are called on the event loop, because they read the roles'
+state; they must be quick. An exception in either is logged (logger ``hms_bus.http``)
+and answered with 500. Connections are HTTP/1.1 keep-alive; closing the server drops
+idle ones and those still sending their request at once, and gives responses under way
+a short grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import re
-from collections.abc import Callable
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from ._prometheus import CONTENT_TYPE
 
-__all__ = ["MAX_HEAD", "StatusServer"]
+__all__ = ["Health", "Metrics", "StatusServer", "status_app"]
 
 log = logging.getLogger("hms_bus.http")
 
-MAX_HEAD = 8192
-"""Most bytes of request line and headers accepted; more is answered with 431."""
+Health = Callable[[], tuple[bool, dict[str, Any]]]
+"""Returns ``(healthy, details)``: ``/healthz`` answers 200 or 503 with ``details`` as JSON."""
+Metrics = Callable[[], str]
+"""Returns a Prometheus text exposition (:data:`~hms_bus._prometheus.CONTENT_TYPE`)."""
 
-_MAX_BODY = 65536  # a larger request body is left unread
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-_REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/1\.[0-9]")
-
-_Response = tuple[int, str, bytes]  # status, content type, body
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
-class _BadRequest(Exception):
-    """The request cannot be answered but with ``status``."""
+def status_app(
+    *,
+    health: Health,
+    metrics: Metrics | None = None,
+    routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The Starlette application behind :class:`StatusServer`.
 
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
+    Args:
+        health: answers ``/healthz``: 200 when healthy, else 503, with the details as
+            JSON either way (values JSON cannot hold are written as their ``str``).
+        metrics: answers ``/metrics`` with its text; without it ``/metrics`` is 404.
+        routes: more routes or mounts (``starlette.routing.Route``, ``Mount``), served
+            after the two above. More can be added to the returned app at any time.
+
+    Every other path is 404; other methods on the two paths are 405.
+    """
+
+    async def healthz(request: Request) -> Response:
+        try:
+            healthy, details = health()
+            body = orjson.dumps(details, default=str)
+        except Exception:
+            return _failed(request)
+        return Response(
+            body, 200 if healthy else 503, headers=_NO_STORE, media_type="application/json"
+        )
+
+    ours = [Route("/healthz", healthz, methods=["GET"])]  # HEAD comes with GET
+    if metrics is not None:
+        render = metrics
+
+        async def exposition(request: Request) -> Response:
+            try:
+                text = render()
+            except Exception:
+                return _failed(request)
+            return Response(text, headers=_NO_STORE, media_type=CONTENT_TYPE)
+
+        ours.append(Route("/metrics", exposition, methods=["GET"]))
+    return Starlette(routes=[*ours, *routes])
 
 
-def _text(status: int) -> _Response:
-    return status, "text/plain; charset=utf-8", f"{_REASONS[status].lower()}\n".encode()
+def _failed(request: Request) -> Response:
+    log.exception("HTTP %s %s failed", request.method, request.url.path)
+    return PlainTextResponse("Internal Server Error", 500, headers=_NO_STORE)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handlers: they stay the application's."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class StatusServer:
-    """Serves ``GET /healthz`` and ``GET /metrics`` over HTTP/1.1.
+    """Serves :func:`status_app` (``/healthz``, ``/metrics`` and any extra routes) over HTTP.
 
-    ``health`` returns ``(healthy, details)``: ``/healthz`` answers 200 or 503 with
-    ``details`` as JSON. ``metrics`` returns a Prometheus text exposition (see
-    :class:`~hms_bus._prometheus.PrometheusReader`); without it ``/metrics`` is 404.
-    Both are called on the event loop and must be quick. Use ``async with``, or
-    :meth:`start` and :meth:`close`.
+    Use ``async with``, or :meth:`start` and :meth:`close`, inside the running event loop.
+    :attr:`app` is the Starlette application: mount more on it before or after starting.
+
+    Args:
+        host: the address to listen on (all of them, when it resolves to several).
+        port: the port; 0 picks a free one (see :attr:`port`).
+        health: see :func:`status_app`.
+        metrics: see :func:`status_app`.
+        routes: see :func:`status_app`.
+        timeout: seconds an idle keep-alive connection is kept open.
+        grace: seconds :meth:`close` waits for responses under way (a stream, say)
+            before cancelling them.
+        max_connections: connections and requests at once; past that uvicorn answers
+            503 at once.
     """
 
     def __init__(
@@ -71,44 +132,84 @@ class StatusServer:
         host: str,
         port: int,
         *,
-        health: Callable[[], tuple[bool, dict[str, Any]]],
-        metrics: Callable[[], str] | None = None,
-        timeout: float = 5.0,
+        health: Health,
+        metrics: Metrics | None = None,
+        routes: Sequence[BaseRoute] = (),
+        timeout: int = 5,
+        grace: int = 1,
+        max_connections: int = 100,
     ) -> None:
         self._host = host
         self._port = port
-        self._health = health
-        self._metrics = metrics
-        self._timeout = timeout
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self.app = status_app(health=health, metrics=metrics, routes=routes)
+        """The ASGI application served."""
+        self._config: dict[str, Any] = {
+            "timeout_keep_alive": timeout,
+            "timeout_graceful_shutdown": grace,
+            "limit_concurrency": max_connections,
+        }
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sockets: list[socket.socket] = []
 
     async def start(self) -> None:
-        """Bind and start accepting connections (port 0 picks a free port)."""
-        if self._server is None:
-            self._server = await asyncio.start_server(
-                self._serve, self._host, self._port, limit=MAX_HEAD
-            )
+        """Bind and start serving; return once uvicorn accepts connections.
+
+        Raises:
+            OSError: the address cannot be bound (a port in use, say).
+        """
+        if self._task is not None:
+            return
+        sockets = await _bind(self._host, self._port)
+        config = uvicorn.Config(
+            self.app,
+            host=self._host,
+            port=sockets[0].getsockname()[1],  # uvicorn serves the sockets bound above
+            log_config=None,  # the application's logging configuration stays as it is
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws="none",
+            **self._config,
+        )
+        server = _Server(config)
+        task = asyncio.create_task(_serve(server, sockets), name="hms-http")
+        try:
+            while not server.started:
+                if task.done():
+                    task.result()  # raises why it stopped
+                    raise RuntimeError("the HTTP server stopped before it started")
+                await asyncio.sleep(0.005)
+        except BaseException:
+            server.should_exit = True
+            await asyncio.gather(task, return_exceptions=True)
+            for sock in sockets:
+                sock.close()
+            raise
+        self._server, self._task, self._sockets = server, task, sockets
 
     @property
     def port(self) -> int:
         """The bound port (of the first socket, if ``host`` resolved to several)."""
-        if self._server is None or not self._server.sockets:
+        if not self._sockets:
             raise RuntimeError("StatusServer is not started")
-        port: int = self._server.sockets[0].getsockname()[1]
+        port: int = self._sockets[0].getsockname()[1]
         return port
 
     async def close(self) -> None:
-        """Stop accepting, drop the connections still open, and wait until they are gone."""
-        server, self._server = self._server, None
-        if server is None:
+        """Stop accepting, drop idle connections, and return once the server is down.
+
+        Responses under way get ``grace`` seconds. A second call does nothing.
+        """
+        server, task = self._server, self._task
+        self._server, self._task, self._sockets = None, None, []
+        if server is None or task is None:
             return
-        server.close()
-        while self._connections:  # a connection accepted just before may start meanwhile
-            for task in self._connections:
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
-        await server.wait_closed()
+        server.should_exit = True
+        try:
+            await task
+        except Exception:
+            log.exception("the HTTP server failed")
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -122,112 +223,38 @@ class StatusServer:
     ) -> None:
         await self.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            async with asyncio.timeout(self._timeout):
-                response = await self._answer(reader)
-                if response:
-                    writer.write(response)
-                    await writer.drain()
-                writer.close()
-                await writer.wait_closed()
-        except (TimeoutError, ConnectionError) as exc:
-            log.debug("dropped an HTTP client: %r", exc)
-        except asyncio.CancelledError:
-            pass  # by close(); Python 3.11's start_server would log a cancelled task
-        except Exception:
-            log.exception("HTTP connection failed")
-        finally:
-            writer.transport.abort()  # nothing left to do if it closed cleanly
-            self._connections.discard(task)
 
-    async def _answer(self, reader: asyncio.StreamReader) -> bytes:
-        """The response to the request on ``reader``; empty if there is none to answer."""
-        try:
-            head = await _read_head(reader)
-            if not head:
-                return b""
-            method, path, headers = _parse(head.decode("latin-1"))
-        except _BadRequest as bad:
-            return _encode(*_text(bad.status), head=False)
-        length = headers.get("content-length", "0")
-        if not (length.isascii() and length.isdigit()):
-            return _encode(*_text(400), head=False)
-        if int(length) <= _MAX_BODY:  # read it, so that closing with it unread does not reset
-            try:
-                await reader.readexactly(int(length))
-            except asyncio.IncompleteReadError:
-                return b""  # the client gave up
-        if method not in ("GET", "HEAD"):
-            return _encode(*_text(405), head=False, allow=True)
-        return _encode(*self._respond(path), head=method == "HEAD")
-
-    def _respond(self, path: str) -> _Response:
-        try:
-            if path == "/healthz":
-                healthy, details = self._health()
-                return (
-                    200 if healthy else 503,
-                    "application/json",
-                    orjson.dumps(details, default=str),
-                )
-            if path == "/metrics" and self._metrics is not None:
-                return 200, CONTENT_TYPE, self._metrics().encode()
-            return _text(404)
-        except Exception:
-            log.exception("HTTP GET %s failed", path)
-            return _text(500)
+async def _serve(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
+    try:
+        await server.serve(sockets=sockets)
+    except SystemExit as exc:  # uvicorn's way out when it cannot start: not the process's
+        raise RuntimeError(f"the HTTP server could not start (uvicorn exit {exc.code})") from None
 
 
-async def _read_head(reader: asyncio.StreamReader) -> bytes:
-    """Request line and headers, through the empty line; empty if the client sent nothing."""
-    head = b""
-    while True:
-        try:
-            line = await reader.readline()
-        except ValueError:  # a line longer than the reader's limit
-            raise _BadRequest(431) from None
-        if not line.endswith(b"\n"):  # the client closed its side
-            if head or line:
-                raise _BadRequest(400)
-            return b""
-        if line in (b"\r\n", b"\n"):
-            if head:
-                return head
-            continue  # RFC 9112: empty lines before the request line are skipped
-        head += line
-        if len(head) > MAX_HEAD:
-            raise _BadRequest(431)
+async def _bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` resolves to, on one port.
 
-
-def _parse(head: str) -> tuple[str, str, dict[str, str]]:
-    """Method, path and headers (names in lower case) of a request head."""
-    request_line, *lines = head.strip("\r\n").split("\n")
-    match = _REQUEST_LINE.fullmatch(request_line.rstrip("\r"))
-    if match is None:
-        raise _BadRequest(400)
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, colon, value = line.rstrip("\r").partition(":")
-        if not colon or not name or name != name.strip():  # also rejects obsolete folding
-            raise _BadRequest(400)
-        headers[name.lower()] = value.strip()
-    return match[1], urlsplit(match[2]).path, headers
-
-
-def _encode(
-    status: int, content_type: str, body: bytes, *, head: bool, allow: bool = False
-) -> bytes:
-    """A whole response; with ``head`` its headers only."""
-    lines = [
-        f"HTTP/1.1 {status} {_REASONS[status]}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        *(["Allow: GET, HEAD"] if allow else []),
-        "Connection: close",
-        "Cache-Control: no-store",
-    ]
-    return "\r\n".join([*lines, "", ""]).encode("latin-1") + (b"" if head else body)
+    As asyncio's ``create_server`` binds them (address reuse on POSIX, IPv6 sockets
+    IPv6-only), except that with port 0 every socket gets the port the first one got.
+    """
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, type_, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            sockets.append(sock)
+            if os.name == "posix":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if len(sockets) > 1 and port == 0:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

@@ -28,7 +28,7 @@ from ._errors import ConfigError, HmsBusError
 from ._events import Heartbeat, encode
 from ._pii import Sealer, sensitive_names
 from ._settings import Settings
-from ._telemetry import Telemetry, configure_from_environment, prometheus_reader
+from ._telemetry import Attr, Telemetry, configure_from_environment, prometheus_reader
 from ._topics import Topics
 from .roles import Role, RoleStats, Runtime
 from .roles.coordinator import Coordinator
@@ -307,14 +307,14 @@ class Node:
     def _observe(self, telemetry: Telemetry) -> None:
         if not telemetry.metrics:
             return
-        role_attr = "hms.role"
+        role_attr = Attr.HMS_ROLE
 
         def in_flight() -> list[tuple[float, dict[str, Any]]]:
             return [(self.worker_stats().in_flight, {})] if "worker" in self.roles else []
 
         def lag() -> list[tuple[float, dict[str, Any]]]:
             return [
-                (n, {role_attr: role, "messaging.destination.name": topic})
+                (n, {role_attr: role, Attr.MESSAGING_DESTINATION_NAME: topic})
                 for role, topics in self.lag().items()
                 for topic, n in topics.items()
             ]

@@ -19,7 +19,9 @@ Spans carry the OpenTelemetry messaging attributes (``messaging.system``,
 ``messaging.destination.name``, ``messaging.operation.type``/``.name``,
 ``messaging.consumer.group.name``, ``messaging.destination.partition.id``,
 ``messaging.kafka.offset``, ``messaging.message.id``) and ``hms.workflow``,
-``hms.workflow_id``, ``hms.step``, ``hms.seq``, ``hms.attempt``, ``hms.outcome``.
+``hms.workflow_id``, ``hms.step``, ``hms.seq``, ``hms.attempt``, ``hms.outcome``. Their
+names are the constants of :class:`Attr`, the OpenTelemetry ones taken from the
+``opentelemetry-semantic-conventions`` package.
 
 Metrics
 -------
@@ -34,7 +36,17 @@ otherwise the global ones are used. When the application has set no global provi
 :func:`configure_from_environment` sets them from the standard variables in
 :data:`OTEL_ENVIRONMENT`: ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` =
 ``otlp`` (``pip install 'hms-bus[otlp]'``), ``console`` or ``none``. With neither set,
-nothing is exported and spans cost next to nothing.
+nothing is exported and spans cost next to nothing. ``/metrics`` is served from a
+:class:`~hms_bus._prometheus.PrometheusReader` (see :func:`prometheus_reader`).
+
+OpenTelemetry internals
+-----------------------
+Everything here goes through the public OpenTelemetry API and SDK, but for two questions
+they do not answer publicly: whether a meter provider is the API's stand-in for an unset
+global one, and whether a ``ParentBased`` sampler drops every child of an unsampled
+parent. Those two are the ``_sdk_*`` functions near the end of this module, checked
+against the SDK versions in :data:`SDK_INTERNALS_CHECKED` and pinned by tests. Whether
+the global propagator is plain W3C is asked through the propagator's public API.
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ import re
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
@@ -53,7 +65,10 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import propagate
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import Getter
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator
+from opentelemetry.semconv._incubating.attributes import messaging_attributes as _messaging
+from opentelemetry.semconv.attributes import error_attributes as _error
+from opentelemetry.semconv.attributes import service_attributes as _service
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 if TYPE_CHECKING:
@@ -62,6 +77,8 @@ if TYPE_CHECKING:
 __all__ = [
     "METRICS",
     "OTEL_ENVIRONMENT",
+    "SDK_INTERNALS_CHECKED",
+    "Attr",
     "Headers",
     "Telemetry",
     "configure_from_environment",
@@ -72,6 +89,54 @@ log = logging.getLogger("hms_bus.telemetry")
 Headers = tuple[tuple[str, bytes], ...]
 Source = Callable[[], Iterable[tuple[float, dict[str, Any]]]]
 """A metric source: (value, attributes) observations, called at each collection."""
+
+
+class Attr:
+    """The names of the attributes hms-bus puts on its spans and metrics.
+
+    The OpenTelemetry ones come from ``opentelemetry-semantic-conventions`` (the messaging
+    conventions are still in its ``_incubating`` package, which is where that package
+    publishes them), so they follow the conventions' spelling; the ``HMS_*`` ones are
+    hms-bus's own. Use these rather than string literals, so that one place decides
+    what a span or a metric series is called.
+    """
+
+    MESSAGING_SYSTEM: Final = _messaging.MESSAGING_SYSTEM
+    """``messaging.system``: ``kafka``, or ``memory`` for the embedded bus."""
+    MESSAGING_OPERATION_TYPE: Final = _messaging.MESSAGING_OPERATION_TYPE
+    """``messaging.operation.type``: :attr:`SEND` or :attr:`PROCESS`."""
+    MESSAGING_OPERATION_NAME: Final = _messaging.MESSAGING_OPERATION_NAME
+    MESSAGING_DESTINATION_NAME: Final = _messaging.MESSAGING_DESTINATION_NAME
+    """``messaging.destination.name``: the topic."""
+    MESSAGING_DESTINATION_PARTITION_ID: Final = _messaging.MESSAGING_DESTINATION_PARTITION_ID
+    MESSAGING_KAFKA_OFFSET: Final = _messaging.MESSAGING_KAFKA_OFFSET
+    MESSAGING_CONSUMER_GROUP_NAME: Final = _messaging.MESSAGING_CONSUMER_GROUP_NAME
+    MESSAGING_MESSAGE_ID: Final = _messaging.MESSAGING_MESSAGE_ID
+    ERROR_TYPE: Final = _error.ERROR_TYPE
+    """``error.type``: the class name of a failed step's error."""
+    SERVICE_NAME: Final = _service.SERVICE_NAME
+
+    SEND: Final[str] = _messaging.MessagingOperationTypeValues.SEND.value
+    """The ``messaging.operation.type`` of a publish."""
+    PROCESS: Final[str] = _messaging.MessagingOperationTypeValues.PROCESS.value
+    """The ``messaging.operation.type`` of a step execution."""
+
+    HMS_WORKFLOW: Final = "hms.workflow"
+    HMS_WORKFLOW_ID: Final = "hms.workflow_id"
+    HMS_STEP: Final = "hms.step"
+    HMS_SEQ: Final = "hms.seq"
+    HMS_ATTEMPT: Final = "hms.attempt"
+    HMS_OUTCOME: Final = "hms.outcome"
+    """``succeeded`` or ``failed``."""
+    HMS_STATUS: Final = "hms.status"
+    """A workflow's final status."""
+    HMS_TRANSITION: Final = "hms.transition"
+    HMS_DUPLICATE: Final = "hms.duplicate"
+    """Set on a coordinator span whose event was a redelivery."""
+    HMS_ROLE: Final = "hms.role"
+    STATE: Final = "state"
+    """``hms.processes``: ``live`` or ``down``."""
+
 
 # The standard OpenTelemetry variables hms-bus honours when it sets up export itself
 # (see configure_from_environment); the SDK reads them.
@@ -200,7 +265,7 @@ class Telemetry:
         # With a parent-based sampler (the SDK's default, and what OTEL_TRACES_SAMPLER
         # names other than always_on/always_off/traceidratio give), a child of an
         # unsampled span is never recorded: skip asking the SDK for it.
-        self._skip_unsampled = _drops_unsampled_children(getattr(self._tracer, "sampler", None))
+        self._skip_unsampled = _sdk_drops_unsampled_children(getattr(self._tracer, "sampler", None))
         # The default W3C propagator: headers are read and written directly (faster).
         # Read once: set propagators before connecting, as for any instrumentation.
         self._w3c = _w3c_only()
@@ -304,10 +369,10 @@ class Telemetry:
     def messaging(self, topic: str, operation: str, op_type: str, **extra: Any) -> dict[str, Any]:
         """OpenTelemetry messaging attributes for ``operation`` on ``topic``."""
         attrs: dict[str, Any] = {
-            "messaging.system": self.system,
-            "messaging.destination.name": topic,
-            "messaging.operation.name": operation,
-            "messaging.operation.type": op_type,
+            Attr.MESSAGING_SYSTEM: self.system,
+            Attr.MESSAGING_DESTINATION_NAME: topic,
+            Attr.MESSAGING_OPERATION_NAME: operation,
+            Attr.MESSAGING_OPERATION_TYPE: op_type,
         }
         attrs.update({k.replace("__", "."): v for k, v in extra.items() if v is not None})
         return attrs
@@ -401,24 +466,58 @@ _checked: tuple[object, bool] = (None, False)
 
 
 def _w3c_only() -> bool:
-    """True while the global propagator is the default W3C one (tracecontext and
-    baggage), whose headers :meth:`Telemetry.extract`/``inject`` read and write directly."""
+    """True while the global propagator reads and writes trace context as the default W3C
+    propagators (tracecontext, and baggage) do, so that :meth:`Telemetry.extract` and
+    ``inject`` may read and write ``traceparent`` directly. Asked once per propagator."""
     global _checked
     textmap = propagate.get_global_textmap()
     if _checked[0] is not textmap:
-        from opentelemetry.baggage.propagation import W3CBaggagePropagator
-        from opentelemetry.propagators.composite import CompositePropagator
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-        parts = getattr(textmap, "_propagators", None)
-        ok = (
-            isinstance(textmap, CompositePropagator)
-            and isinstance(parts, list | tuple)
-            and any(type(p) is TraceContextTextMapPropagator for p in parts)
-            and all(type(p) in (TraceContextTextMapPropagator, W3CBaggagePropagator) for p in parts)
-        )
-        _checked = (textmap, ok)
+        _checked = (textmap, _behaves_as_w3c(textmap))
     return _checked[1]
+
+
+_W3C_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+def _behaves_as_w3c(textmap: TextMapPropagator) -> bool:
+    """Whether ``textmap`` uses only the W3C headers, and writes and reads a lone
+    ``traceparent`` exactly as the W3C Trace Context propagator does.
+
+    Asked through the propagator's public API (its ``fields``, and a probe of
+    ``inject`` and ``extract`` with a sampled and an unsampled context), so it holds
+    for the default propagators, ``OTEL_PROPAGATORS=tracecontext[,baggage]``, and any
+    composite of the same; anything else (B3, Jaeger, a custom one) takes the slow path.
+    """
+    try:
+        if not set(textmap.fields) <= _W3C_FIELDS:
+            return False
+        for flags in (otel_trace.TraceFlags.DEFAULT, otel_trace.TraceFlags.SAMPLED):
+            sc = otel_trace.SpanContext(
+                0x0AF7651916CD43DD8448EB211C80319C,
+                0xB7AD6B7169203331,
+                is_remote=True,
+                trace_flags=otel_trace.TraceFlags(flags),
+            )
+            value = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+            carrier: dict[str, str] = {}
+            span = otel_trace.NonRecordingSpan(sc)
+            textmap.inject(carrier, context=otel_trace.set_span_in_context(span, _ROOT))
+            if carrier != {"traceparent": value}:
+                return False
+            read = textmap.extract({"traceparent": value}, context=_ROOT)
+            got = otel_trace.get_current_span(read).get_span_context()
+            if (got.trace_id, got.span_id, got.trace_flags, got.is_remote, got.trace_state) != (
+                sc.trace_id,
+                sc.span_id,
+                sc.trace_flags,
+                True,
+                sc.trace_state,
+            ):
+                return False
+    except Exception as exc:  # a propagator that cannot answer is not one to shortcut
+        log.debug("propagator %r takes the full path: %s", textmap, exc)
+        return False
+    return True
 
 
 # version-format (W3C Trace Context): "00" is exactly this; later versions may append
@@ -476,26 +575,70 @@ def detach(token: object) -> None:
     otel_context.detach(token)  # type: ignore[arg-type]
 
 
-def _drops_unsampled_children(sampler: object) -> bool:
-    from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSampler
+def _is_noop(provider: object) -> bool:
+    """True for a provider that records nothing: a no-op one, or the API's stand-in
+    for a global provider not set yet."""
+    if isinstance(provider, otel_trace.TracerProvider):
+        return isinstance(provider, otel_trace.ProxyTracerProvider | otel_trace.NoOpTracerProvider)
+    return isinstance(
+        provider, otel_metrics.NoOpMeterProvider
+    ) or _sdk_is_unset_global_meter_provider(provider)
+
+
+# -- what the OpenTelemetry API and SDK do not publish ---------------------------------
+#
+# The one place hms-bus reads OpenTelemetry internals. Each function below was read
+# against the versions in SDK_INTERNALS_CHECKED, answers as if it knew nothing (hms-bus
+# then takes the general path) when what it reads has gone, and has a test in
+# tests/test_telemetry.py that fails, naming the function, when the installed API or
+# SDK is outside that range or no longer looks as it was read.
+
+SDK_INTERNALS_CHECKED: tuple[str, str] = ("1.43", "1.45")
+"""The first and last ``opentelemetry-api``/``-sdk`` minor versions that the
+``_sdk_*`` functions of this module were checked against."""
+
+
+def _sdk_is_unset_global_meter_provider(provider: object) -> bool:
+    """True for the API's stand-in global meter provider (none has been set yet).
+
+    The API publishes that stand-in for traces (``ProxyTracerProvider``) but keeps the
+    one for metrics private (``opentelemetry.metrics._internal._ProxyMeterProvider``).
+    Should it go, only an SDK ``MeterProvider`` counts as one that records.
+    """
+    from opentelemetry.metrics import _internal
+
+    proxy = getattr(_internal, "_ProxyMeterProvider", None)
+    if isinstance(proxy, type):
+        return isinstance(provider, proxy)
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    return isinstance(provider, otel_metrics.MeterProvider) and not isinstance(
+        provider, MeterProvider
+    )
+
+
+def _sdk_drops_unsampled_children(sampler: object) -> bool:
+    """True when ``sampler`` never records a span whose parent (remote or local) was not
+    sampled, so that hms-bus may skip asking for such a span at all.
+
+    That is a ``ParentBased`` sampler (the SDK's default, and what ``OTEL_TRACES_SAMPLER``
+    names but ``always_on``, ``always_off`` and ``traceidratio`` give) whose delegates
+    for unsampled parents are ``ALWAYS_OFF``. ``ParentBased`` keeps its delegates in
+    private attributes (``_remote_parent_not_sampled``, ``_local_parent_not_sampled``).
+    Should they go, the answer is False: the SDK decides each span, as usual.
+    """
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, StaticSampler
 
     if not isinstance(sampler, ParentBased):
         return False
     for name in ("_remote_parent_not_sampled", "_local_parent_not_sampled"):
         delegate = getattr(sampler, name, None)
-        if not isinstance(delegate, StaticSampler) or delegate._decision is not Decision.DROP:
+        always_off = delegate is ALWAYS_OFF or (
+            type(delegate) is StaticSampler and delegate.get_description() == "AlwaysOffSampler"
+        )
+        if not always_off:
             return False
     return True
-
-
-def _is_noop(provider: object) -> bool:
-    return isinstance(
-        provider,
-        otel_trace.ProxyTracerProvider
-        | otel_trace.NoOpTracerProvider
-        | otel_metrics.NoOpMeterProvider
-        | otel_metrics._internal._ProxyMeterProvider,
-    )
 
 
 # -- setup from the environment --------------------------------------------------------
@@ -533,10 +676,10 @@ def configure_from_environment(service_name: str, *, prometheus: bool = False) -
         from opentelemetry.sdk.resources import Resource
 
         attributes: dict[str, Any] = {}
-        if not os.environ.get("OTEL_SERVICE_NAME") and "service.name=" not in os.environ.get(
-            "OTEL_RESOURCE_ATTRIBUTES", ""
+        if not os.environ.get("OTEL_SERVICE_NAME") and f"{Attr.SERVICE_NAME}=" not in (
+            os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
         ):
-            attributes["service.name"] = service_name
+            attributes[Attr.SERVICE_NAME] = service_name
         resource = Resource.create(attributes)
         if want_traces:
             from opentelemetry.sdk.trace import TracerProvider

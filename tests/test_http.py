@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route
 
-from hms_bus._http import MAX_HEAD, StatusServer
+from hms_bus._http import StatusServer, status_app
 from hms_bus._prometheus import CONTENT_TYPE, PrometheusReader
 
 
@@ -46,55 +51,32 @@ def probe() -> Probe:
 
 @pytest.fixture
 async def server(probe: Probe) -> AsyncIterator[StatusServer]:
-    async with StatusServer(
-        "127.0.0.1", 0, health=probe.health, metrics=probe.metrics, timeout=0.5
-    ) as server:
+    async with StatusServer("127.0.0.1", 0, health=probe.health, metrics=probe.metrics) as server:
         yield server
 
 
-async def exchange(port: int, raw: bytes) -> bytes:
-    """Send ``raw`` and read until the server closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(raw)
-        return await reader.read()
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+@pytest.fixture
+async def client(server: StatusServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        yield client
 
 
-async def request(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers (names in lower case) and body of the response to ``raw``."""
-    head, _, body = (await exchange(port, raw)).partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    assert status_line.startswith("HTTP/1.1 ")
-    headers = dict(line.split(": ", 1) for line in lines)
-    headers = {name.lower(): value for name, value in headers.items()}
-    assert headers["connection"] == "close"
-    assert int(headers["content-length"]) == len(body) or not body
-    return int(status_line.split()[1]), headers, body
-
-
-def get(path: str, method: str = "GET", extra: str = "") -> bytes:
-    return f"{method} {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
-
-
-async def test_healthz_is_200_with_json_when_healthy(server: StatusServer) -> None:
-    status, headers, body = await request(server.port, get("/healthz"))
-    assert status == 200
-    assert headers["content-type"] == "application/json"
-    assert orjson.loads(body) == {"status": "ok", "lag": 3}
+async def test_healthz_is_200_with_json_when_healthy(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["cache-control"] == "no-store"
+    assert orjson.loads(response.content) == {"status": "ok", "lag": 3}
 
 
 async def test_healthz_is_503_with_the_same_json_when_not(
-    server: StatusServer, probe: Probe
+    client: httpx.AsyncClient, probe: Probe
 ) -> None:
     probe.healthy = False
-    status, headers, body = await request(server.port, get("/healthz"))
-    assert status == 503
-    assert headers["content-type"] == "application/json"
-    assert orjson.loads(body) == {"status": "stalled", "lag": 3}
+    response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/json"
+    assert orjson.loads(response.content) == {"status": "stalled", "lag": 3}
 
 
 async def test_a_query_string_is_ignored_and_urllib_understands_the_answer(
@@ -108,13 +90,14 @@ async def test_a_query_string_is_ignored_and_urllib_understands_the_answer(
     assert await asyncio.to_thread(fetch) == (200, "application/json", b'{"status":"ok","lag":3}')
 
 
-async def test_metrics_serves_the_exposition(server: StatusServer) -> None:
-    status, headers, body = await request(server.port, get("/metrics"))
-    assert (status, headers["content-type"], body) == (
+async def test_metrics_serves_the_exposition(client: httpx.AsyncClient) -> None:
+    response = await client.get("/metrics")
+    assert (response.status_code, response.headers["content-type"], response.content) == (
         200,
         CONTENT_TYPE,
         b"# TYPE up gauge\nup 1\n",
     )
+    assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def test_metrics_of_a_real_meter_provider() -> None:
@@ -124,121 +107,55 @@ async def test_metrics_of_a_real_meter_provider() -> None:
     )
     try:
         provider.get_meter("hms_bus").create_counter("hms.steps").add(2, {"step": "a"})
-        async with StatusServer(
-            "127.0.0.1", 0, health=lambda: (True, {}), metrics=reader.render
-        ) as server:
-            status, _, body = await request(server.port, get("/metrics"))
+        async with (
+            StatusServer("127.0.0.1", 0, health=lambda: (True, {}), metrics=reader.render) as s,
+            httpx.AsyncClient() as client,
+        ):
+            response = await client.get(f"http://127.0.0.1:{s.port}/metrics")
     finally:
         provider.shutdown()
-    assert status == 200
-    assert body == (
-        b'# TYPE hms_steps_total counter\nhms_steps_total{step="a",otel_scope_name="hms_bus"} 2\n'
-    )
+    assert response.status_code == 200
+    assert "# TYPE hms_steps_total counter\n" in response.text
+    assert 'hms_steps_total{otel_scope_name="hms_bus",' in response.text
+    assert 'step="a"} 2.0\n' in response.text
 
 
 async def test_without_metrics_it_is_404() -> None:
-    async with StatusServer("127.0.0.1", 0, health=lambda: (True, {})) as server:
-        status, _, _ = await request(server.port, get("/metrics"))
-    assert status == 404
-
-
-async def test_head_has_the_headers_of_get_and_no_body(server: StatusServer) -> None:
-    status, headers, body = await request(server.port, get("/healthz", "HEAD"))
-    assert (status, headers["content-type"], body) == (200, "application/json", b"")
-    assert headers["content-length"] == str(len(b'{"status":"ok","lag":3}'))
-
-
-async def test_other_methods_are_405_and_a_body_is_ignored(server: StatusServer) -> None:
-    raw = get("/healthz", "POST", "Content-Length: 5\r\n") + b"hello"
-    status, headers, _ = await request(server.port, raw)
-    assert (status, headers["allow"]) == (405, "GET, HEAD")
-    status, _, _ = await request(
-        server.port, get("/healthz", "GET", "Content-Length: 3\r\n") + b"abc"
-    )
-    assert status == 200
-
-
-@pytest.mark.parametrize("path", ["/", "/healthz/", "/health", "/metrics.txt", "*"])
-async def test_unknown_paths_are_404(server: StatusServer, path: str) -> None:
-    status, _, body = await request(server.port, get(path))
-    assert (status, body) == (404, b"not found\n")
-
-
-async def test_other_spellings_of_a_request_are_understood(server: StatusServer) -> None:
-    for raw in (
-        b"GET /healthz HTTP/1.0\r\n\r\n",
-        b"GET /healthz HTTP/1.1\nHost: test\n\n",  # bare LF
-        b"\r\nGET http://test/healthz HTTP/1.1\r\nHost: test\r\n\r\n",  # absolute form
+    async with (
+        StatusServer("127.0.0.1", 0, health=lambda: (True, {})) as server,
+        httpx.AsyncClient() as client,
     ):
-        status, _, _ = await request(server.port, raw)
-        assert status == 200, raw
+        response = await client.get(f"http://127.0.0.1:{server.port}/metrics")
+    assert response.status_code == 404
 
 
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"garbage\r\n\r\n",
-        b"GET /healthz\r\n\r\n",
-        b"GET /healthz HTTP/2.0\r\n\r\n",
-        b"GET  /healthz HTTP/1.1\r\n\r\n",
-        b"G(T /healthz HTTP/1.1\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nno colon\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nHost : test\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nHost: test\r\n folded\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n",
-        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # TLS hello, more or less
-        b"GET /healthz HTTP/1.1\r\n",  # then closes its side
-    ],
-)
-async def test_malformed_requests_are_400(server: StatusServer, raw: bytes) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    try:
-        writer.write(raw)
-        writer.write_eof()
-        response = await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n"), response
+async def test_head_has_the_headers_of_get_and_no_body(client: httpx.AsyncClient) -> None:
+    for path in ("/healthz", "/metrics"):
+        get, head = await client.get(path), await client.head(path)
+        assert (head.status_code, head.content) == (200, b"")
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert head.headers["content-length"] == str(len(get.content))
 
 
-async def test_a_request_head_over_the_limit_is_431(server: StatusServer) -> None:
-    long_line = get("/healthz?" + "x" * MAX_HEAD)
-    many_headers = get("/healthz", extra="".join(f"X-{n}: {'y' * 60}\r\n" for n in range(200)))
-    for raw in (long_line, many_headers):
-        status, _, _ = await request(server.port, raw)
-        assert status == 431
+async def test_other_methods_are_405(client: httpx.AsyncClient) -> None:
+    response = await client.post("/healthz", content=b"hello")
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    assert (await client.get("/healthz")).status_code == 200
 
 
-async def test_a_client_that_sends_nothing_is_dropped_after_the_timeout(
-    server: StatusServer,
-) -> None:
-    started = time.monotonic()
-    assert await exchange(server.port, b"") == b""
-    assert await exchange(server.port, b"GET /healthz HTTP/1.1\r\n") == b""  # never finishes
-    assert 0.9 < time.monotonic() - started < 5
-    status, _, _ = await request(server.port, get("/healthz"))
-    assert status == 200
-
-
-async def test_a_client_that_leaves_early_costs_nothing(server: StatusServer) -> None:
-    for raw in (b"", b"GET /hea", get("/healthz", "POST", "Content-Length: 100\r\n") + b"abc"):
-        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(raw)
-        writer.close()
-        await writer.wait_closed()
-    status, _, _ = await request(server.port, get("/healthz"))
-    assert status == 200
+@pytest.mark.parametrize("path", ["/", "/healthz/x", "/health", "/metrics.txt"])
+async def test_unknown_paths_are_404(client: httpx.AsyncClient, path: str) -> None:
+    assert (await client.get(path)).status_code == 404
 
 
 async def test_an_exception_in_health_or_metrics_is_500_and_logged(
-    server: StatusServer, probe: Probe, caplog: pytest.LogCaptureFixture
+    client: httpx.AsyncClient, probe: Probe, caplog: pytest.LogCaptureFixture
 ) -> None:
     probe.fail = RuntimeError("store is gone")
     with caplog.at_level(logging.ERROR, logger="hms_bus.http"):
-        assert (await request(server.port, get("/healthz")))[0] == 500
-        assert (await request(server.port, get("/metrics")))[0] == 500
+        assert (await client.get("/healthz")).status_code == 500
+        assert (await client.get("/metrics")).status_code == 500
     errors = [r for r in caplog.records if r.name == "hms_bus.http"]
     assert [r.getMessage() for r in errors] == [
         "HTTP GET /healthz failed",
@@ -246,32 +163,41 @@ async def test_an_exception_in_health_or_metrics_is_500_and_logged(
     ]
     assert all(r.exc_info and r.exc_info[1] is probe.fail for r in errors)
     probe.fail = None
-    assert (await request(server.port, get("/healthz")))[0] == 200
+    assert (await client.get("/healthz")).status_code == 200
 
 
-async def test_an_unserializable_health_is_500(probe: Probe) -> None:
-    async with StatusServer("127.0.0.1", 0, health=lambda: (True, {1j: "x"})) as server:
-        assert (await request(server.port, get("/healthz")))[0] == 500
+async def test_an_unserializable_health_is_500(caplog: pytest.LogCaptureFixture) -> None:
+    async with (
+        StatusServer("127.0.0.1", 0, health=lambda: (True, {1j: "x"})) as server,  # type: ignore[dict-item]
+        httpx.AsyncClient() as client,
+    ):
+        with caplog.at_level(logging.ERROR, logger="hms_bus.http"):
+            response = await client.get(f"http://127.0.0.1:{server.port}/healthz")
+    assert response.status_code == 500
 
 
 async def test_several_clients_at_once(server: StatusServer, probe: Probe) -> None:
     idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(5)]
     try:
-        results = await asyncio.gather(*(request(server.port, get("/healthz")) for _ in range(20)))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            results = await asyncio.gather(*(client.get("/healthz") for _ in range(20)))
     finally:
         for _, writer in idle:
             writer.close()
             await writer.wait_closed()
-    assert [status for status, _, _ in results] == [200] * 20
+    assert [r.status_code for r in results] == [200] * 20
     assert probe.calls == 20
 
 
-async def test_close_drops_connected_clients_without_waiting_for_the_timeout(probe: Probe) -> None:
+async def test_close_drops_connected_clients_at_once(probe: Probe) -> None:
     server = StatusServer("127.0.0.1", 0, health=probe.health, timeout=30)
     await server.start()
     port = server.port
+    # One client in the middle of its request, one idle on a kept-alive connection.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    kept = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}")
     try:
+        assert (await kept.get("/healthz")).headers.get("connection") != "close"
         writer.write(b"GET /healthz HTTP/1.1\r\n")
         await writer.drain()
         await asyncio.sleep(0.05)  # the server is now reading the headers
@@ -279,8 +205,9 @@ async def test_close_drops_connected_clients_without_waiting_for_the_timeout(pro
         await server.close()
         assert time.monotonic() - started < 1
         with contextlib.suppress(ConnectionError):
-            assert await reader.read() == b""
+            assert await asyncio.wait_for(reader.read(), 1) == b""
     finally:
+        await kept.aclose()
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
@@ -294,3 +221,47 @@ async def test_port_before_start_is_an_error(probe: Probe) -> None:
     with pytest.raises(RuntimeError, match="not started"):
         _ = server.port
     await server.close()
+
+
+async def test_a_port_in_use_is_an_oserror_from_start(server: StatusServer, probe: Probe) -> None:
+    other = StatusServer("127.0.0.1", server.port, health=probe.health)
+    with pytest.raises(OSError):
+        await other.start()
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = other.port
+    await other.close()
+
+
+async def test_the_cli_keeps_its_signal_handlers(probe: Probe) -> None:
+    """uvicorn must not take SIGTERM or SIGINT over: the CLI drains the roles on them."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    async with StatusServer("127.0.0.1", 0, health=probe.health) as server:
+        assert server.port > 0
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+async def test_more_routes_and_mounts_are_served_beside_health_and_metrics(
+    probe: Probe,
+) -> None:
+    async def hello(request: Request) -> Response:
+        return PlainTextResponse(f"hello {request.path_params['name']}")
+
+    console = status_app(health=lambda: (False, {"console": True}))
+    server = StatusServer(
+        "127.0.0.1",
+        0,
+        health=probe.health,
+        routes=[Route("/hello/{name}", hello), Mount("/console", console)],
+    )
+    async with server, httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        assert (await client.get("/hello/ada")).text == "hello ada"
+        nested = await client.get("/console/healthz")
+        assert (nested.status_code, nested.json()) == (503, {"console": True})
+        assert (await client.get("/healthz")).status_code == 200
+        server.app.add_route("/later", hello_later)  # added while serving
+        assert (await client.get("/later")).text == "later"
+
+
+async def hello_later(request: Request) -> Response:
+    return PlainTextResponse("later")

@@ -1,68 +1,25 @@
-"""Prometheus text exposition of OpenTelemetry metrics (hms_bus._prometheus)."""
+"""Prometheus exposition of OpenTelemetry metrics (hms_bus._prometheus).
+
+The conversion itself is opentelemetry-exporter-prometheus's; these tests pin what
+hms-bus's users scrape: the names, types, labels and buckets of its families, and that
+each reader exposes only its own provider's metrics.
+"""
 
 from __future__ import annotations
 
-import logging
-import math
-import re
+import threading
 from collections.abc import Iterator
 
 import pytest
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    Gauge,
-    Metric,
-    MetricsData,
-    NumberDataPoint,
-    ResourceMetrics,
-    ScopeMetrics,
-    Sum,
-)
-from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.util.types import Attributes
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
-from hms_bus._prometheus import CONTENT_TYPE, PrometheusReader, metric_name, render
-
-# -- a checker of the exposition format (text format 0.0.4) ------------------------------------
-
-_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_LABEL_VALUE = r'"(?:[^"\\\n]|\\[\\"n])*"'
-_LABEL = rf"[a-zA-Z_][a-zA-Z0-9_]*={_LABEL_VALUE}"
-_VALUE = r"(?:[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]Inf|NaN)"
-_HELP = re.compile(rf"# HELP ({_NAME}) (?:[^\\\n]|\\[\\n])*")
-_TYPE = re.compile(rf"# TYPE ({_NAME}) (counter|gauge|histogram|summary|untyped)")
-_SAMPLE = re.compile(rf"({_NAME})(\{{{_LABEL}(?:,{_LABEL})*\}})? {_VALUE}")
-_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count")}
-
-
-def check_exposition(text: str) -> None:
-    """Fail unless ``text`` is a valid exposition: its grammar, one HELP and TYPE per family,
-    samples under their family's TYPE, no series twice, no label twice in a series."""
-    assert text == "" or text.endswith("\n")
-    family, kind, headers, series = "", "", set(), set()
-    for line in text.splitlines():
-        if m := _HELP.fullmatch(line) or _TYPE.fullmatch(line):
-            header = (line[2:6], m[1])
-            assert header not in headers, f"second {header}"
-            headers.add(header)
-            if m.re is _TYPE:
-                family, kind = m[1], m[2]
-        elif m := _SAMPLE.fullmatch(line):
-            assert m[1] in (family + suffix for suffix in _SUFFIXES.get(kind, ("",))), line
-            key = line.rpartition(" ")[0]
-            assert key not in series, f"duplicate series: {line}"
-            series.add(key)
-            names = re.findall(rf"([a-zA-Z_][a-zA-Z0-9_]*)={_LABEL_VALUE}", m[2] or "")
-            assert len(names) == len(set(names)), line
-        else:
-            pytest.fail(f"not an exposition line: {line!r}")
-
-
-# -- a real MeterProvider ----------------------------------------------------------------------
+from hms_bus._prometheus import CONTENT_TYPE, PrometheusReader
+from hms_bus._telemetry import Telemetry
 
 
 @pytest.fixture
@@ -75,44 +32,55 @@ def provider(reader: PrometheusReader) -> Iterator[MeterProvider]:
     provider = MeterProvider(
         metric_readers=[reader],
         resource=Resource({"service.name": "hms-test", "k8s.pod.name": 'pod "1"'}),
-        views=[View(instrument_name="*.expo", aggregation=ExponentialBucketHistogramAggregation())],
         shutdown_on_exit=False,
     )
     yield provider
     provider.shutdown()
 
 
-def meter(provider: MeterProvider, name: str = "hms_bus", version: str | None = "1.0") -> Meter:
-    return provider.get_meter(name, version)
+def meter(provider: MeterProvider) -> Meter:
+    return provider.get_meter("hms_bus", "1.0")
 
 
-TARGET = """\
-# HELP target_info Target metadata
-# TYPE target_info gauge
-target_info{k8s_pod_name="pod \\"1\\"",service_name="hms-test"} 1
-"""
+def families(text: str) -> dict[str, tuple[str, str, list[Sample]]]:
+    """Family name -> (type, help, samples), as prometheus_client reads ``text``."""
+    return {
+        f.name: (f.type, f.documentation, f.samples) for f in text_string_to_metric_families(text)
+    }
 
-SCOPE = 'otel_scope_name="hms_bus",otel_scope_version="1.0"'
+
+def labels(sample: Sample) -> dict[str, str]:
+    """The sample's labels without the scope's."""
+    return {k: v for k, v in sample.labels.items() if not k.startswith("otel_scope_")}
 
 
 def test_a_counter_is_a_counter_with_total_and_its_attributes_as_labels(
     provider: MeterProvider, reader: PrometheusReader
 ) -> None:
     steps = meter(provider).create_counter("hms.steps", unit="{step}", description="Steps run.")
-    steps.add(2, {"step": "a", "ok": True})
-    steps.add(3, {"step": "a", "ok": True})
-    steps.add(1, {"step": "b", "ok": False})
+    steps.add(2, {"hms.step": "a", "ok": True})
+    steps.add(3, {"hms.step": "a", "ok": True})
+    steps.add(1, {"hms.step": "b", "ok": False})
     text = reader.render()
-    check_exposition(text)
-    assert text == TARGET + (
-        "# HELP hms_steps_total Steps run.\n"
-        "# TYPE hms_steps_total counter\n"
-        f'hms_steps_total{{ok="true",step="a",{SCOPE}}} 5\n'
-        f'hms_steps_total{{ok="false",step="b",{SCOPE}}} 1\n'
-    )
+    assert "# HELP hms_steps_total Steps run.\n# TYPE hms_steps_total counter\n" in text
+    type_, help_, samples = families(text)["hms_steps"]
+    assert (type_, help_) == ("counter", "Steps run.")
+    assert [(s.name, labels(s), s.value) for s in samples] == [
+        ("hms_steps_total", {"hms_step": "a", "ok": "true"}, 5),
+        ("hms_steps_total", {"hms_step": "b", "ok": "false"}, 1),
+    ]
+    scope = samples[0].labels
+    assert (scope["otel_scope_name"], scope["otel_scope_version"]) == ("hms_bus", "1.0")
 
 
-def test_an_up_down_counter_and_an_observable_gauge_are_gauges(
+def test_the_resource_is_target_info(provider: MeterProvider, reader: PrometheusReader) -> None:
+    meter(provider).create_counter("c").add(1)
+    (sample,) = families(reader.render())["target_info"][2]
+    assert sample.name == "target_info"
+    assert sample.labels == {"service_name": "hms-test", "k8s_pod_name": 'pod "1"'}
+
+
+def test_an_up_down_counter_and_an_observable_gauge_are_gauges_with_their_unit(
     provider: MeterProvider, reader: PrometheusReader
 ) -> None:
     def lag(options: CallbackOptions) -> list[Observation]:
@@ -122,20 +90,18 @@ def test_an_up_down_counter_and_an_observable_gauge_are_gauges(
     queued = m.create_up_down_counter("hms.queue-size", unit="By", description="Bytes queued.")
     queued.add(5)
     queued.add(-7)
-    m.create_observable_gauge("hms.consumer.lag", callbacks=[lag], unit="1")
-    text = reader.render()
-    check_exposition(text)
-    assert text == TARGET + (
-        "# HELP hms_queue_size_bytes Bytes queued.\n"
-        "# TYPE hms_queue_size_bytes gauge\n"
-        f"hms_queue_size_bytes{{{SCOPE}}} -2\n"
-        "# TYPE hms_consumer_lag gauge\n"
-        f'hms_consumer_lag{{partition="0",{SCOPE}}} 7\n'
-        f'hms_consumer_lag{{partition="1",{SCOPE}}} 0.25\n'
-    )
+    m.create_observable_gauge("hms.consumer.lag", callbacks=[lag], unit="{message}")
+    found = families(reader.render())
+    assert found["hms_queue_size_bytes"][0] == "gauge"
+    assert [s.value for s in found["hms_queue_size_bytes"][2]] == [-2]
+    assert found["hms_consumer_lag"][0] == "gauge"
+    assert [(labels(s), s.value) for s in found["hms_consumer_lag"][2]] == [
+        ({"partition": "0"}, 7),
+        ({"partition": "1"}, 0.25),
+    ]
 
 
-def test_a_histogram_has_cumulative_buckets_up_to_inf_then_sum_and_count(
+def test_a_histogram_has_cumulative_buckets_up_to_inf_then_count_and_sum(
     provider: MeterProvider, reader: PrometheusReader
 ) -> None:
     duration = meter(provider).create_histogram(
@@ -145,208 +111,118 @@ def test_a_histogram_has_cumulative_buckets_up_to_inf_then_sum_and_count(
         explicit_bucket_boundaries_advisory=[0.1, 1, 2.5],
     )
     for value in (0.25, 0.5, 0.05, 20):
-        duration.record(value, {"step": "a"})
-    duration.record(2.5, {"step": "b"})
-    text = reader.render()
-    check_exposition(text)
-    a, b = f'step="a",{SCOPE}', f'step="b",{SCOPE}'
-    assert text == TARGET + (
-        "# HELP hms_step_duration_seconds Step duration.\n"
-        "# TYPE hms_step_duration_seconds histogram\n"
-        f'hms_step_duration_seconds_bucket{{{a},le="0.1"}} 1\n'
-        f'hms_step_duration_seconds_bucket{{{a},le="1"}} 3\n'
-        f'hms_step_duration_seconds_bucket{{{a},le="2.5"}} 3\n'
-        f'hms_step_duration_seconds_bucket{{{a},le="+Inf"}} 4\n'
-        f"hms_step_duration_seconds_sum{{{a}}} 20.8\n"
-        f"hms_step_duration_seconds_count{{{a}}} 4\n"
-        f'hms_step_duration_seconds_bucket{{{b},le="0.1"}} 0\n'
-        f'hms_step_duration_seconds_bucket{{{b},le="1"}} 0\n'
-        f'hms_step_duration_seconds_bucket{{{b},le="2.5"}} 1\n'
-        f'hms_step_duration_seconds_bucket{{{b},le="+Inf"}} 1\n'
-        f"hms_step_duration_seconds_sum{{{b}}} 2.5\n"
-        f"hms_step_duration_seconds_count{{{b}}} 1\n"
-    )
+        duration.record(value, {"hms.step": "a"})
+    type_, _, samples = families(reader.render())["hms_step_duration_seconds"]
+    assert type_ == "histogram"
+    assert [(s.name, s.labels.get("le"), s.value) for s in samples] == [
+        ("hms_step_duration_seconds_bucket", "0.1", 1),
+        ("hms_step_duration_seconds_bucket", "1", 3),
+        ("hms_step_duration_seconds_bucket", "2.5", 3),
+        ("hms_step_duration_seconds_bucket", "+Inf", 4),
+        ("hms_step_duration_seconds_count", None, 4),
+        ("hms_step_duration_seconds_sum", None, 20.8),
+    ]
+    assert all(labels(s).get("hms_step") == "a" for s in samples)
 
 
-def test_label_values_and_help_are_escaped(
+def test_hms_bus_metrics_have_the_names_operators_scrape(
     provider: MeterProvider, reader: PrometheusReader
 ) -> None:
-    c = meter(provider).create_counter("c", description='A "quoted" \\ back\nslash.')
-    c.add(1, {"path": 'C:\\tmp\\"x"\nnext'})
-    text = reader.render()
-    check_exposition(text)
-    assert '# HELP c_total A "quoted" \\\\ back\\nslash.\n' in text
-    assert f'c_total{{path="C:\\\\tmp\\\\\\"x\\"\\nnext",{SCOPE}}} 1\n' in text
-
-
-def test_label_names_are_sanitized_and_colliding_ones_joined(
-    provider: MeterProvider, reader: PrometheusReader
-) -> None:
-    g = meter(provider).create_up_down_counter("g")
-    g.add(1, {"http.method": "GET", "http_method": "POST", "1st": "x", "__x": "y", "a-b c": 1.5})
-    text = reader.render()
-    check_exposition(text)
-    assert f'g{{_1st="x",_x="y",a_b_c="1.5",http_method="GET;POST",{SCOPE}}} 1\n' in text
-
-
-@pytest.mark.parametrize(
-    ("name", "unit", "counter", "expected"),
-    [
-        ("http.server.request.duration", "s", False, "http_server_request_duration_seconds"),
-        ("hms.steps", "{step}", True, "hms_steps_total"),
-        ("hms.steps_total", "", True, "hms_steps_total"),
-        ("requests", "1", True, "requests_total"),
-        ("2xx-responses", None, True, "_2xx_responses_total"),
-        ("latency_seconds", "s", False, "latency_seconds"),
-        ("wait.seconds_total", "s", True, "wait_seconds_total"),
-        ("net.io", "By/s", True, "net_io_bytes_per_second_total"),
-        ("rate", "{request}/s", False, "rate_per_second"),
-        ("cache.size", "MiBy", False, "cache_size_mebibytes"),
-        ("a..b--c__d", "ms", False, "a_b_c_d_milliseconds"),
-        ("job:load", "%", False, "job:load_percent"),
-        ("speed", "km/h", False, "speed_km_per_hour"),
-        ("temp", "Cel", False, "temp_celsius"),
-    ],
-)
-def test_metric_names(name: str, unit: str | None, counter: bool, expected: str) -> None:
-    assert metric_name(name, unit, counter=counter) == expected
-
-
-def test_the_same_metric_from_two_scopes_is_one_family(
-    provider: MeterProvider, reader: PrometheusReader, caplog: pytest.LogCaptureFixture
-) -> None:
-    meter(provider, "one", None).create_counter("jobs", description="Jobs.").add(1, {"k": "v"})
-    meter(provider, "two", "2").create_counter("jobs", description="Other.").add(2, {"k": "v"})
-    meter(provider, "two", "2").create_counter("jobs.total").add(4, {"k": "w"})
-    meter(provider, "three").create_gauge("jobs_total").set(3)  # a gauge of the same name
-    with caplog.at_level(logging.WARNING, logger="hms_bus.prometheus"):
+    tel = Telemetry(service_name="x", system="memory", meter_provider=provider)
+    step = tel.attrs("hms.workflow", "wf", "hms.step", "a")
+    tel.step_duration.record(0.2, {**step, "hms.outcome": "succeeded"})
+    tel.workflow_duration.record(1.5, {"hms.workflow": "wf", "hms.status": "completed"})
+    tel.retries.add(1, step)
+    tel.sla_breaches.add(1, step)
+    tel.stuck_steps.add(1, step)
+    tel.dead_letters.add(1, {"messaging.destination.name": "wf.a"})
+    tel.observe_in_flight(lambda: [(2, {})])
+    tel.observe_lag(lambda: [(4, {"hms.role": "worker", "messaging.destination.name": "wf.a"})])
+    tel.observe_processes(lambda: [(1, {"state": "live"}), (0, {"state": "down"})])
+    try:
         text = reader.render()
-    check_exposition(text)
-    assert text == TARGET + (
-        "# HELP jobs_total Jobs.\n"
-        "# TYPE jobs_total counter\n"
-        'jobs_total{k="v",otel_scope_name="one"} 1\n'
-        'jobs_total{k="v",otel_scope_name="two",otel_scope_version="2"} 2\n'
-        'jobs_total{k="w",otel_scope_name="two",otel_scope_version="2"} 4\n'
-    )
-    assert "dropping jobs_total: jobs_total is already a counter" in caplog.text
+    finally:
+        tel.forget_sources()
+    found = {name: type_ for name, (type_, _, _) in families(text).items()}
+    assert found == {
+        "target_info": "gauge",
+        "hms_step_duration_seconds": "histogram",
+        "hms_workflow_duration_seconds": "histogram",
+        "hms_step_retries": "counter",
+        "hms_sla_breaches": "counter",
+        "hms_steps_stuck": "counter",
+        "hms_dead_letters": "counter",
+        "hms_steps_in_flight": "gauge",
+        "hms_consumer_lag": "gauge",
+        "hms_processes": "gauge",
+    }
+    for line in (
+        "# TYPE hms_step_retries_total counter",
+        'hms_step_retries_total{hms_step="a",hms_workflow="wf",otel_scope_name="hms_bus"',
+        'hms_consumer_lag{hms_role="worker",messaging_destination_name="wf.a",',
+        'hms_step_duration_seconds_bucket{hms_outcome="succeeded",hms_step="a",hms_workflow="wf",'
+        'le="0.25",',
+        'hms_processes{otel_scope_name="hms_bus",otel_scope_schema_url="",otel_scope_version',
+    ):
+        assert line in text, line
 
-    data = _data(_sum("jobs", 1, {"k": "v"}, scope="one"), _sum("jobs", 2, {"k": "v"}, scope="two"))
-    assert render(data, scope_labels=False) == '# TYPE jobs_total counter\njobs_total{k="v"} 1\n'
+
+def test_each_reader_has_a_registry_of_its_own() -> None:
+    readers = [PrometheusReader(), PrometheusReader()]
+    providers = [
+        MeterProvider(metric_readers=[r], resource=Resource.get_empty(), shutdown_on_exit=False)
+        for r in readers
+    ]
+    try:
+        for n, provider in enumerate(providers):
+            meter(provider).create_counter("hms.step.retries").add(n + 1, {"n": str(n)})
+        texts = [r.render() for r in readers]
+        assert 'hms_step_retries_total{n="0",' in texts[0] and 'n="1"' not in texts[0]
+        assert 'hms_step_retries_total{n="1",' in texts[1] and 'n="0"' not in texts[1]
+        assert readers[0].registry is not readers[1].registry
+        assert REGISTRY.get_sample_value("hms_step_retries_total", {"n": "0"}) is None
+    finally:
+        for provider in providers:
+            provider.shutdown()
+    assert [r.render() for r in readers] == ["", ""], "shut down: unregistered"
+
+
+def test_a_given_registry_is_exposed_whole() -> None:
+    registry = CollectorRegistry()
+    Counter("legacy_jobs", "Jobs of the legacy collector.", registry=registry).inc()
+    reader = PrometheusReader(registry=registry)
+    provider = MeterProvider(
+        metric_readers=[reader], resource=Resource.get_empty(), shutdown_on_exit=False
+    )
+    try:
+        meter(provider).create_counter("hms.step.retries").add(1)
+        found = families(reader.render())
+    finally:
+        provider.shutdown()
+    assert {"legacy_jobs", "hms_step_retries"} <= set(found)
 
 
 def test_an_empty_provider_renders_an_empty_exposition(
     provider: MeterProvider, reader: PrometheusReader
 ) -> None:
     assert reader.render() == ""
-    meter(provider).create_counter("unused")
-    check_exposition(reader.render())
-    assert render(None) == "" == render(MetricsData(resource_metrics=[]))
     assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
 
 
-def test_exponential_histograms_are_skipped(
+def test_concurrent_renders_each_get_every_metric(
     provider: MeterProvider, reader: PrometheusReader
 ) -> None:
-    meter(provider).create_histogram("latency.expo", unit="s").record(1.5)
-    meter(provider).create_counter("kept").add(1)
-    text = reader.render()
-    check_exposition(text)
-    assert "expo" not in text
-    assert f"kept_total{{{SCOPE}}} 1\n" in text
+    meter(provider).create_counter("hms.step.retries").add(3)
+    texts: list[str] = []
 
+    def scrape() -> None:
+        for _ in range(20):
+            texts.append(reader.render())
 
-def test_values_and_attributes_are_spelled_as_prometheus_does() -> None:
-    data = _data(
-        *(
-            _gauge("g", value, {"v": repr(value)})
-            for value in (math.nan, math.inf, -math.inf, 1e20, 0.1, 3, 2.0, -0.0, 1.5e-7)
-        ),
-        _gauge(
-            "attrs",
-            1,
-            {"b": True, "i": 3, "f": 2.0, "s": ("a", "b"), "n": (1, 2.5), "m": {"x": [1]}},
-        ),
-    )
-    text = render(data)
-    check_exposition(text)
-    assert text == (
-        "# TYPE g gauge\n"
-        'g{v="nan",otel_scope_name="s"} NaN\n'
-        'g{v="inf",otel_scope_name="s"} +Inf\n'
-        'g{v="-inf",otel_scope_name="s"} -Inf\n'
-        'g{v="1e+20",otel_scope_name="s"} 1e+20\n'
-        'g{v="0.1",otel_scope_name="s"} 0.1\n'
-        'g{v="3",otel_scope_name="s"} 3\n'
-        'g{v="2.0",otel_scope_name="s"} 2\n'
-        'g{v="-0.0",otel_scope_name="s"} 0\n'
-        'g{v="1.5e-07",otel_scope_name="s"} 1.5e-07\n'
-        "# TYPE attrs gauge\n"
-        'attrs{b="true",f="2",i="3",m="{\\"x\\":[1]}",n="[1,2.5]",'
-        's="[\\"a\\",\\"b\\"]",otel_scope_name="s"} 1\n'
-    )
-
-
-def test_delta_sums_are_skipped() -> None:
-    delta = _sum("d", 1, {}, temporality=AggregationTemporality.DELTA)
-    assert render(_data(delta, _sum("c", 1, {}))) == (
-        '# TYPE c_total counter\nc_total{otel_scope_name="s"} 1\n'
-    )
-
-
-def test_prometheus_client_parses_the_output(
-    provider: MeterProvider, reader: PrometheusReader
-) -> None:
-    parser = pytest.importorskip("prometheus_client.parser")
-    m = meter(provider)
-    m.create_counter("hms.steps").add(1, {"step": 'x"\n'})
-    m.create_histogram("hms.wait", unit="ms").record(3)
-    m.create_up_down_counter("hms.inflight").add(2)
-    families = {f.name: f for f in parser.text_string_to_metric_families(reader.render())}
-    assert families["hms_steps"].type == "counter"
-    assert families["hms_steps"].samples[0].labels["step"] == 'x"\n'
-    assert families["hms_wait_milliseconds"].type == "histogram"
-    assert families["hms_inflight"].samples[0].value == 2
-
-
-# -- hand-made MetricsData ---------------------------------------------------------------------
-
-
-def _point(value: float, attributes: Attributes) -> NumberDataPoint:
-    return NumberDataPoint(
-        attributes=attributes, start_time_unix_nano=0, time_unix_nano=1, value=value
-    )
-
-
-def _gauge(name: str, value: float, attributes: Attributes) -> tuple[str, Metric]:
-    return "s", Metric(name, None, None, Gauge(data_points=[_point(value, attributes)]))
-
-
-def _sum(
-    name: str,
-    value: float,
-    attributes: Attributes,
-    *,
-    scope: str = "s",
-    temporality: AggregationTemporality = AggregationTemporality.CUMULATIVE,
-) -> tuple[str, Metric]:
-    data = Sum([_point(value, attributes)], temporality, is_monotonic=True)
-    return scope, Metric(name, None, None, data)
-
-
-def _data(*metrics: tuple[str, Metric]) -> MetricsData:
-    """One empty resource with ``metrics``, each in the scope of that name."""
-    scopes: dict[str, list[Metric]] = {}
-    for scope, metric in metrics:
-        scopes.setdefault(scope, []).append(metric)
-    return MetricsData(
-        [
-            ResourceMetrics(
-                resource=Resource.get_empty(),
-                scope_metrics=[
-                    ScopeMetrics(InstrumentationScope(name), ms, "") for name, ms in scopes.items()
-                ],
-                schema_url="",
-            )
-        ]
-    )
+    threads = [threading.Thread(target=scrape) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(texts) == 80
+    assert all("hms_step_retries_total{" in text for text in texts)

@@ -7,13 +7,17 @@ own process; on the Kafka backends they talk over the real test broker.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import itertools
 from collections import defaultdict
 from typing import Any
 
 import pytest
 from conftest import MakeMgmt, eventually, transport
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -24,7 +28,15 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 import hms_bus
 from hms_bus._events import WorkflowStarted, encode_line
-from hms_bus._telemetry import Telemetry, _fast_extract
+from hms_bus._telemetry import (
+    SDK_INTERNALS_CHECKED,
+    Attr,
+    Telemetry,
+    _fast_extract,
+    _sdk_drops_unsampled_children,
+    _sdk_is_unset_global_meter_provider,
+    _w3c_only,
+)
 from hms_bus.transport import Outgoing
 
 
@@ -437,3 +449,171 @@ async def test_managements_sharing_a_meter_provider_share_its_instruments(
     assert set(lag_roles) == {"worker", "coordinator", "projector", "monitor"}
     assert "has been created already" not in caplog.text
     assert points(reader, "hms.consumer.lag") == {}, "closed Managements are not observed"
+
+
+# -- attribute names -----------------------------------------------------------------------
+
+
+def test_attribute_names_are_the_semantic_conventions_and_stay_as_documented() -> None:
+    """The names on spans and series are a contract with dashboards: a new
+    opentelemetry-semantic-conventions that renamed one must not rename it silently."""
+    assert {name: value for name, value in vars(Attr).items() if name.isupper()} == {
+        "MESSAGING_SYSTEM": "messaging.system",
+        "MESSAGING_OPERATION_TYPE": "messaging.operation.type",
+        "MESSAGING_OPERATION_NAME": "messaging.operation.name",
+        "MESSAGING_DESTINATION_NAME": "messaging.destination.name",
+        "MESSAGING_DESTINATION_PARTITION_ID": "messaging.destination.partition.id",
+        "MESSAGING_KAFKA_OFFSET": "messaging.kafka.offset",
+        "MESSAGING_CONSUMER_GROUP_NAME": "messaging.consumer.group.name",
+        "MESSAGING_MESSAGE_ID": "messaging.message.id",
+        "ERROR_TYPE": "error.type",
+        "SERVICE_NAME": "service.name",
+        "SEND": "send",
+        "PROCESS": "process",
+        "HMS_WORKFLOW": "hms.workflow",
+        "HMS_WORKFLOW_ID": "hms.workflow_id",
+        "HMS_STEP": "hms.step",
+        "HMS_SEQ": "hms.seq",
+        "HMS_ATTEMPT": "hms.attempt",
+        "HMS_OUTCOME": "hms.outcome",
+        "HMS_STATUS": "hms.status",
+        "HMS_TRANSITION": "hms.transition",
+        "HMS_DUPLICATE": "hms.duplicate",
+        "HMS_ROLE": "hms.role",
+        "STATE": "state",
+    }
+    tel = Telemetry(service_name="x", system="kafka")
+    assert tel.messaging("wf.a", "publish", Attr.SEND) == {
+        "messaging.system": "kafka",
+        "messaging.destination.name": "wf.a",
+        "messaging.operation.name": "publish",
+        "messaging.operation.type": "send",
+    }
+
+
+# -- the propagator shortcut (public API only) ---------------------------------------------
+
+
+class _B3Like(TextMapPropagator):
+    """A propagator of other headers."""
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+        return context
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+        carrier["b3"] = "1"
+
+    @property
+    def fields(self) -> set[str]:
+        return {"b3"}
+
+
+class _OddTraceparent(TraceContextTextMapPropagator):
+    """Uses the W3C header, but writes it its own way."""
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+        carrier["traceparent"] = "01-odd"
+
+
+@pytest.mark.parametrize(
+    ("textmap", "fast"),
+    [
+        (CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()]), True),
+        (CompositePropagator([TraceContextTextMapPropagator()]), True),
+        (TraceContextTextMapPropagator(), True),
+        (CompositePropagator([W3CBaggagePropagator()]), False),
+        (CompositePropagator([TraceContextTextMapPropagator(), _B3Like()]), False),
+        (_OddTraceparent(), False),
+    ],
+)
+def test_trace_headers_are_written_directly_only_for_w3c_propagators(
+    textmap: TextMapPropagator, fast: bool
+) -> None:
+    saved = propagate.get_global_textmap()
+    propagate.set_global_textmap(textmap)
+    try:
+        assert _w3c_only() is fast
+        tp, _ = tracer()
+        tel = Telemetry(service_name="x", system="memory", tracer_provider=tp)
+        span = tel.span("s", kind=SpanKind.PRODUCER, parent=None, attributes=None)
+        headers = dict(tel.inject(span))
+        span.end()
+        expected: dict[str, str] = {}
+        textmap.inject(expected, context=trace.set_span_in_context(span))
+        assert {k: v.decode() for k, v in headers.items()} == expected
+    finally:
+        propagate.set_global_textmap(saved)
+    assert _w3c_only() is True, "the default propagators"
+
+
+# -- the OpenTelemetry internals adapter, pinned to the SDK versions it was read against ---
+
+
+def _require_checked_sdk(function: str) -> None:
+    first, last = (tuple(int(n) for n in v.split(".")) for v in SDK_INTERNALS_CHECKED)
+    for package in ("opentelemetry-api", "opentelemetry-sdk"):
+        installed = importlib.metadata.version(package)
+        minor = tuple(int(n) for n in installed.split(".")[:2])
+        assert first <= minor <= last, (
+            f"{package} {installed} is outside {'–'.join(SDK_INTERNALS_CHECKED)}, the versions "
+            f"hms_bus._telemetry.{function} was checked against: re-read the SDK internals it "
+            "uses (see its docstring), then widen SDK_INTERNALS_CHECKED"
+        )
+
+
+def test_sdk_adapter_unset_global_meter_provider() -> None:
+    _require_checked_sdk("_sdk_is_unset_global_meter_provider")
+    from opentelemetry.metrics import _internal
+
+    assert isinstance(_internal._ProxyMeterProvider, type), "the stand-in class has moved"
+    stand_in = _internal._ProxyMeterProvider()
+    assert _sdk_is_unset_global_meter_provider(stand_in) is True
+    assert _sdk_is_unset_global_meter_provider(MeterProvider(shutdown_on_exit=False)) is False
+    assert Telemetry(service_name="x", system="memory", meter_provider=stand_in).metrics is False
+
+
+def test_sdk_adapter_drops_unsampled_children() -> None:
+    _require_checked_sdk("_sdk_drops_unsampled_children")
+    from opentelemetry.sdk.trace.sampling import (
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        DEFAULT_ON,
+        Decision,
+        ParentBased,
+        ParentBasedTraceIdRatio,
+        StaticSampler,
+        TraceIdRatioBased,
+    )
+
+    default = ParentBased(ALWAYS_ON)
+    assert default._remote_parent_not_sampled is ALWAYS_OFF, "ParentBased's delegates moved"
+    assert default._local_parent_not_sampled is ALWAYS_OFF, "ParentBased's delegates moved"
+    drops = {
+        "default": DEFAULT_ON,
+        "parentbased_traceidratio": ParentBasedTraceIdRatio(0.1),
+        "own always-off": ParentBased(
+            ALWAYS_ON, local_parent_not_sampled=StaticSampler(Decision.DROP)
+        ),
+    }
+    keeps = {
+        "always_on": ALWAYS_ON,
+        "traceidratio": TraceIdRatioBased(0.5),
+        "records unsampled remote": ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON),
+        "samples unsampled local": ParentBased(
+            ALWAYS_ON, local_parent_not_sampled=TraceIdRatioBased(0.5)
+        ),
+    }
+    assert {name: _sdk_drops_unsampled_children(s) for name, s in drops.items()} == dict.fromkeys(
+        drops, True
+    )
+    assert {name: _sdk_drops_unsampled_children(s) for name, s in keeps.items()} == dict.fromkeys(
+        keeps, False
+    )
+    # What the shortcut assumes, asked through the public API: no child of an unsampled
+    # parent, remote or local, is ever sampled.
+    for sampler in drops.values():
+        for remote in (True, False):
+            sc = trace.SpanContext(1, 2, is_remote=remote, trace_flags=trace.TraceFlags(0))
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(sc))
+            result = sampler.should_sample(parent, 1, "child")
+            assert result.decision is Decision.DROP, (sampler, remote)

@@ -21,7 +21,7 @@ from .._errors import TransportError
 from .._events import DeadLetter, ErrorInfo, encode, original_for_dead_letter
 from .._pii import Sealer
 from .._settings import Settings
-from .._telemetry import Telemetry
+from .._telemetry import Attr, Telemetry
 from .._topics import Topics
 from ..store import StateStore
 from ..transport import Outgoing, Record, TopicPartition, Transport
@@ -86,7 +86,7 @@ class Runtime:
         """Add one to ``hms.dead_letters`` (by source topic)."""
         tel = self.telemetry
         if tel.metrics:
-            tel.dead_letters.add(1, tel.attrs("messaging.destination.name", source_topic))
+            tel.dead_letters.add(1, tel.attrs(Attr.MESSAGING_DESTINATION_NAME, source_topic))
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publish, mapping unexpected backend errors to TransportError."""

@@ -53,7 +53,7 @@ from .._events import (
     utcnow,
 )
 from .._routing import Cancel, Decision, Fail, Finish, Input, Retry, Schedule, decide, transition_of
-from .._telemetry import Headers, end_span
+from .._telemetry import Attr, Headers, end_span
 from .._topics import Topics
 from ..store import ClaimState, Timer, TransitionClaim
 from ..transport import Outgoing, Record, record_size
@@ -161,11 +161,11 @@ class Coordinator(BatchRole):
                     span.update_name(f"{operation} {destination}")
                     span.set_attributes(
                         {
-                            "messaging.system": tel.system,
-                            "messaging.operation.type": "send",
-                            "messaging.destination.name": destination,
-                            "hms.workflow_id": event.workflow_id,
-                            "hms.transition": claim.transition_id,
+                            Attr.MESSAGING_SYSTEM: tel.system,
+                            Attr.MESSAGING_OPERATION_TYPE: Attr.SEND,
+                            Attr.MESSAGING_DESTINATION_NAME: destination,
+                            Attr.HMS_WORKFLOW_ID: event.workflow_id,
+                            Attr.HMS_TRANSITION: claim.transition_id,
                         }
                     )
                 mine.append(len(claims))
@@ -195,7 +195,9 @@ class Coordinator(BatchRole):
                         if result.state is ClaimState.NEW:
                             self._log_failure(claim)
                             if op[0] == "retry" and tel.metrics:
-                                attrs = tel.attrs("hms.workflow", op[3], "hms.step", op[2] or "")
+                                attrs = tel.attrs(
+                                    Attr.HMS_WORKFLOW, op[3], Attr.HMS_STEP, op[2] or ""
+                                )
                                 tel.retries.add(1, attrs)
                     elif result.state is ClaimState.CLOSED:
                         log.debug(
@@ -205,7 +207,7 @@ class Coordinator(BatchRole):
                         )
                     if span is not None and result.state is not ClaimState.NEW:
                         # A redelivered event: its decision was taken (and traced) before.
-                        span.set_attribute("hms.duplicate", True)
+                        span.set_attribute(Attr.HMS_DUPLICATE, True)
                 history_out.extend(self._history(record, history, headers))
             await rt.publish([*dead, *history_out, *out])
             if keys:

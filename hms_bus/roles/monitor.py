@@ -62,6 +62,7 @@ from .._events import (
 )
 from .._health import BreachReport, HealthReport, ProcessReport, StuckReport
 from .._status import StepState, WorkflowState
+from .._telemetry import Attr
 from ..store import ListQuery
 from ..transport import Outgoing, Record
 from . import BatchRole, Runtime
@@ -159,7 +160,7 @@ class Monitor(BatchRole):
     def process_counts(self) -> list[tuple[float, dict[str, Any]]]:
         """``hms.processes`` observations: how many are live and how many down."""
         down = sum(1 for p in self._processes.values() if p.down)
-        return [(len(self._processes) - down, {"state": "live"}), (down, {"state": "down"})]
+        return [(len(self._processes) - down, {Attr.STATE: "live"}), (down, {Attr.STATE: "down"})]
 
     async def run(self) -> None:
         """Consume and check until stopped."""
@@ -262,7 +263,7 @@ class Monitor(BatchRole):
             if started is not None and tel.metrics:
                 tel.workflow_duration.record(
                     max(0.0, at - started[1]),
-                    tel.attrs("hms.workflow", started[0], "hms.status", _STATUS[ev.type]),
+                    tel.attrs(Attr.HMS_WORKFLOW, started[0], Attr.HMS_STATUS, _STATUS[ev.type]),
                 )
             for run_key in [k for k in self._running if k[0] == wid]:
                 del self._running[run_key]
@@ -338,7 +339,9 @@ class Monitor(BatchRole):
         self.breaches.append(Breach(wid, d.workflow, d.step, d.seq, d.sla, elapsed))
         tel = self._rt.telemetry
         if tel.metrics:
-            tel.sla_breaches.add(1, tel.attrs("hms.workflow", d.workflow, "hms.step", d.step or ""))
+            tel.sla_breaches.add(
+                1, tel.attrs(Attr.HMS_WORKFLOW, d.workflow, Attr.HMS_STEP, d.step or "")
+            )
         return self._event(breach)
 
     def _gone(self, worker: str, since: float, now: float) -> bool:
@@ -415,7 +418,9 @@ class Monitor(BatchRole):
                 r.worker or "an unknown worker",
             )
             if tel.metrics:
-                tel.stuck_steps.add(1, tel.attrs("hms.workflow", r.workflow, "hms.step", r.step))
+                tel.stuck_steps.add(
+                    1, tel.attrs(Attr.HMS_WORKFLOW, r.workflow, Attr.HMS_STEP, r.step)
+                )
             out.append(
                 self._event(
                     StepStuck(

@@ -37,7 +37,7 @@ from .._events import (
 )
 from .._pii import mask_text
 from .._results import normalize_result
-from .._telemetry import attach, detach, end_span
+from .._telemetry import Attr, attach, detach, end_span
 from ..transport import Outgoing, Record, TopicPartition, oversized
 from . import RoleStats, Runtime
 
@@ -148,13 +148,13 @@ class Worker:
                     kind=SpanKind.CONSUMER,
                     parent=tel.extract(record.headers),
                     attributes={
-                        "messaging.system": tel.system,
-                        "messaging.operation.type": "process",
-                        "messaging.destination.name": record.topic,
-                        "messaging.destination.partition.id": str(record.partition),
-                        "messaging.kafka.offset": record.offset,
-                        "hms.workflow_id": cmd.workflow_id,
-                        "hms.attempt": cmd.attempt,
+                        Attr.MESSAGING_SYSTEM: tel.system,
+                        Attr.MESSAGING_OPERATION_TYPE: Attr.PROCESS,
+                        Attr.MESSAGING_DESTINATION_NAME: record.topic,
+                        Attr.MESSAGING_DESTINATION_PARTITION_ID: str(record.partition),
+                        Attr.MESSAGING_KAFKA_OFFSET: record.offset,
+                        Attr.HMS_WORKFLOW_ID: cmd.workflow_id,
+                        Attr.HMS_ATTEMPT: cmd.attempt,
                     },
                 )
                 if span.is_recording():
@@ -206,19 +206,19 @@ class Worker:
             self.done += 1
             failed = completed.error if completed.outcome == "failed" else None
             if span is not None:
-                span.set_attribute("hms.outcome", completed.outcome)
+                span.set_attribute(Attr.HMS_OUTCOME, completed.outcome)
                 if failed is not None:
-                    span.set_attribute("error.type", failed.type)
+                    span.set_attribute(Attr.ERROR_TYPE, failed.type)
                 end_span(span, error=failed.message if failed is not None else None)
             if tel.metrics:
                 tel.step_duration.record(
                     elapsed,
                     tel.attrs(
-                        "hms.workflow",
+                        Attr.HMS_WORKFLOW,
                         cmd.workflow,
-                        "hms.step",
+                        Attr.HMS_STEP,
                         cmd.step,
-                        "hms.outcome",
+                        Attr.HMS_OUTCOME,
                         completed.outcome,
                     ),
                 )
