@@ -6,8 +6,9 @@
 # stand-in for the real services in development and demos:
 #   docker run --rm -p 8088:8088 --entrypoint python hms-bus:local \
 #     -m step_handlers.reference_services --host 0.0.0.0 --port 8088
-# Build your own app on top of it: FROM this image, COPY your package into /app (the
-# working directory, which `hms-bus … module:attribute` imports from).
+# The reference app lives in /app, the working directory, which `hms-bus …
+# module:attribute` imports from (the wheel ships the framework only). Build your own
+# app on top of it: FROM this image, COPY your package into /app.
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -16,8 +17,6 @@ RUN python -m venv /opt/hms
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY hms_bus ./hms_bus
-COPY step_handlers ./step_handlers
-COPY schemas ./schemas
 RUN /opt/hms/bin/pip install ".[otlp,services]"
 
 FROM python:3.11-slim
@@ -29,6 +28,8 @@ RUN groupadd --system --gid 10001 hms \
        --home-dir /nonexistent --shell /usr/sbin/nologin hms
 COPY --from=build /opt/hms /opt/hms
 WORKDIR /app
+COPY step_handlers ./step_handlers
+COPY schemas ./schemas
 USER 10001:10001
 # Role commands serve /healthz and Prometheus /metrics here when given --http-port 9464
 # (or HMS_TELEMETRY__HTTP_PORT=9464); the reference services listen on --port 8088.

@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -175,10 +176,28 @@ def _parse_payload(text: str | None) -> Any:
 )
 async def cmd_demo(c: Common) -> int:
     """Run the reference application's grant approvals on the embedded default."""
-    from step_handlers.demo import run_demo  # the reference app, for this command only
+    run_demo = _reference_demo()
 
     await run_demo(color=c.screen().color)
     return EXIT_OK
+
+
+def _reference_demo() -> Any:
+    """The reference application's demo, imported from the working directory (a checkout
+    of the hms-bus repository): the wheel ships the framework, not the reference app."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        from step_handlers.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("step_handlers", "step_handlers.demo", "schemas"):
+            raise
+        raise UsageError(
+            "the demo runs the reference application (step_handlers/ and schemas/ of the "
+            "hms-bus repository), which is not here: run it from a checkout "
+            "(git clone … hms-bus && cd hms-bus && pip install . && hms-bus demo)"
+        ) from exc
+    return run_demo
 
 
 @command(

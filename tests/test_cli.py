@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -473,6 +474,54 @@ def test_the_cli_imports_the_reference_app_only_for_demo() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_wheel_ships_the_framework_and_not_the_reference_app(tmp_path: Path) -> None:
+    """``schemas`` and ``step_handlers`` are names too common to drop into site-packages:
+    the reference application runs from a checkout, not from the installed wheel."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("hms_bus-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        tops = {name.split("/")[0] for name in zf.namelist()}
+    assert "hms_bus" in tops
+    assert not tops & {"schemas", "step_handlers"}, sorted(tops)
+    assert {t for t in tops if not t.startswith("hms_bus")} == set(), sorted(tops)
+
+
+def test_demo_outside_a_checkout_says_where_the_reference_app_is(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.path[:] = [p for p in sys.path if p not in ('', sys.argv[1])]\n"
+        "from hms_bus.cli import main\n"
+        "sys.exit(main(['demo', '--no-color']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "reference application" in proc.stderr and "checkout" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def _on_a_terminal(argv: list[str], env: dict[str, str]) -> str:
