@@ -1,6 +1,10 @@
-"""The ``kafka://`` transport on a real broker: what the roles rely on, checked directly.
+"""What only the ``kafka://`` transport does: its URL and options, an unreachable
+broker, Kafka's key placement and its poll interval.
 
-(The public-API contract suite runs on Kafka too, through ``conftest.BACKENDS``.)
+Everything a transport must do on every backend is the contract
+(``tests/contract/transport.py``), run on the session's broker by
+``tests/contract/test_transports.py``; the public-API suite runs on Kafka too, through
+``conftest.BACKENDS``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from kafka_broker import Broker
 
 import hms_bus
 from hms_bus._errors import ConfigError, TransportError
-from hms_bus.transport import Consumer, Outgoing, Record, Transport, create_transport
+from hms_bus.transport import Consumer, Outgoing, Record, create_transport
 from hms_bus.transport.kafka import KafkaTransport, parse_kafka_url
 
 pytestmark = pytest.mark.kafka  # the configuration tests need no broker, but live here
@@ -95,122 +99,6 @@ async def test_unreachable_broker_is_a_retriable_transport_error() -> None:
 
 
 # -- on the broker ---------------------------------------------------------------------
-
-
-async def test_implements_the_protocols(kafka_broker: Broker) -> None:
-    async with _bus(kafka_broker) as bus:
-        assert isinstance(bus, Transport)
-        assert isinstance(bus.consumer("g", ["t"]), Consumer)
-        assert bus.url == kafka_broker.url
-
-
-async def test_topics_are_created_once_with_their_partitions(kafka_broker: Broker) -> None:
-    a, b = _topic(), _topic()
-    async with _bus(kafka_broker, partitions=3) as one, _bus(kafka_broker, partitions=5) as two:
-        # Two processes provisioning at once: "already exists" is success.
-        await asyncio.gather(one.ensure_topics([a, b]), two.ensure_topics([a, b]))
-        topics = await one.list_topics()
-        assert topics[a] in (3, 5) and topics[b] in (3, 5)
-        await one.ensure_topics([a])  # idempotent
-        assert (await two.list_topics())[a] == topics[a]
-
-
-async def test_keyed_records_keep_their_order_and_headers(kafka_broker: Broker) -> None:
-    topic = _topic()
-    async with _bus(kafka_broker) as bus:
-        await bus.ensure_topics([topic])
-        keys = [f"wf-{i}".encode() for i in range(8)]
-        await bus.publish(
-            [
-                Outgoing(topic, b"%s:%d" % (k, n), key=k, headers=(("traceparent", b"00-x"),))
-                for n in range(20)
-                for k in keys
-            ]
-        )
-        async with bus.consumer(f"g-{topic}", [topic]) as consumer:
-            got = await _drain(consumer)
-    assert len(got) == 160
-    for key in keys:
-        mine = [r for r in got if r.key == key]
-        assert len({r.partition for r in mine}) == 1
-        assert [r.value for r in mine] == [b"%s:%d" % (key, n) for n in range(20)]
-    assert all(r.headers == (("traceparent", b"00-x"),) for r in got)
-    assert all(abs(r.timestamp - time.time()) < 60 for r in got)
-
-
-async def test_oversized_record_rejects_the_whole_call_before_sending(
-    kafka_broker: Broker,
-) -> None:
-    topic = _topic()
-    async with _bus(kafka_broker, max_message_bytes=2048) as bus:
-        await bus.ensure_topics([topic])
-        with pytest.raises(TransportError, match="over the limit") as info:
-            await bus.publish([Outgoing(topic, b"small"), Outgoing(topic, b"x" * 4096)])
-        assert info.value.retriable is False
-        async with bus.consumer(f"g-{topic}", [topic]) as consumer:
-            assert await _drain(consumer) == []
-
-
-async def test_commits_are_manual_and_a_new_member_resumes_there(kafka_broker: Broker) -> None:
-    topic = _topic()
-    group = f"g-{topic}"
-    async with _bus(kafka_broker, partitions=1) as bus:
-        await bus.ensure_topics([topic])
-        await bus.publish([Outgoing(topic, b"%d" % i, key=b"k") for i in range(10)])
-        async with bus.consumer(group, [topic]) as first:
-            got = await _drain(first)
-            assert [r.value for r in got] == [b"%d" % i for i in range(10)]
-            await first.commit({(topic, 0): 4})  # processed 0..3 only
-            assert first.lag() == {(topic, 0): 0}
-        async with bus.consumer(group, [topic]) as second:
-            again = await _drain(second)
-    # What was not committed is delivered again, nothing that was.
-    assert [r.value for r in again] == [b"%d" % i for i in range(4, 10)]
-
-
-async def test_members_share_partitions_and_leaving_revokes_first(kafka_broker: Broker) -> None:
-    topic = _topic()
-    group = f"g-{topic}"
-    revoked: list[set[tuple[str, int]]] = []
-
-    async def on_revoked(tps: set[tuple[str, int]]) -> None:
-        revoked.append(tps)
-
-    async with _bus(kafka_broker, partitions=4) as bus:
-        await bus.ensure_topics([topic])
-        async with bus.consumer(group, [topic], on_revoked=on_revoked) as a:
-            assert len(a.assignment()) == 4
-
-            async def join_b() -> frozenset[tuple[str, int]]:
-                async with bus.consumer(group, [topic]) as b:
-                    while len(b.assignment()) != 2:
-                        await b.fetch(timeout=0.1)
-                    return b.assignment()
-
-            async def keep_polling(until: asyncio.Task[Any]) -> None:
-                while not until.done():
-                    await a.fetch(timeout=0.1)
-
-            joined = asyncio.ensure_future(join_b())
-            await keep_polling(joined)
-            b_had = await joined
-            assert revoked and revoked[0] == {(topic, p) for p in range(4)}
-            assert len(a.assignment() | b_had) == 4
-        # Leaving calls on_revoked with what the member still owned.
-        assert revoked[-1] == a.assignment() or len(revoked) >= 2
-
-
-async def test_fetching_nothing_keeps_the_membership_and_takes_nothing(
-    kafka_broker: Broker,
-) -> None:
-    topic = _topic()
-    async with _bus(kafka_broker, partitions=1) as bus:
-        await bus.ensure_topics([topic])
-        await bus.publish([Outgoing(topic, b"a"), Outgoing(topic, b"b")])
-        async with bus.consumer(f"g-{topic}", [topic]) as consumer:
-            assert await consumer.fetch(max_records=0, timeout=0.3) == []
-            got = await _drain(consumer)
-    assert [r.value for r in got] == [b"a", b"b"]
 
 
 async def test_a_step_slower_than_the_poll_interval_runs_once(kafka_broker: Broker) -> None:

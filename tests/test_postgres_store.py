@@ -1,5 +1,10 @@
-"""The Postgres store on a real server: what the contract suite cannot show through the
-public API alone (races between processes, the database going away, odd payloads)."""
+"""What only the Postgres store does, on a real server: migrations and schedulers racing
+between processes, the database going away or unreachable, a bad schema in the URL,
+payloads shaped like SQL injection.
+
+Everything a store must do on every backend is the contract (``tests/contract/store.py``),
+run on Postgres by ``tests/contract/test_stores.py``.
+"""
 
 from __future__ import annotations
 
@@ -17,70 +22,12 @@ import pytest
 
 import hms_bus
 from hms_bus._errors import StoreError
-from hms_bus._events import (
-    StepCompleted,
-    StepScheduled,
-    StepStarted,
-    WorkflowCompleted,
-    WorkflowStarted,
-    utcnow,
-)
-from hms_bus.store import ClaimState, StateStore, Timer, TransitionClaim, create_store
-from hms_bus.store.memory import MemoryStore
+from hms_bus._events import utcnow
+from hms_bus.store import ClaimState, Timer, TransitionClaim, create_store
 from hms_bus.store.postgres import PostgresStore, migrate
 from hms_bus.transport import Outgoing
 
 pytestmark = pytest.mark.postgres
-
-
-def _events(wid: str) -> list[Any]:
-    t0 = utcnow()
-    at = [t0 + timedelta(milliseconds=i) for i in range(8)]
-    common = {"workflow_id": wid, "workflow": "wf"}
-    return [
-        WorkflowStarted(**common, payload={"n": 1}, ts=at[0]),
-        StepScheduled(**common, step="a", seq=1, ts=at[1]),
-        StepStarted(**common, step="a", seq=1, attempt=1, worker="w", ts=at[2]),
-        StepCompleted(
-            **common,
-            step="a",
-            seq=1,
-            attempt=1,
-            outcome="succeeded",
-            started_at=at[2],
-            finished_at=at[3],
-            ts=at[3],
-        ),
-        WorkflowCompleted(**common, result={"done": True}, ts=at[4]),
-    ]
-
-
-@pytest.mark.parametrize("kind", ["memory", "postgres"])
-async def test_duplicate_and_out_of_order_events_never_move_status_back(
-    kind: str, pg_schema: str
-) -> None:
-    store: StateStore = MemoryStore() if kind == "memory" else PostgresStore(pg_schema)
-    async with store:
-        started, scheduled, running, done, completed = _events("w1")
-        # Out of order across batches, duplicates within and across batches.
-        assert await store.apply_events([started, done, done]) == 2
-        assert await store.apply_events([running, scheduled, started]) == 2
-        assert await store.apply_events([completed, running, completed]) == 1
-        assert await store.apply_events([done, started]) == 0
-        st = await store.get_workflow("w1")
-        history = await store.history("w1")
-    assert st is not None
-    assert st.status == "completed" and st.result == {"done": True}
-    assert [(s.step, s.status, s.attempts) for s in st.steps] == [("a", "succeeded", 1)]
-    assert st.steps[0].started_at == running.ts and st.steps[0].finished_at == done.finished_at
-    # Each event once, in the order first applied.
-    assert [e.type for e in history] == [
-        "workflowStarted",
-        "completeStep",
-        "stepStarted",
-        "stepScheduled",
-        "workflowCompleted",
-    ]
 
 
 def _timer_claims(n: int) -> list[TransitionClaim]:
@@ -116,18 +63,6 @@ async def test_two_schedulers_racing_for_1000_timers_fire_each_once(pg_schema: s
     await asyncio.gather(scheduler("s1"), scheduler("s2"))
     assert len(fired) == 1000
     assert set(fired.values()) == {1}
-
-
-async def test_leased_timers_come_back_when_the_lease_runs_out(pg_schema: str) -> None:
-    async with PostgresStore(pg_schema) as store:
-        await store.claim_transitions(_timer_claims(3))
-        first = await store.claim_due_timers(now=utcnow(), limit=10, lease=0.2, owner="dead")
-        assert len(first) == 3
-        assert await store.claim_due_timers(now=utcnow(), limit=10, lease=0.2, owner="b") == []
-        await asyncio.sleep(0.3)  # the first scheduler died holding them
-        again = await store.claim_due_timers(now=utcnow(), limit=10, lease=30, owner="b")
-    assert sorted(t.timer_id for t in again) == ["t0", "t1", "t2"]
-    assert again[0].message == Outgoing("wf.a", b'{"n": 0}', key=b"k")
 
 
 async def test_migrations_are_safe_when_processes_start_together(pg_schema: str) -> None:

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+import orjson
 from pydantic import JsonValue
 
 from .._errors import ConfigError, StoreError
@@ -133,7 +134,7 @@ class MemoryStore:
             workflow=workflow,
             created_at=now,
             updated_at=now,
-            payload=payload,
+            payload=_copy(payload),
             start_event_id=start_event_id,
         )
         s.workflows[workflow_id] = row
@@ -252,12 +253,12 @@ class MemoryStore:
     async def get_workflow(self, workflow_id: str) -> WorkflowStatus | None:
         """The workflow with its steps, or None."""
         row = self._s.workflows.get(workflow_id)
-        return None if row is None else row.freeze()
+        return None if row is None else _frozen(row)
 
     async def get_workflows(self, workflow_ids: Sequence[str]) -> dict[str, WorkflowStatus]:
         """The workflows that exist among ``workflow_ids``, by id."""
         rows = self._s.workflows
-        return {w: rows[w].freeze() for w in workflow_ids if w in rows}
+        return {w: _frozen(rows[w]) for w in workflow_ids if w in rows}
 
     async def watch(self, on_change: ChangeCallback) -> None:
         """Call ``on_change`` with the changes of every batch projected into this state,
@@ -292,18 +293,32 @@ class MemoryStore:
                 break
             items.append(row)
         return WorkflowPage(
-            items=[r.freeze(with_steps=False) for r in items],
+            items=[_frozen(r, with_steps=False) for r in items],
             next_cursor=encode_cursor(items[-1]) if more and items else None,
         )
 
     async def save_health(self, report: dict[str, JsonValue]) -> None:
         """Keep the monitor's health report."""
-        self._s.health = report
+        self._s.health = _copy(report)
 
     async def load_health(self) -> dict[str, JsonValue] | None:
         """The last health report saved."""
-        return self._s.health
+        health = self._s.health
+        return None if health is None else dict(_copy(health))
 
     async def history(self, workflow_id: str) -> list[WorkflowEvent]:
         """The events applied for the workflow, in order."""
         return [decode_event(data) for data in self._s.history.get(workflow_id, ())]
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of a JSON value: what the store keeps is never the caller's object,
+    as with a store that serializes (Postgres)."""
+    return None if value is None else orjson.loads(orjson.dumps(value))
+
+
+def _frozen(row: WorkflowRow, *, with_steps: bool = True) -> WorkflowStatus:
+    status = row.freeze(with_steps=with_steps)
+    return status.model_copy(
+        update={"payload": _copy(status.payload), "result": _copy(status.result)}
+    )

@@ -485,13 +485,14 @@ class PostgresStore:
                 await self._listen()
             except StoreError as exc:  # the timeout bounds the sleep all the same
                 log.debug("scheduler: not listening for new timers: %s", exc)
+        # Cleared before the query: a timer added while it runs still wakes this wait.
+        self._timer_added.clear()
         async with _errors("wait_for_timers"), self._p().acquire() as conn:
             first = await conn.fetchval(FIRST_TIMER, self._ns)
         if first is not None:
             timeout = min(timeout, max(0.0, first.timestamp() - time.time()))
         if timeout <= 0:
             return
-        self._timer_added.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._timer_added.wait()

@@ -65,6 +65,9 @@ class KafkaConsumer:
 
     async def __aenter__(self) -> Self:
         t = self._transport
+        if self._consumer is not None:
+            raise TransportError(f"consumer of group {self.group!r} cannot join twice")
+        t._open()  # raises if the transport is not open (or closed)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=t._bootstrap,
             group_id=self.group,
@@ -101,15 +104,18 @@ class KafkaConsumer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        consumer, self._consumer = self._consumer, None
+        consumer = self._consumer
         if consumer is None:
             return
         self._transport._consumers.discard(self)
         try:
+            # Still joined while on_revoked runs: what it commits (the worker's drained
+            # records) lands before the member leaves.
             owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
             if owned and self._on_revoked is not None:
                 await self._on_revoked(owned)
         finally:
+            self._consumer = None
             try:
                 await consumer.stop()
             except KafkaError as exc:  # leaving is best effort; the session expires anyway

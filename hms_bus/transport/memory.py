@@ -206,10 +206,20 @@ class MemoryConsumer:
 
         First releases partitions a rebalance took away, after awaiting ``on_revoked``
         with them (an exception from it propagates once they are released). Waits at
-        most ``timeout`` seconds for records; [] on timeout or when not joined.
+        most ``timeout`` seconds for records; [] on timeout, or when the member leaves
+        while it waits.
+
+        Raises:
+            TransportError: the member is not joined (never entered, or it left), as
+                on Kafka: a loop that goes on fetching must not spin.
         """
         if max_records < 0:
             raise ValueError(f"max_records must not be negative, not {max_records}")
+        if self._state != "joined":
+            raise TransportError(
+                f"consumer of group {self.group!r} is not joined; use it inside 'async with'",
+                retriable=False,
+            )
         async with self._fetching:
             if max_records == 0:  # stay in the group, release what a rebalance took
                 await self._release_revoked()
@@ -380,7 +390,8 @@ class MemoryTransport:
     ) -> None:
         self._state = "closed"
         for consumer in list(self._consumers):
-            consumer._release(consumer._leave())  # no on_revoked: the bus is going away
+            # As on Kafka: the member is told what it loses, and may commit, first.
+            await consumer.__aexit__(None, None, None)
 
     async def ensure_topics(self, topics: Iterable[str]) -> None:
         """Create any of ``topics`` that do not exist with this transport's partitions.
