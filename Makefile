@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench bench-kafka bench-postgres bench-telemetry clean
+.PHONY: demo test lint typecheck unit bench bench-e2e bench-peers bench-postgres bench-telemetry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,15 @@ test: lint typecheck unit
 bench: $(VENV)/.dev
 	$(BIN)/python bench/memory_throughput.py
 
-# hms-bus on a Kafka broker (Tansu, started for the run) against a raw aiokafka chain.
-bench-kafka: $(VENV)/.dev
-	$(BIN)/python bench/kafka_throughput.py
+# Where users run: Kafka (Tansu, started for the run) + Postgres, callers that start and
+# wait, one process and four, against a raw aiokafka chain on the same broker.
+bench-e2e: $(VENV)/.dev
+	$(BIN)/python bench/e2e.py
+
+# The same, with a Celery chain (the local Redis) and a DBOS workflow (the local Postgres).
+bench-peers: $(VENV)/.dev
+	$(BIN)/pip install --quiet -e '.[dev,peers]'
+	$(BIN)/python bench/e2e.py --peers
 
 # The projector's writes into Postgres (HMS_TEST_PG_URL or the local server) vs raw asyncpg.
 bench-postgres: $(VENV)/.dev

@@ -14,7 +14,7 @@ put its result on the next queue; after stage 4 a per-workflow future is resolve
 The baseline is the floor that any asyncio orchestrator pays for "hand a step to a
 task, run it, hand the result on"; what hms-bus adds on top is its events (pydantic
 models, JSON), the in-memory broker, coordinator decisions, the status projection and
-``wait()`` polling.
+``wait()``.
 
 What is measured
 ----------------
