@@ -18,12 +18,15 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from ._errors import ConfigError, HmsBusError, NotFoundError, WaitTimeoutError
 from ._render import Screen
+
+if TYPE_CHECKING:
+    from ._management import Management
 
 __all__ = [
     "EXIT_BACKEND",
@@ -38,7 +41,9 @@ __all__ = [
     "Group",
     "Job",
     "UsageError",
+    "app_argument",
     "command",
+    "configure",
     "err",
     "option",
     "parse",
@@ -271,3 +276,14 @@ def run(group: click.Group, argv: Sequence[str] | None = None) -> int:
         _fail(str(exc), EXIT_WORKFLOW_FAILED)
     except HmsBusError as exc:
         _fail(str(exc), EXIT_BACKEND)
+
+
+def app_argument() -> click.Argument:
+    """The ``APP`` argument of the commands that need an app."""
+    return click.Argument(["app"], help="module:attribute of the app")
+
+
+def configure(mgmt: Management, c: Common, **settings: Any) -> Management:
+    """Apply the common options (``--bus``, ``--store``, ``--namespace``) and ``settings``."""
+    mgmt.configure(bus=c.bus, store=c.store, namespace=c.namespace, **settings)
+    return mgmt

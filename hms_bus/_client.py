@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import SpanKind
 
 from ._definitions import Registry, validate_payload
-from ._errors import ConfigError, HmsBusError, NotFoundError, TransportError
+from ._errors import ConfigError, NotFoundError, TransportError
 from ._events import CancelRequested, WorkflowEvent, WorkflowStarted, encode_line, utcnow
 from ._pii import Sealer
 from ._results import to_jsonable
@@ -90,13 +90,7 @@ class Client:
         return self._node.topics
 
     def _bus(self) -> Transport:
-        transport = self._node.transport
-        if transport is None:
-            raise HmsBusError(
-                f"Management {self._settings.service_name!r} is not connected: "
-                "use 'async with mgmt:' (or await mgmt.connect()) first"
-            )
-        return transport
+        return self._node.connected_transport()
 
     def _store(self) -> StateStore:
         self._bus()

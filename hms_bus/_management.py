@@ -275,13 +275,7 @@ class Management:
         return self._client.sealer
 
     def _require(self) -> Transport:
-        transport = self._node.transport
-        if transport is None:
-            raise HmsBusError(
-                f"Management {self._settings.service_name!r} is not connected: "
-                "use 'async with mgmt:' (or await mgmt.connect()) first"
-            )
-        return transport
+        return self._node.connected_transport()
 
     # What tests and the CLI's dry run reach for.
 

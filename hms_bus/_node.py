@@ -26,9 +26,10 @@ from ._backends import in_process, open_bus, open_store, private, redact, scheme
 from ._definitions import Registry, StepDefinition
 from ._errors import ConfigError, HmsBusError
 from ._events import Heartbeat, encode
+from ._otel_setup import configure_from_environment, prometheus_reader
 from ._pii import Sealer, sensitive_names
 from ._settings import Settings
-from ._telemetry import Attr, Telemetry, configure_from_environment, prometheus_reader
+from ._telemetry import Attr, Telemetry
 from ._topics import Topics
 from .roles import Role, RoleStats, Runtime
 from .roles.coordinator import Coordinator
@@ -79,6 +80,15 @@ class Node:
         self.failure: BaseException | None = None
         """The exception of a role that stopped unexpectedly, if one did."""
         self.on_failure: Callable[[BaseException], None] | None = None
+
+    def connected_transport(self) -> Transport:
+        """The open bus; :class:`HmsBusError` while not connected."""
+        if self.transport is None:
+            raise HmsBusError(
+                f"Management {self.settings.service_name!r} is not connected: "
+                "use 'async with mgmt:' (or await mgmt.connect()) first"
+            )
+        return self.transport
 
     # -- starting and stopping ----------------------------------------------------------
 

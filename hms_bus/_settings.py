@@ -213,7 +213,7 @@ class TelemetrySettings(_Section):
 
     Spans and metrics go to the OpenTelemetry providers given to :func:`hms_bus.init`,
     else to the global ones, which the standard ``OTEL_*`` variables configure (see
-    :mod:`hms_bus._telemetry`); with none configured nothing is exported.
+    :mod:`hms_bus._otel_setup`); with none configured nothing is exported.
 
     Attributes:
         tracing: create spans and carry trace context in message headers.

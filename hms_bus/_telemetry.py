@@ -33,31 +33,25 @@ Providers
 ---------
 Providers given to :func:`hms_bus.init` (``tracer_provider=``, ``meter_provider=``) win;
 otherwise the global ones are used. When the application has set no global provider,
-:func:`configure_from_environment` sets them from the standard variables in
-:data:`OTEL_ENVIRONMENT`: ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` =
-``otlp`` (``pip install 'hms-bus[otlp]'``), ``console`` or ``none``. With neither set,
-nothing is exported and spans cost next to nothing. ``/metrics`` is served from a
-:class:`~hms_bus._prometheus.PrometheusReader` (see :func:`prometheus_reader`).
+:func:`hms_bus._otel_setup.configure_from_environment` sets them from the standard
+variables in :data:`OTEL_ENVIRONMENT`. With none set, nothing is exported and spans cost
+next to nothing.
 
-OpenTelemetry internals
------------------------
-Everything here goes through the public OpenTelemetry API and SDK, but for two questions
-they do not answer publicly: whether a meter provider is the API's stand-in for an unset
-global one, and whether a ``ParentBased`` sampler drops every child of an unsampled
-parent. Those two are the ``_sdk_*`` functions near the end of this module, checked
-against the SDK versions in :data:`SDK_INTERNALS_CHECKED` and pinned by tests. Whether
-the global propagator is plain W3C is asked through the propagator's public API.
+Beside this module
+------------------
+``_propagation`` reads and writes W3C trace context in message headers (with a fast path
+for a lone ``traceparent``); ``_otel_sdk`` is the one adapter over OpenTelemetry
+internals, pinned by tests to :data:`~hms_bus._otel_sdk.SDK_INTERNALS_CHECKED`;
+``_otel_setup`` builds providers from ``OTEL_*``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
@@ -65,28 +59,27 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import propagate
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as _messaging
 from opentelemetry.semconv.attributes import error_attributes as _error
 from opentelemetry.semconv.attributes import service_attributes as _service
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-if TYPE_CHECKING:
-    from ._prometheus import PrometheusReader
+from ._otel_sdk import is_noop, sdk_drops_unsampled_children
+from ._propagation import GETTER, ROOT, SLOW, Headers, fast_extract, w3c_only
 
 __all__ = [
     "METRICS",
     "OTEL_ENVIRONMENT",
-    "SDK_INTERNALS_CHECKED",
     "Attr",
     "Headers",
     "Telemetry",
-    "configure_from_environment",
+    "attach",
+    "detach",
+    "end_span",
 ]
 
 log = logging.getLogger("hms_bus.telemetry")
 
-Headers = tuple[tuple[str, bytes], ...]
 Source = Callable[[], Iterable[tuple[float, dict[str, Any]]]]
 """A metric source: (value, attributes) observations, called at each collection."""
 
@@ -217,24 +210,6 @@ _DURATION_BUCKETS = (
 )
 
 
-class _HeaderGetter(Getter[Headers]):
-    """Reads W3C trace context from Kafka-style header tuples, tolerating garbage."""
-
-    def get(self, carrier: Headers, key: str) -> list[str] | None:
-        values = [
-            v.decode("utf-8", errors="replace")
-            for k, v in carrier
-            if k.lower() == key and isinstance(v, bytes | bytearray)
-        ]
-        return values or None
-
-    def keys(self, carrier: Headers) -> list[str]:
-        return [k for k, _ in carrier]
-
-
-_GETTER = _HeaderGetter()
-
-
 class Telemetry:
     """The spans and metrics of one :class:`~hms_bus.Management` (see module docs).
 
@@ -259,16 +234,16 @@ class Telemetry:
         self.system = system  # messaging.system: "kafka" or "memory"
         tp = tracer_provider or otel_trace.get_tracer_provider()
         mp = meter_provider or otel_metrics.get_meter_provider()
-        self.tracing = tracing and not _is_noop(tp)
-        self.metrics = metrics and not _is_noop(mp)
+        self.tracing = tracing and not is_noop(tp)
+        self.metrics = metrics and not is_noop(mp)
         self._tracer = tp.get_tracer("hms_bus", __version__)
         # With a parent-based sampler (the SDK's default, and what OTEL_TRACES_SAMPLER
         # names other than always_on/always_off/traceidratio give), a child of an
         # unsampled span is never recorded: skip asking the SDK for it.
-        self._skip_unsampled = _sdk_drops_unsampled_children(getattr(self._tracer, "sampler", None))
+        self._skip_unsampled = sdk_drops_unsampled_children(getattr(self._tracer, "sampler", None))
         # The default W3C propagator: headers are read and written directly (faster).
         # Read once: set propagators before connecting, as for any instrumentation.
-        self._w3c = _w3c_only()
+        self._w3c = w3c_only()
         shared = _instruments(mp)
         self._shared = shared
         self.step_duration = shared.step_duration
@@ -320,11 +295,11 @@ class Telemetry:
         if not headers:
             return None
         if self._w3c:
-            fast = _fast_extract(headers)
-            if fast is not _SLOW:
+            fast = fast_extract(headers)
+            if fast is not SLOW:
                 return fast  # type: ignore[return-value]
         try:
-            ctx = propagate.extract(headers, getter=_GETTER)
+            ctx = propagate.extract(headers, getter=GETTER)
         except Exception as exc:  # a broken propagator or header must not fail a step
             log.debug("ignoring unreadable trace headers: %s", exc)
             return None
@@ -360,7 +335,7 @@ class Telemetry:
                 return otel_trace.NonRecordingSpan(sc)  # carries the same context on
         return self._tracer.start_span(
             name,
-            context=parent if parent is not None else _ROOT,
+            context=parent if parent is not None else ROOT,
             kind=kind,
             attributes=attributes,
             links=links,
@@ -460,100 +435,6 @@ def _observe(
     return callback
 
 
-_ROOT = Context()
-_SLOW = object()
-_checked: tuple[object, bool] = (None, False)
-
-
-def _w3c_only() -> bool:
-    """True while the global propagator reads and writes trace context as the default W3C
-    propagators (tracecontext, and baggage) do, so that :meth:`Telemetry.extract` and
-    ``inject`` may read and write ``traceparent`` directly. Asked once per propagator."""
-    global _checked
-    textmap = propagate.get_global_textmap()
-    if _checked[0] is not textmap:
-        _checked = (textmap, _behaves_as_w3c(textmap))
-    return _checked[1]
-
-
-_W3C_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
-
-
-def _behaves_as_w3c(textmap: TextMapPropagator) -> bool:
-    """Whether ``textmap`` uses only the W3C headers, and writes and reads a lone
-    ``traceparent`` exactly as the W3C Trace Context propagator does.
-
-    Asked through the propagator's public API (its ``fields``, and a probe of
-    ``inject`` and ``extract`` with a sampled and an unsampled context), so it holds
-    for the default propagators, ``OTEL_PROPAGATORS=tracecontext[,baggage]``, and any
-    composite of the same; anything else (B3, Jaeger, a custom one) takes the slow path.
-    """
-    try:
-        if not set(textmap.fields) <= _W3C_FIELDS:
-            return False
-        for flags in (otel_trace.TraceFlags.DEFAULT, otel_trace.TraceFlags.SAMPLED):
-            sc = otel_trace.SpanContext(
-                0x0AF7651916CD43DD8448EB211C80319C,
-                0xB7AD6B7169203331,
-                is_remote=True,
-                trace_flags=otel_trace.TraceFlags(flags),
-            )
-            value = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
-            carrier: dict[str, str] = {}
-            span = otel_trace.NonRecordingSpan(sc)
-            textmap.inject(carrier, context=otel_trace.set_span_in_context(span, _ROOT))
-            if carrier != {"traceparent": value}:
-                return False
-            read = textmap.extract({"traceparent": value}, context=_ROOT)
-            got = otel_trace.get_current_span(read).get_span_context()
-            if (got.trace_id, got.span_id, got.trace_flags, got.is_remote, got.trace_state) != (
-                sc.trace_id,
-                sc.span_id,
-                sc.trace_flags,
-                True,
-                sc.trace_state,
-            ):
-                return False
-    except Exception as exc:  # a propagator that cannot answer is not one to shortcut
-        log.debug("propagator %r takes the full path: %s", textmap, exc)
-        return False
-    return True
-
-
-# version-format (W3C Trace Context): "00" is exactly this; later versions may append
-# "-…"; "ff" is invalid.
-_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-
-
-def _fast_extract(headers: Headers) -> object:
-    """A context from a lone ``traceparent`` header; None when it is invalid (a new
-    trace, as the W3C propagator decides); ``_SLOW`` when other trace headers
-    (``tracestate``, ``baggage``) need the full propagator."""
-    value: bytes | None = None
-    for k, v in headers:
-        key = k.lower()
-        if key == "traceparent":
-            if value is not None:
-                return None  # two traceparents: invalid
-            value = v
-        elif key in ("tracestate", "baggage"):
-            return _SLOW
-    if not isinstance(value, bytes | bytearray):
-        return None
-    m = _TRACEPARENT.fullmatch(value)
-    if m is None:
-        return None
-    version, trace_hex, span_hex, flags_hex, rest = m.groups()
-    if version == b"ff" or (version == b"00" and rest):
-        return None
-    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
-    if trace_id == 0 or span_id == 0:
-        return None
-    flags = otel_trace.TraceFlags(int(flags_hex, 16))
-    sc = otel_trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
-    return otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(sc), _ROOT)
-
-
 def end_span(span: Span, *, error: BaseException | str | None = None) -> None:
     """End ``span``, marking it an error when ``error`` is given."""
     if error is not None:
@@ -573,220 +454,3 @@ def attach(span: Span) -> object:
 def detach(token: object) -> None:
     """Undo :func:`attach`."""
     otel_context.detach(token)  # type: ignore[arg-type]
-
-
-def _is_noop(provider: object) -> bool:
-    """True for a provider that records nothing: a no-op one, or the API's stand-in
-    for a global provider not set yet."""
-    if isinstance(provider, otel_trace.TracerProvider):
-        return isinstance(provider, otel_trace.ProxyTracerProvider | otel_trace.NoOpTracerProvider)
-    return isinstance(
-        provider, otel_metrics.NoOpMeterProvider
-    ) or _sdk_is_unset_global_meter_provider(provider)
-
-
-# -- what the OpenTelemetry API and SDK do not publish ---------------------------------
-#
-# The one place hms-bus reads OpenTelemetry internals. Each function below was read
-# against the versions in SDK_INTERNALS_CHECKED, answers as if it knew nothing (hms-bus
-# then takes the general path) when what it reads has gone, and has a test in
-# tests/test_telemetry.py that fails, naming the function, when the installed API or
-# SDK is outside that range or no longer looks as it was read.
-
-SDK_INTERNALS_CHECKED: tuple[str, str] = ("1.43", "1.45")
-"""The first and last ``opentelemetry-api``/``-sdk`` minor versions that the
-``_sdk_*`` functions of this module were checked against."""
-
-
-def _sdk_is_unset_global_meter_provider(provider: object) -> bool:
-    """True for the API's stand-in global meter provider (none has been set yet).
-
-    The API publishes that stand-in for traces (``ProxyTracerProvider``) but keeps the
-    one for metrics private (``opentelemetry.metrics._internal._ProxyMeterProvider``).
-    Should it go, only an SDK ``MeterProvider`` counts as one that records.
-    """
-    from opentelemetry.metrics import _internal
-
-    proxy = getattr(_internal, "_ProxyMeterProvider", None)
-    if isinstance(proxy, type):
-        return isinstance(provider, proxy)
-    from opentelemetry.sdk.metrics import MeterProvider
-
-    return isinstance(provider, otel_metrics.MeterProvider) and not isinstance(
-        provider, MeterProvider
-    )
-
-
-def _sdk_drops_unsampled_children(sampler: object) -> bool:
-    """True when ``sampler`` never records a span whose parent (remote or local) was not
-    sampled, so that hms-bus may skip asking for such a span at all.
-
-    That is a ``ParentBased`` sampler (the SDK's default, and what ``OTEL_TRACES_SAMPLER``
-    names but ``always_on``, ``always_off`` and ``traceidratio`` give) whose delegates
-    for unsampled parents are ``ALWAYS_OFF``. ``ParentBased`` keeps its delegates in
-    private attributes (``_remote_parent_not_sampled``, ``_local_parent_not_sampled``).
-    Should they go, the answer is False: the SDK decides each span, as usual.
-    """
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, StaticSampler
-
-    if not isinstance(sampler, ParentBased):
-        return False
-    for name in ("_remote_parent_not_sampled", "_local_parent_not_sampled"):
-        delegate = getattr(sampler, name, None)
-        always_off = delegate is ALWAYS_OFF or (
-            type(delegate) is StaticSampler and delegate.get_description() == "AlwaysOffSampler"
-        )
-        if not always_off:
-            return False
-    return True
-
-
-# -- setup from the environment --------------------------------------------------------
-
-_setup_lock = threading.Lock()
-_configured = False
-_prometheus: PrometheusReader | None = None
-
-
-def configure_from_environment(service_name: str, *, prometheus: bool = False) -> None:
-    """Set the global tracer and meter providers from the ``OTEL_*`` variables.
-
-    Only when the application has not set its own global providers, and only once per
-    process. ``prometheus=True`` adds a reader for the ``/metrics`` endpoint (see
-    :func:`prometheus_reader`). ``OTEL_SDK_DISABLED=true`` turns all of it off.
-
-    Raises:
-        ConfigError: an exporter name that is not ``otlp``, ``console`` or ``none``, or
-            ``otlp`` without the exporter package installed.
-    """
-    global _configured, _prometheus
-    with _setup_lock:
-        if _configured:
-            return
-        if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-            _configured = True
-            return
-        traces = _exporter_names("OTEL_TRACES_EXPORTER")
-        metrics = _exporter_names("OTEL_METRICS_EXPORTER")
-        want_traces = bool(traces) and _is_noop(otel_trace.get_tracer_provider())
-        want_metrics = (bool(metrics) or prometheus) and _is_noop(otel_metrics.get_meter_provider())
-        if not want_traces and not want_metrics:
-            _configured = True
-            return
-        from opentelemetry.sdk.resources import Resource
-
-        attributes: dict[str, Any] = {}
-        if not os.environ.get("OTEL_SERVICE_NAME") and f"{Attr.SERVICE_NAME}=" not in (
-            os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
-        ):
-            attributes[Attr.SERVICE_NAME] = service_name
-        resource = Resource.create(attributes)
-        if want_traces:
-            from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-            tp = TracerProvider(resource=resource)
-            for name in traces:
-                tp.add_span_processor(BatchSpanProcessor(_span_exporter(name)))
-            otel_trace.set_tracer_provider(tp)
-        if want_metrics:
-            from opentelemetry.sdk.metrics import MeterProvider
-            from opentelemetry.sdk.metrics.export import (
-                MetricReader,
-                PeriodicExportingMetricReader,
-            )
-
-            readers: list[MetricReader] = [
-                PeriodicExportingMetricReader(_metric_exporter(name)) for name in metrics
-            ]
-            if prometheus:
-                from ._prometheus import PrometheusReader
-
-                _prometheus = PrometheusReader()
-                readers.append(_prometheus)
-            otel_metrics.set_meter_provider(
-                MeterProvider(resource=resource, metric_readers=readers)
-            )
-        _configured = True
-        log.info(
-            "OpenTelemetry: traces to %s, metrics to %s",
-            ",".join(traces) or "the application's provider",
-            ",".join(metrics + (["prometheus /metrics"] if _prometheus is not None else []))
-            or "the application's provider",
-        )
-
-
-def check_environment() -> None:
-    """Raise ConfigError for ``OTEL_*`` exporter names hms-bus cannot set up."""
-    _exporter_names("OTEL_TRACES_EXPORTER")
-    _exporter_names("OTEL_METRICS_EXPORTER")
-
-
-def prometheus_reader() -> PrometheusReader | None:
-    """The reader behind ``/metrics``, when :func:`configure_from_environment` made one."""
-    return _prometheus
-
-
-def _exporter_names(variable: str) -> list[str]:
-    from ._errors import ConfigError
-
-    names = [n.strip().lower() for n in os.environ.get(variable, "").split(",") if n.strip()]
-    bad = [n for n in names if n not in ("otlp", "console", "none")]
-    if bad:
-        raise ConfigError(
-            f"{variable}={os.environ[variable]!r}: unknown exporter(s) {', '.join(bad)}; "
-            "hms-bus sets up otlp, console or none (or configure your own provider)"
-        )
-    return [n for n in names if n != "none"]
-
-
-def _otlp_protocol(signal: str) -> str:
-    return (
-        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "grpc"
-    ).strip()
-
-
-def _missing_otlp(exc: ImportError) -> Exception:
-    from ._errors import ConfigError
-
-    return ConfigError(
-        f"OTLP export needs the exporter package: pip install 'hms-bus[otlp]' ({exc})"
-    )
-
-
-def _span_exporter(name: str) -> Any:
-    if name == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    try:
-        if _otlp_protocol("TRACES").startswith("http"):
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[assignment]
-                OTLPSpanExporter,
-            )
-    except ImportError as exc:
-        raise _missing_otlp(exc) from exc
-    return OTLPSpanExporter()
-
-
-def _metric_exporter(name: str) -> Any:
-    if name == "console":
-        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
-
-        return ConsoleMetricExporter()
-    try:
-        if _otlp_protocol("METRICS").startswith("http"):
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                OTLPMetricExporter,
-            )
-        else:
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[assignment]
-                OTLPMetricExporter,
-            )
-    except ImportError as exc:
-        raise _missing_otlp(exc) from exc
-    return OTLPMetricExporter()

@@ -32,18 +32,15 @@ installation is unhealthy); 2 bad input or configuration; 3 the bus or store fai
 143 stopped by SIGTERM (role commands instead stop gracefully and exit 0). None of these
 prints a traceback.
 
-How commands are declared and run is in ``_cli_base``; what they do beyond the public API,
-in ``_admin``; how results look (JSON or ``rich`` tables), in ``_render``.
+How commands are declared and run is in ``_cli_base``; the role commands are in
+``_cli_roles``; what commands do beyond the public API, in ``_admin``; how results look
+(JSON or ``rich`` tables), in ``_render``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -54,7 +51,7 @@ from typing import Any
 import click
 
 from . import __version__
-from ._admin import check_health, configuration, export_schemas, load_app, migrate, topic_report
+from ._admin import check_health, export_schemas, load_app, migrate, topic_report
 from ._backends import in_process, redact, scheme_of
 from ._cli_base import (
     EXIT_OK,
@@ -63,19 +60,21 @@ from ._cli_base import (
     Common,
     Group,
     UsageError,
+    app_argument,
     command,
+    configure,
     err,
     option,
     parse,
     run,
 )
+from ._cli_roles import add_role_commands
 from ._errors import NotFoundError
 from ._management import Management, init
 from ._render import (
     health_view,
     history_view,
     page_view,
-    settings_view,
     topics_view,
     workflow_view,
 )
@@ -117,21 +116,12 @@ def _app(text: str = "module:attribute (default: bus/store from the environment)
     return option("--app", help=text)
 
 
-def _app_argument() -> click.Argument:
-    return click.Argument(["app"], help="module:attribute of the app")
-
-
 # -- apps and input ----------------------------------------------------------------------
-
-
-def _configure(mgmt: Management, c: Common, **settings: Any) -> Management:
-    mgmt.configure(bus=c.bus, store=c.store, namespace=c.namespace, **settings)
-    return mgmt
 
 
 def _client(c: Common, app: str | None) -> Management:
     """The app (or, without one, a bare client of the environment's bus and store)."""
-    return _configure(load_app(app) if app else init(roles=()), c, roles=())
+    return configure(load_app(app) if app else init(roles=()), c, roles=())
 
 
 def _memory_note(mgmt: Management, what: str) -> None:
@@ -204,7 +194,7 @@ def _reference_demo() -> Any:
     cli,
     "start",
     "start a workflow",
-    _app_argument(),
+    app_argument(),
     click.Argument(["workflow"], help="workflow name"),
     click.Argument(
         ["payload"], help="JSON payload, @file, or - for stdin (default {})", required=False
@@ -228,7 +218,7 @@ async def cmd_start(
     """Start a workflow; with ``--wait`` (or on an in-process bus) print how it ended."""
     mgmt = load_app(app)
     data = _parse_payload(payload)
-    local = in_process(_configure(mgmt, c).settings.bus_url)
+    local = in_process(configure(mgmt, c).settings.bus_url)
     # On an in-process bus nobody else can run the workflow: run it here and wait.
     mgmt.configure(roles=ALL_ROLES if local else ())
     async with mgmt:
@@ -444,106 +434,7 @@ async def cmd_health(c: Common, *, app: str | None, as_json: bool) -> int:
     return EXIT_OK if doc["healthy"] else EXIT_UNHEALTHY
 
 
-async def cmd_role(
-    c: Common,
-    *,
-    command: str,
-    app: str,
-    roles: str | None = None,
-    steps: str | None = None,
-    concurrency: int | None = None,
-    http_port: int | None,
-    dry_run: bool,
-) -> int:
-    """Run ``command``'s roles until SIGTERM or Ctrl-C, then stop gracefully (exit 0)."""
-    mgmt = load_app(app)
-    chosen: tuple[str, ...] = ALL_ROLES if command == "run" else (command,)
-    if roles:
-        chosen = tuple(r.strip() for r in roles.split(",") if r.strip())
-        bad = [r for r in chosen if r not in ALL_ROLES]
-        if bad or not chosen:
-            raise UsageError(
-                f"--roles: unknown role(s) {', '.join(map(repr, bad)) or '(none given)'}; "
-                f"choose from {', '.join(ALL_ROLES)}"
-            )
-    worker: dict[str, Any] = {}
-    if steps:
-        worker["steps"] = [s.strip() for s in steps.split(",") if s.strip()]
-    if concurrency:
-        worker["concurrency"] = concurrency
-    telemetry = {"http_port": http_port} if http_port is not None else None
-    s = _configure(mgmt, c, roles=chosen, worker=worker or None, telemetry=telemetry).settings
-    if dry_run:
-        from ._telemetry import check_environment
-
-        check_environment()
-        c.screen().show(configuration(mgmt, command), settings_view)
-        return EXIT_OK
-    if in_process(s.bus_url) and set(chosen) != set(ALL_ROLES):
-        err(
-            "warning: the bus is memory:// (inside this process only): a lone "
-            f"{command} cannot reach the others. Set HMS_BUS_URL=kafka://… or use 'run'."
-        )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, mgmt.request_stop)
-    async with mgmt:
-        w = mgmt.role("worker")
-        served = f"; steps: {', '.join(getattr(w, 'steps', []))}" if w is not None else ""
-        err(
-            f"hms-bus {command}: {s.service_name} on {redact(s.bus_url)} / "
-            f"{redact(s.store_url)}, roles {','.join(chosen)}{served}. "
-            "Ctrl-C or SIGTERM to stop."
-        )
-        await mgmt.serve()
-        err("stopping: draining in-flight work")
-    err("stopped")
-    return EXIT_OK
-
-
-def _role_params(role: str) -> list[click.Parameter]:
-    params: list[click.Parameter] = [_app_argument()]
-    if role == "run":
-        params.append(
-            option(
-                "--roles",
-                help="comma-separated roles to run here (default: all), "
-                "e.g. coordinator,projector,scheduler",
-            )
-        )
-    if role in ("worker", "run"):
-        params += [
-            option("--steps", help="comma-separated workflow.step names to serve (default: all)"),
-            option("--concurrency", type=int, help="handlers at once (HMS_WORKER__CONCURRENCY)"),
-        ]
-    return [
-        *params,
-        option(
-            "--http-port",
-            type=int,
-            help="serve /healthz and Prometheus /metrics on this port (HMS_TELEMETRY__HTTP_PORT)",
-        ),
-        option(
-            "--dry-run",
-            is_flag=True,
-            help="load the app, resolve every setting, print them and exit without connecting",
-        ),
-    ]
-
-
-for _role in (*ALL_ROLES, "run"):
-    command(
-        cli,
-        _role,
-        "run every role in one process" if _role == "run" else f"run the {_role} role",
-        *_role_params(_role),
-        role=True,
-    )(functools.partial(cmd_role, command=_role))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+add_role_commands(cli)
 
 
 class _ArgvParser:

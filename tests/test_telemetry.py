@@ -28,15 +28,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 import hms_bus
 from hms_bus._events import WorkflowStarted, encode_line
-from hms_bus._telemetry import (
+from hms_bus._otel_sdk import (
     SDK_INTERNALS_CHECKED,
-    Attr,
-    Telemetry,
-    _fast_extract,
-    _sdk_drops_unsampled_children,
-    _sdk_is_unset_global_meter_provider,
-    _w3c_only,
+    sdk_drops_unsampled_children,
+    sdk_is_unset_global_meter_provider,
 )
+from hms_bus._propagation import fast_extract, w3c_only
+from hms_bus._telemetry import Attr, Telemetry
 from hms_bus.transport import Outgoing
 
 
@@ -227,7 +225,7 @@ async def test_garbage_trace_headers_start_a_new_trace_and_never_fail_a_step(
     ],
 )
 def test_the_fast_traceparent_reader_agrees_with_the_w3c_propagator(value: bytes) -> None:
-    ours = _fast_extract((("traceparent", value),))
+    ours = fast_extract((("traceparent", value),))
     theirs = TraceContextTextMapPropagator().extract(
         {"traceparent": value.decode("utf-8", errors="replace")}
     )
@@ -532,7 +530,7 @@ def test_trace_headers_are_written_directly_only_for_w3c_propagators(
     saved = propagate.get_global_textmap()
     propagate.set_global_textmap(textmap)
     try:
-        assert _w3c_only() is fast
+        assert w3c_only() is fast
         tp, _ = tracer()
         tel = Telemetry(service_name="x", system="memory", tracer_provider=tp)
         span = tel.span("s", kind=SpanKind.PRODUCER, parent=None, attributes=None)
@@ -543,7 +541,7 @@ def test_trace_headers_are_written_directly_only_for_w3c_propagators(
         assert {k: v.decode() for k, v in headers.items()} == expected
     finally:
         propagate.set_global_textmap(saved)
-    assert _w3c_only() is True, "the default propagators"
+    assert w3c_only() is True, "the default propagators"
 
 
 # -- the OpenTelemetry internals adapter, pinned to the SDK versions it was read against ---
@@ -556,24 +554,24 @@ def _require_checked_sdk(function: str) -> None:
         minor = tuple(int(n) for n in installed.split(".")[:2])
         assert first <= minor <= last, (
             f"{package} {installed} is outside {'–'.join(SDK_INTERNALS_CHECKED)}, the versions "
-            f"hms_bus._telemetry.{function} was checked against: re-read the SDK internals it "
+            f"hms_bus._otel_sdk.{function} was checked against: re-read the SDK internals it "
             "uses (see its docstring), then widen SDK_INTERNALS_CHECKED"
         )
 
 
 def test_sdk_adapter_unset_global_meter_provider() -> None:
-    _require_checked_sdk("_sdk_is_unset_global_meter_provider")
+    _require_checked_sdk("sdk_is_unset_global_meter_provider")
     from opentelemetry.metrics import _internal
 
     assert isinstance(_internal._ProxyMeterProvider, type), "the stand-in class has moved"
     stand_in = _internal._ProxyMeterProvider()
-    assert _sdk_is_unset_global_meter_provider(stand_in) is True
-    assert _sdk_is_unset_global_meter_provider(MeterProvider(shutdown_on_exit=False)) is False
+    assert sdk_is_unset_global_meter_provider(stand_in) is True
+    assert sdk_is_unset_global_meter_provider(MeterProvider(shutdown_on_exit=False)) is False
     assert Telemetry(service_name="x", system="memory", meter_provider=stand_in).metrics is False
 
 
 def test_sdk_adapter_drops_unsampled_children() -> None:
-    _require_checked_sdk("_sdk_drops_unsampled_children")
+    _require_checked_sdk("sdk_drops_unsampled_children")
     from opentelemetry.sdk.trace.sampling import (
         ALWAYS_OFF,
         ALWAYS_ON,
@@ -603,10 +601,10 @@ def test_sdk_adapter_drops_unsampled_children() -> None:
             ALWAYS_ON, local_parent_not_sampled=TraceIdRatioBased(0.5)
         ),
     }
-    assert {name: _sdk_drops_unsampled_children(s) for name, s in drops.items()} == dict.fromkeys(
+    assert {name: sdk_drops_unsampled_children(s) for name, s in drops.items()} == dict.fromkeys(
         drops, True
     )
-    assert {name: _sdk_drops_unsampled_children(s) for name, s in keeps.items()} == dict.fromkeys(
+    assert {name: sdk_drops_unsampled_children(s) for name, s in keeps.items()} == dict.fromkeys(
         keeps, False
     )
     # What the shortcut assumes, asked through the public API: no child of an unsampled

@@ -33,14 +33,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
 from pydantic import JsonValue
 
 from .._backends import redact
-from .._errors import ConfigError, StoreError
+from .._errors import StoreError
 from .._events import WorkflowEvent, decode_event, encode
 from .._ledger import plan_claims
 from .._projection import StepRow, WorkflowRow, fold
@@ -58,6 +57,7 @@ from . import _pg_rows as rows_io
 from ._batching import Batcher
 from ._cursor import encode_cursor, parse_cursor
 from ._notify import Listener, channel_name, encode_changes
+from ._pg_conn import close_pool, create_pool, errors, split_schema
 from ._pg_rows import Start
 from ._sql import (
     CLAIM_TIMERS,
@@ -82,66 +82,7 @@ __all__ = ["MIGRATIONS", "PostgresStore", "migrate"]
 
 log = logging.getLogger("hms_bus.store")
 
-_IDENT_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 _ROUND = 1000  # workflows read per query by get_workflows
-
-
-def _schema_of(url: str) -> tuple[str, str]:
-    """Split ``?schema=`` off ``url``: (url for asyncpg, schema)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), "public")
-    rest = [(k, v) for k, v in query if k != "schema"]
-    if not schema or not set(schema) <= _IDENT_OK or schema[0].isdigit():
-        raise ConfigError(
-            f"invalid schema {schema!r} in store URL {redact(url)!r}: use lower-case letters, "
-            "digits and '_', not starting with a digit"
-        )
-    scheme = "postgresql" if parts.scheme in ("postgres", "postgresql") else parts.scheme
-    return urlunsplit(parts._replace(scheme=scheme, query=urlencode(rest))), schema
-
-
-def _unavailable(exc: BaseException, what: str) -> StoreError:
-    return StoreError(f"{what}: {type(exc).__name__}: {exc}", retriable=True)
-
-
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-)
-
-
-@contextlib.asynccontextmanager
-async def _errors(what: str) -> Any:
-    try:
-        yield
-    except StoreError:
-        raise
-    except _TRANSIENT as exc:
-        raise _unavailable(exc, what) from exc
-    except asyncpg.PostgresError as exc:
-        raise StoreError(f"{what}: {type(exc).__name__}: {exc}", retriable=False) from exc
-
-
-class _Connection(asyncpg.Connection):  # type: ignore[misc]
-    """A pooled connection that goes back to its pool without a reset query.
-
-    asyncpg resets a connection on release (advisory locks, cursors, LISTEN, settings):
-    one more round trip per use, on every statement the roles send. The store keeps no
-    session state on pooled connections: its advisory locks are transaction-scoped,
-    it opens no cursors outside transactions, sets nothing after connecting, and listens
-    on a connection of its own. An open transaction is still rolled back on release.
-    """
-
-    def get_reset_query(self) -> str:
-        return ""
 
 
 class PostgresStore:
@@ -174,7 +115,7 @@ class PostgresStore:
         wait_recheck: float = 10.0,
         **_options: object,
     ) -> None:
-        self._dsn, self.schema = _schema_of(url)
+        self._dsn, self.schema = split_schema(url)
         self._url = redact(url)
         self._ns = namespace
         self._migrate = migrate
@@ -204,36 +145,37 @@ class PostgresStore:
         Raises:
             StoreError: the database is unreachable (retriable) or refused a statement.
         """
-        async with _errors(f"migrating the store at {self._url}"):
+        async with errors(f"migrating the store at {self._url}"):
             conn = await asyncpg.connect(self._dsn, timeout=self._command_timeout)
             try:
                 return await migrate(conn, self.schema)
             finally:
                 await conn.close()
 
-    async def _pool_of(self, least: int, most: int, name: str) -> asyncpg.Pool:
-        try:
-            return await asyncpg.create_pool(
-                self._dsn,
-                min_size=least,
-                max_size=most,
-                command_timeout=self._command_timeout,
-                server_settings={"search_path": self.schema, "application_name": name},
-                connection_class=_Connection,
-            )
-        except _TRANSIENT as exc:
-            raise _unavailable(exc, f"cannot connect to the store at {self._url}") from exc
-        except asyncpg.PostgresError as exc:
-            raise StoreError(f"the store at {self._url}: {exc}", retriable=False) from exc
-
     async def __aenter__(self) -> Self:
         if self._migrate:
             await self.migrate()
-        self._pool = await self._pool_of(self._pool_min, self._pool_max, "hms-bus")
+        self._pool = await create_pool(
+            self._dsn,
+            self.schema,
+            self._url,
+            self._pool_min,
+            self._pool_max,
+            "hms-bus",
+            self._command_timeout,
+        )
         try:
-            self._client = await self._pool_of(self._client_min, self._client_max, "hms-bus-client")
+            self._client = await create_pool(
+                self._dsn,
+                self.schema,
+                self._url,
+                self._client_min,
+                self._client_max,
+                "hms-bus-client",
+                self._command_timeout,
+            )
         except BaseException:
-            await self._close_pool(self._pool)
+            await close_pool(self._pool)
             self._pool = None
             raise
         return self
@@ -252,14 +194,7 @@ class PostgresStore:
         self._pool = self._client = None
         for pool in pools:
             if pool is not None:
-                await self._close_pool(pool)
-
-    @staticmethod
-    async def _close_pool(pool: asyncpg.Pool) -> None:
-        try:
-            await asyncio.wait_for(pool.close(), 10)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            pool.terminate()
+                await close_pool(pool)
 
     def _p(self) -> asyncpg.Pool:
         """The roles' pool."""
@@ -323,7 +258,7 @@ class PostgresStore:
         return await self._starts.submit((workflow_id, workflow, payload, start_event_id, now))
 
     async def _register_starts(self, starts: list[Start]) -> list[StartResult]:
-        async with _errors("register_start"), self._c().acquire() as conn:
+        async with errors("register_start"), self._c().acquire() as conn:
             return await rows_io.register_starts(conn, self._ns, starts)
 
     # -- projection ---------------------------------------------------------------------
@@ -341,7 +276,7 @@ class PostgresStore:
             if bodies is not None
             else [encode(e).decode() for e in events]
         )
-        async with _errors("apply_events"), self._p().acquire() as conn, conn.transaction():
+        async with errors("apply_events"), self._p().acquire() as conn, conn.transaction():
             got = await conn.fetchrow(
                 INSERT_EVENTS,
                 ns,
@@ -394,7 +329,7 @@ class PostgresStore:
             return []
         ns = self._ns
         wids = sorted({c.workflow_id for c in claims})
-        async with _errors("claim_transitions"), self._p().acquire() as conn, conn.transaction():
+        async with errors("claim_transitions"), self._p().acquire() as conn, conn.transaction():
             await conn.execute(LOCK_LEDGER, ns, wids)
             published: dict[tuple[str, str], bool] = {}
             messages: dict[tuple[str, str], bytes | None] = {}
@@ -438,7 +373,7 @@ class PostgresStore:
         """Mark claims published and drop their recorded messages."""
         if not keys:
             return
-        async with _errors("mark_published"), self._p().acquire() as conn:
+        async with errors("mark_published"), self._p().acquire() as conn:
             await conn.execute(
                 MARK_PUBLISHED,
                 self._ns,
@@ -452,7 +387,7 @@ class PostgresStore:
         self, *, now: datetime, limit: int, lease: float, owner: str
     ) -> list[Timer]:
         """Lease due timers (``FOR UPDATE SKIP LOCKED``) until ``now + lease``."""
-        async with _errors("claim_due_timers"), self._p().acquire() as conn:
+        async with errors("claim_due_timers"), self._p().acquire() as conn:
             rows = await conn.fetch(
                 CLAIM_TIMERS,
                 self._ns,
@@ -470,7 +405,7 @@ class PostgresStore:
         """Forget fired timers."""
         if not timer_ids:
             return
-        async with _errors("delete_timers"), self._p().acquire() as conn:
+        async with errors("delete_timers"), self._p().acquire() as conn:
             await conn.execute(
                 DELETE_TIMERS,
                 self._ns,
@@ -487,7 +422,7 @@ class PostgresStore:
                 log.debug("scheduler: not listening for new timers: %s", exc)
         # Cleared before the query: a timer added while it runs still wakes this wait.
         self._timer_added.clear()
-        async with _errors("wait_for_timers"), self._p().acquire() as conn:
+        async with errors("wait_for_timers"), self._p().acquire() as conn:
             first = await conn.fetchval(FIRST_TIMER, self._ns)
         if first is not None:
             timeout = min(timeout, max(0.0, first.timestamp() - time.time()))
@@ -501,7 +436,7 @@ class PostgresStore:
 
     async def get_workflow(self, workflow_id: str) -> WorkflowStatus | None:
         """The workflow with its steps, or None."""
-        async with _errors("get_workflow"), self._c().acquire() as conn:
+        async with errors("get_workflow"), self._c().acquire() as conn:
             rows = await rows_io.load(conn, self._ns, [workflow_id])
         row = rows.get(workflow_id)
         return None if row is None else row.freeze()
@@ -511,7 +446,7 @@ class PostgresStore:
         statements per thousand ids."""
         out: dict[str, WorkflowStatus] = {}
         ids = list(dict.fromkeys(workflow_ids))
-        async with _errors("get_workflows"), self._c().acquire() as conn:
+        async with errors("get_workflows"), self._c().acquire() as conn:
             for i in range(0, len(ids), _ROUND):
                 rows = await rows_io.load(conn, self._ns, ids[i : i + _ROUND])
                 out.update((w, row.freeze()) for w, row in rows.items())
@@ -541,7 +476,7 @@ class PostgresStore:
             f"SELECT {WORKFLOW_COLUMNS} FROM hms_workflows WHERE {' AND '.join(where)}"
             f" ORDER BY created_at DESC, workflow_id DESC LIMIT {arg(query.limit + 1)}"
         )
-        async with _errors("list_workflows"), self._c().acquire() as conn:
+        async with errors("list_workflows"), self._c().acquire() as conn:
             found = await conn.fetch(sql, *args)
         rows = [workflow_row(r) for r in found]
         more = len(rows) > query.limit
@@ -553,7 +488,7 @@ class PostgresStore:
 
     async def save_health(self, report: dict[str, JsonValue]) -> None:
         """Replace the namespace's health report (one row, one statement)."""
-        async with _errors("save_health"), self._p().acquire() as conn:
+        async with errors("save_health"), self._p().acquire() as conn:
             await conn.execute(
                 SAVE_HEALTH,
                 self._ns,
@@ -562,7 +497,7 @@ class PostgresStore:
 
     async def load_health(self) -> dict[str, JsonValue] | None:
         """The namespace's last health report, or None."""
-        async with _errors("load_health"), self._c().acquire() as conn:
+        async with errors("load_health"), self._c().acquire() as conn:
             try:
                 text = await conn.fetchval(LOAD_HEALTH, self._ns)
             except asyncpg.UndefinedTableError:  # not migrated: no monitor has written
@@ -571,7 +506,7 @@ class PostgresStore:
 
     async def history(self, workflow_id: str) -> list[WorkflowEvent]:
         """The events applied for the workflow, in the order applied."""
-        async with _errors("history"), self._c().acquire() as conn:
+        async with errors("history"), self._c().acquire() as conn:
             rows = await conn.fetch(
                 HISTORY,
                 self._ns,
