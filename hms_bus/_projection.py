@@ -12,7 +12,7 @@ The rules, which every store follows:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -97,14 +97,17 @@ class WorkflowRow:
     confirmed: bool = False
     steps: dict[int, StepRow] = field(default_factory=dict)
 
-    def freeze(self, with_steps: bool = True) -> WorkflowStatus:
-        """An immutable :class:`WorkflowStatus` of this row."""
+    def freeze(
+        self, with_steps: bool = True, copy: Callable[[Any], Any] | None = None
+    ) -> WorkflowStatus:
+        """An immutable :class:`WorkflowStatus` of this row; ``copy`` (if given) makes the
+        status's own payload and result from the row's."""
         return WorkflowStatus(
             workflow_id=self.workflow_id,
             workflow=self.workflow,
             status=self.status,
-            payload=self.payload,
-            result=self.result,
+            payload=self.payload if copy is None else copy(self.payload),
+            result=self.result if copy is None else copy(self.result),
             error=self.error,
             steps=[self.steps[k].freeze() for k in sorted(self.steps)] if with_steps else [],
             created_at=self.created_at,

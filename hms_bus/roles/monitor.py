@@ -39,22 +39,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from .._errors import SerializationError
 from .._events import (
+    ENVELOPE_VERSION,
     Heartbeat,
     ProcessDown,
     ProcessFacts,
     SlaBreached,
-    StepCompleted,
-    StepScheduled,
-    StepStarted,
     StepStuck,
-    WorkflowCancelled,
-    WorkflowCompleted,
-    WorkflowEvent,
-    WorkflowFailed,
-    WorkflowStarted,
-    decode_event,
     decode_heartbeat,
     encode,
     encode_line,
@@ -71,7 +65,7 @@ __all__ = ["Breach", "Monitor", "ProcessInfo"]
 
 log = logging.getLogger("hms_bus.monitor")
 
-# What the monitor reads of the history; the rest is not decoded at all.
+# What the monitor reads of the history; the rest is not acted on.
 _WATCHED = frozenset(
     {
         "workflowStarted",
@@ -83,6 +77,67 @@ _WATCHED = frozenset(
         "workflowCancelled",
     }
 )
+_STEP_EVENTS = frozenset({"stepScheduled", "stepStarted", "completeStep"})
+_ENDED = frozenset({"workflowCompleted", "workflowFailed", "workflowCancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the monitor needs of a history event: the envelope and the step facts of
+    :class:`~hms_bus._events.StepScheduled`, ``StepStarted``, ``StepCompleted`` and the
+    workflow events. The monitor reads every event of the history; validating the whole
+    event model (payloads, results, directives) for each would cost it about as much
+    again as the projector, so :func:`seen` reads these fields alone, checking each."""
+
+    type: str
+    workflow_id: str
+    workflow: str
+    at: float
+    """The event's ``ts``, in seconds since the epoch."""
+    step: str | None = None
+    seq: int = -1
+    attempt: int = 1
+    worker: str | None = None
+    outcome: str | None = None
+
+
+def _opt(value: object, kind: type) -> Any:
+    if value is None or isinstance(value, kind):
+        return value
+    raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+
+
+def seen(line: bytes) -> Seen | None:
+    """The monitor's view of one history line; None for a type it does not act on, a
+    newer envelope version, or a line that is not a valid event (the projector
+    dead-letters those)."""
+    try:
+        obj = orjson.loads(line)
+        kind = obj["type"]
+        if kind not in _WATCHED or obj.get("v", 1) > ENVELOPE_VERSION:
+            return None
+        seq = obj.get("seq")
+        if kind in _STEP_EVENTS and (not isinstance(seq, int) or isinstance(seq, bool)):
+            return None
+        wid, workflow, ts = obj["workflow_id"], obj["workflow"], obj["ts"]
+        if not (isinstance(wid, str) and isinstance(workflow, str) and isinstance(ts, str)):
+            return None
+        attempt = obj.get("attempt", 1)
+        return Seen(
+            kind,
+            wid,
+            workflow,
+            datetime.fromisoformat(ts).timestamp(),
+            _opt(obj.get("step"), str),
+            seq if isinstance(seq, int) else -1,
+            attempt if isinstance(attempt, int) else 1,
+            _opt(obj.get("worker"), str),
+            _opt(obj.get("outcome"), str),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
 _STATUS = {
     "workflowCompleted": "completed",
     "workflowFailed": "failed",
@@ -196,10 +251,7 @@ class Monitor(BatchRole):
             except SerializationError:
                 continue
             for line in split_lines(record.value):
-                try:
-                    event = decode_event(line, _WATCHED)
-                except SerializationError:
-                    continue  # the projector dead-letters what cannot be read
+                event = seen(line)
                 if event is not None:
                     self._on_event(event)
         # Steps that finished after their deadline before a check saw it pass.
@@ -232,32 +284,34 @@ class Monitor(BatchRole):
         if sla is not None and (wid, seq) not in self._deadlines:
             self._deadlines[(wid, seq)] = _Deadline(workflow, step, seq, sla, since)
 
-    def _on_event(self, ev: WorkflowEvent) -> None:
-        at = ev.ts.timestamp()
+    def _on_event(self, ev: Seen) -> None:
+        at = ev.at
         wid = ev.workflow_id
-        if isinstance(ev, StepScheduled):
+        kind = ev.type
+        seq = ev.seq  # seen() drops step events without one
+        if kind == "stepScheduled":
             # A later step was scheduled: the earlier ones of this workflow have ended.
-            for run_key in [k for k in self._running if k[0] == wid and k[1] < ev.seq]:
+            for run_key in [k for k in self._running if k[0] == wid and k[1] < seq]:
                 del self._running[run_key]
             if self._deadlines:
                 for key in [k for k in self._deadlines if k[0] == wid and k[1] is not None]:
-                    if key[1] is not None and key[1] < ev.seq:
+                    if key[1] is not None and key[1] < seq:
                         self._end(key, at)
-        elif isinstance(ev, StepStarted):
-            self._running[(wid, ev.seq)] = _Running(
-                ev.workflow, ev.step, ev.attempt, ev.worker or "", at
+        elif kind == "stepStarted":
+            self._running[(wid, seq)] = _Running(
+                ev.workflow, ev.step or "", ev.attempt, ev.worker or "", at
             )
-            self._watch(wid, ev.workflow, ev.step, ev.seq, at)
-        elif isinstance(ev, StepCompleted):
-            running = self._running.get((wid, ev.seq))
+            self._watch(wid, ev.workflow, ev.step, seq, at)
+        elif kind == "completeStep":
+            running = self._running.get((wid, seq))
             if running is not None and running.attempt <= ev.attempt:
-                del self._running[(wid, ev.seq)]
+                del self._running[(wid, seq)]
             if ev.outcome == "succeeded" and self._deadlines:
-                self._end((wid, ev.seq), at)
-        elif isinstance(ev, WorkflowStarted):
+                self._end((wid, seq), at)
+        elif kind == "workflowStarted":
             self._starts.setdefault(wid, (ev.workflow, at))
             self._watch(wid, ev.workflow, None, None, at)
-        elif isinstance(ev, (WorkflowCompleted, WorkflowFailed, WorkflowCancelled)):
+        elif kind in _ENDED:
             started = self._starts.pop(wid, None)
             tel = self._rt.telemetry
             if started is not None and tel.metrics:

@@ -312,7 +312,9 @@ class Worker:
             cmd,
             started_at,
             outcome="succeeded",
-            directive=directive.model_copy(update={"data": sealer.seal(directive.data, opened)}),
+            directive=directive
+            if not sealer.active
+            else directive.model_copy(update={"data": sealer.seal(directive.data, opened)}),
         )
 
     @staticmethod

@@ -314,11 +314,10 @@ class MemoryStore:
 def _copy(value: Any) -> Any:
     """A deep copy of a JSON value: what the store keeps is never the caller's object,
     as with a store that serializes (Postgres)."""
-    return None if value is None else orjson.loads(orjson.dumps(value))
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return orjson.loads(orjson.dumps(value))
 
 
 def _frozen(row: WorkflowRow, *, with_steps: bool = True) -> WorkflowStatus:
-    status = row.freeze(with_steps=with_steps)
-    return status.model_copy(
-        update={"payload": _copy(status.payload), "result": _copy(status.result)}
-    )
+    return row.freeze(with_steps=with_steps, copy=_copy)
