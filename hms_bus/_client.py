@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import SpanKind
 
 from ._definitions import Registry, validate_payload
-from ._errors import ConfigError, NotFoundError, TransportError
+from ._errors import ConfigError, HmsBusError, NotFoundError, StoreError, TransportError
 from ._events import CancelRequested, WorkflowEvent, WorkflowStarted, encode_line, utcnow
 from ._pii import Sealer
 from ._results import to_jsonable
@@ -153,20 +153,25 @@ class Client:
                 "elsewhere and pass a reference",
                 retriable=False,
             )
-        result = await self._store().register_start(
-            workflow_id, workflow, body, event.event_id, utcnow()
-        )
-        if not result.created and result.workflow != workflow:
-            raise ConfigError(
-                f"workflow_id {workflow_id!r} already belongs to a {result.workflow!r} workflow"
+        try:
+            result = await self._store().register_start(
+                workflow_id, workflow, body, event.event_id, utcnow()
             )
-        if result.created or not result.confirmed:
-            if not result.created:
-                event = event.model_copy(
-                    update={"event_id": result.start_event_id, "payload": result.payload}
+            if not result.created and result.workflow != workflow:
+                raise ConfigError(
+                    f"workflow_id {workflow_id!r} already belongs to a {result.workflow!r} workflow"
                 )
-                record = self._record(event)
-            await self._publish_start(transport, event, record)
+            if result.created or not result.confirmed:
+                if not result.created:
+                    event = event.model_copy(
+                        update={"event_id": result.start_event_id, "payload": result.payload}
+                    )
+                    record = self._record(event)
+                await self._publish_start(transport, event, record)
+        except (StoreError, TransportError) as exc:
+            if not exc.retriable:
+                raise
+            raise _ambiguous(exc, workflow, workflow_id) from (exc.__cause__ or exc)
         return Started(workflow_id, workflow, result.created, self)
 
     def _record(self, event: WorkflowStarted | CancelRequested) -> Outgoing:
@@ -323,3 +328,21 @@ class Client:
         event = CancelRequested(workflow_id=workflow_id, workflow=status.workflow, reason=reason)
         await transport.publish([self._record(event)])
         return True
+
+
+def _ambiguous(exc: StoreError | TransportError, workflow: str, workflow_id: str) -> HmsBusError:
+    """A retriable failure of ``start``, saying how to repeat it safely.
+
+    The workflow may or may not be registered (a connection can break after the store
+    committed and before it answered), but a start is keyed by its ``workflow_id``: the
+    store registers an id once, and a repeated start of a registered but unconfirmed
+    workflow publishes its original start event again, which the ledger decides once.
+    """
+    error = type(exc)(
+        f"starting {workflow!r} {workflow_id!r} failed, and may or may not have taken "
+        f"effect: {exc.message}. Calling start({workflow!r}, ..., "
+        f"workflow_id={workflow_id!r}) again is safe: it starts the workflow at most once",
+        retriable=True,
+    )
+    error.workflow_id = workflow_id
+    return error

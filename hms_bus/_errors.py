@@ -40,9 +40,13 @@ class HmsBusError(Exception):
     Attributes:
         retriable: True when repeating the same operation may succeed (a broker or
             database that is briefly unreachable); False for errors that will recur.
+        workflow_id: the workflow the failed call was about, when it has one: a
+            retriable failure of :meth:`~hms_bus.Management.start` carries the id it
+            started under (also one it generated), to repeat the call with.
     """
 
     retriable: bool = False
+    workflow_id: str | None = None
 
     def __init__(self, message: str, *, retriable: bool | None = None) -> None:
         super().__init__(message)

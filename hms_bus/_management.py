@@ -310,7 +310,12 @@ class Management:
             PayloadValidationError: the payload does not match the declared ``input=``.
             SerializationError: the payload is not JSON-encodable.
             TransportError: the payload is over ``transport.max_message_bytes``
-                (``retriable=False``; nothing was stored), or the bus is unreachable.
+                (``retriable=False``; nothing was stored).
+            TransportError, StoreError: (``retriable=True``) the bus or the store failed
+                part-way, so the start may or may not have taken effect. The error's
+                ``workflow_id`` is the id it started under (also one generated here), and
+                calling ``start`` again with that ``workflow_id`` is safe: a workflow id
+                is started at most once.
         """
         return await self._client.start(workflow, payload, workflow_id=workflow_id)
 

@@ -37,10 +37,15 @@ import asyncpg
 
 from .._errors import StoreError
 from . import Change
+from ._pg_conn import TRANSIENT
 
 __all__ = ["Listener", "channel_name", "decode_payload", "encode_changes"]
 
 log = logging.getLogger("hms_bus.store.notify")
+
+# What makes the listening connection one to replace: an outage, a broken connection
+# (asyncpg's own state included), or the server refusing it.
+_FAILED: tuple[type[BaseException], ...] = (*TRANSIENT, asyncpg.PostgresError)
 
 _MAX_PAYLOAD = 7900  # bytes; the server refuses a payload of 8000 or more
 _MAX_CHANNEL = 63  # an identifier's length (NAMEDATALEN - 1)
@@ -151,7 +156,7 @@ class Listener:
         if conn is not None and not conn.is_closed():
             try:
                 await asyncio.wait_for(conn.close(), 5)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except _FAILED:
                 conn.terminate()
 
     async def _connect(self) -> None:
@@ -162,13 +167,13 @@ class Listener:
                 # Named for its process, so an operator (or a test) can tell whose it is.
                 server_settings={"application_name": f"hms-bus-listen {os.getpid()}"},
             )
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _FAILED as exc:
             raise StoreError(
                 f"cannot listen for changes: {type(exc).__name__}: {exc}", retriable=True
             ) from exc
         try:
             await conn.add_listener(self._channel, self._notified)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _FAILED as exc:
             conn.terminate()
             raise StoreError(
                 f"cannot listen for changes: {type(exc).__name__}: {exc}", retriable=True
@@ -205,7 +210,7 @@ class Listener:
             return False
         try:
             await asyncio.wait_for(conn.fetchval("SELECT 1"), self._timeout)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except _FAILED:
             return False
         return True
 

@@ -18,7 +18,15 @@ import asyncpg
 from .._backends import redact
 from .._errors import ConfigError, StoreError
 
-__all__ = ["TRANSIENT", "Connection", "close_pool", "create_pool", "errors", "split_schema"]
+__all__ = [
+    "TRANSIENT",
+    "Connection",
+    "close_pool",
+    "connection",
+    "create_pool",
+    "errors",
+    "split_schema",
+]
 
 _IDENT_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
@@ -47,6 +55,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # The client library's own state gone wrong on a connection (seen when the server
+    # restarts under load: "cannot switch to state 12; another operation is in
+    # progress"): the connection is unusable, the operation may be repeated on another.
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
@@ -66,6 +78,31 @@ async def errors(what: str) -> AsyncIterator[None]:
         raise unavailable(exc, what) from exc
     except asyncpg.PostgresError as exc:
         raise StoreError(f"{what}: {type(exc).__name__}: {exc}", retriable=False) from exc
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool, what: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of ``pool`` for one operation, with :func:`errors`' translation.
+
+    A connection that was in use when anything but a plain statement error happened
+    (the server went away, the connection broke or was terminated, the client library
+    lost track of its state, the operation was cancelled or timed out) is terminated
+    instead of going back to the pool: what state it is in is unknown, and the next
+    user must not find out. A statement error (a constraint, bad SQL) leaves the
+    connection as good as new, and it is reused.
+    """
+    async with errors(what):
+        conn = await pool.acquire()
+        try:
+            yield conn
+        except BaseException as exc:
+            if isinstance(exc, TRANSIENT) or not isinstance(exc, asyncpg.PostgresError):
+                # A connection the server closed has gone back to the pool by itself.
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
+            raise
+        finally:
+            await pool.release(conn)
 
 
 class Connection(asyncpg.Connection):  # type: ignore[misc]

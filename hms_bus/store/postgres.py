@@ -57,7 +57,7 @@ from . import _pg_rows as rows_io
 from ._batching import Batcher
 from ._cursor import encode_cursor, parse_cursor
 from ._notify import Listener, channel_name, encode_changes
-from ._pg_conn import close_pool, create_pool, errors, split_schema
+from ._pg_conn import close_pool, connection, create_pool, errors, split_schema
 from ._pg_rows import Start
 from ._sql import (
     CLAIM_TIMERS,
@@ -258,7 +258,7 @@ class PostgresStore:
         return await self._starts.submit((workflow_id, workflow, payload, start_event_id, now))
 
     async def _register_starts(self, starts: list[Start]) -> list[StartResult]:
-        async with errors("register_start"), self._c().acquire() as conn:
+        async with connection(self._c(), "register_start") as conn:
             return await rows_io.register_starts(conn, self._ns, starts)
 
     # -- projection ---------------------------------------------------------------------
@@ -276,7 +276,7 @@ class PostgresStore:
             if bodies is not None
             else [encode(e).decode() for e in events]
         )
-        async with errors("apply_events"), self._p().acquire() as conn, conn.transaction():
+        async with connection(self._p(), "apply_events") as conn, conn.transaction():
             got = await conn.fetchrow(
                 INSERT_EVENTS,
                 ns,
@@ -329,7 +329,7 @@ class PostgresStore:
             return []
         ns = self._ns
         wids = sorted({c.workflow_id for c in claims})
-        async with errors("claim_transitions"), self._p().acquire() as conn, conn.transaction():
+        async with connection(self._p(), "claim_transitions") as conn, conn.transaction():
             await conn.execute(LOCK_LEDGER, ns, wids)
             published: dict[tuple[str, str], bool] = {}
             messages: dict[tuple[str, str], bytes | None] = {}
@@ -373,7 +373,7 @@ class PostgresStore:
         """Mark claims published and drop their recorded messages."""
         if not keys:
             return
-        async with errors("mark_published"), self._p().acquire() as conn:
+        async with connection(self._p(), "mark_published") as conn:
             await conn.execute(
                 MARK_PUBLISHED,
                 self._ns,
@@ -387,7 +387,7 @@ class PostgresStore:
         self, *, now: datetime, limit: int, lease: float, owner: str
     ) -> list[Timer]:
         """Lease due timers (``FOR UPDATE SKIP LOCKED``) until ``now + lease``."""
-        async with errors("claim_due_timers"), self._p().acquire() as conn:
+        async with connection(self._p(), "claim_due_timers") as conn:
             rows = await conn.fetch(
                 CLAIM_TIMERS,
                 self._ns,
@@ -405,7 +405,7 @@ class PostgresStore:
         """Forget fired timers."""
         if not timer_ids:
             return
-        async with errors("delete_timers"), self._p().acquire() as conn:
+        async with connection(self._p(), "delete_timers") as conn:
             await conn.execute(
                 DELETE_TIMERS,
                 self._ns,
@@ -422,7 +422,7 @@ class PostgresStore:
                 log.debug("scheduler: not listening for new timers: %s", exc)
         # Cleared before the query: a timer added while it runs still wakes this wait.
         self._timer_added.clear()
-        async with errors("wait_for_timers"), self._p().acquire() as conn:
+        async with connection(self._p(), "wait_for_timers") as conn:
             first = await conn.fetchval(FIRST_TIMER, self._ns)
         if first is not None:
             timeout = min(timeout, max(0.0, first.timestamp() - time.time()))
@@ -436,7 +436,7 @@ class PostgresStore:
 
     async def get_workflow(self, workflow_id: str) -> WorkflowStatus | None:
         """The workflow with its steps, or None."""
-        async with errors("get_workflow"), self._c().acquire() as conn:
+        async with connection(self._c(), "get_workflow") as conn:
             rows = await rows_io.load(conn, self._ns, [workflow_id])
         row = rows.get(workflow_id)
         return None if row is None else row.freeze()
@@ -446,7 +446,7 @@ class PostgresStore:
         statements per thousand ids."""
         out: dict[str, WorkflowStatus] = {}
         ids = list(dict.fromkeys(workflow_ids))
-        async with errors("get_workflows"), self._c().acquire() as conn:
+        async with connection(self._c(), "get_workflows") as conn:
             for i in range(0, len(ids), _ROUND):
                 rows = await rows_io.load(conn, self._ns, ids[i : i + _ROUND])
                 out.update((w, row.freeze()) for w, row in rows.items())
@@ -476,7 +476,7 @@ class PostgresStore:
             f"SELECT {WORKFLOW_COLUMNS} FROM hms_workflows WHERE {' AND '.join(where)}"
             f" ORDER BY created_at DESC, workflow_id DESC LIMIT {arg(query.limit + 1)}"
         )
-        async with errors("list_workflows"), self._c().acquire() as conn:
+        async with connection(self._c(), "list_workflows") as conn:
             found = await conn.fetch(sql, *args)
         rows = [workflow_row(r) for r in found]
         more = len(rows) > query.limit
@@ -488,7 +488,7 @@ class PostgresStore:
 
     async def save_health(self, report: dict[str, JsonValue]) -> None:
         """Replace the namespace's health report (one row, one statement)."""
-        async with errors("save_health"), self._p().acquire() as conn:
+        async with connection(self._p(), "save_health") as conn:
             await conn.execute(
                 SAVE_HEALTH,
                 self._ns,
@@ -497,7 +497,7 @@ class PostgresStore:
 
     async def load_health(self) -> dict[str, JsonValue] | None:
         """The namespace's last health report, or None."""
-        async with errors("load_health"), self._c().acquire() as conn:
+        async with connection(self._c(), "load_health") as conn:
             try:
                 text = await conn.fetchval(LOAD_HEALTH, self._ns)
             except asyncpg.UndefinedTableError:  # not migrated: no monitor has written
@@ -506,7 +506,7 @@ class PostgresStore:
 
     async def history(self, workflow_id: str) -> list[WorkflowEvent]:
         """The events applied for the workflow, in the order applied."""
-        async with errors("history"), self._c().acquire() as conn:
+        async with connection(self._c(), "history") as conn:
             rows = await conn.fetch(
                 HISTORY,
                 self._ns,
