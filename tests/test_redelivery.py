@@ -77,3 +77,64 @@ async def test_many_concurrent_workflows_run_each_step_once(make_mgmt: MakeMgmt)
     assert all(f.status == "completed" and f.result == {"n": 3} for f in finals)
     assert len(calls) == 900
     assert set(calls.values()) == {1}
+
+
+async def test_a_completion_redelivered_while_its_mark_lands_is_not_published_again() -> None:
+    """The coordinator marks a claim published in the background. A redelivered input
+    whose claim is read while that mark lands sees it UNPUBLISHED; the coordinator must
+    know it published it, and not publish the next step's command a second time."""
+    mgmt = hms_bus.init("redelivery", **{"monitor": {"heartbeat_interval": 0}})
+    mgmt.define_workflow("wf", ["a", "b"])
+    calls: Counter[str] = Counter()
+
+    @mgmt.on_step("wf.a")
+    async def a(ctx: hms_bus.StepContext) -> Any:
+        calls["a"] += 1
+        return {"from": "a"}
+
+    @mgmt.on_step("wf.b")
+    async def b(ctx: hms_bus.StepContext) -> Any:
+        calls["b"] += 1
+        return {"from": "b"}
+
+    async with mgmt:
+        store = mgmt._st
+        coordinator = mgmt.role("coordinator")
+        real_mark, real_claim = store.mark_published, store.claim_transitions
+        hold_mark = asyncio.Event()
+        racing = False
+
+        async def slow_mark(keys: Any) -> None:
+            await hold_mark.wait()
+            await real_mark(keys)
+
+        async def claim_while_the_mark_lands(claims: Any) -> Any:
+            results = await real_claim(claims)
+            if racing:
+                # Read before the mark: now let it land, and answer once it has.
+                hold_mark.set()
+                await eventually(lambda: not getattr(coordinator, "_unmarked", None), what="marked")
+            return results
+
+        store.mark_published = slow_mark  # type: ignore[method-assign]
+        store.claim_transitions = claim_while_the_mark_lands  # type: ignore[method-assign]
+        started = await mgmt.start("wf", {})
+
+        async def a_completion() -> list[Any]:
+            records = await read_topic(mgmt, mgmt.topics.coordinator)
+            return [r for r in records if b'"completeStep"' in r.value and b'"step":"a"' in r.value]
+
+        inputs = await eventually(a_completion, what="a's completion")
+        # Decided and published through to the end, with every mark still held back.
+        done = await started.wait(timeout=10)
+        assert not hold_mark.is_set()
+        racing = True
+        await publish(mgmt, mgmt.topics.coordinator, inputs[0].value, inputs[0].key)
+        await eventually(hold_mark.is_set, what="the redelivery claimed")
+        await eventually(lambda: getattr(coordinator, "_marking", None) is None, what="marked")
+        await asyncio.sleep(0.2)
+        commands = await read_topic(mgmt, mgmt.topics.step("wf", "b"))
+
+    assert done.status == "completed"
+    assert len(commands) == 1, "b's command was published again"
+    assert calls == {"a": 1, "b": 1}

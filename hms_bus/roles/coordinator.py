@@ -61,6 +61,8 @@ from . import BatchRole, Runtime
 
 __all__ = ["Coordinator"]
 
+_NONE: frozenset[tuple[str, str]] = frozenset()
+
 log = logging.getLogger("hms_bus.coordinator")
 
 _COMMAND_FIELDS = {"workflow_id", "workflow", "step", "seq", "attempt", "payload"}
@@ -174,6 +176,10 @@ class Coordinator(BatchRole):
                 ops.append((*what, event.workflow))
             if lines:
                 inputs.append((record, lines, mine, headers))
+        # What we published and had not marked when the claims were read: a mark that
+        # lands while they are read is not seen by them (they say UNPUBLISHED), so the
+        # answer is judged against what was pending when they were sent.
+        pending = self._unmarked.copy() if self._unmarked else _NONE
         try:
             results = await rt.store.claim_transitions(claims) if claims else []
             history_out: list[Outgoing] = []
@@ -184,10 +190,11 @@ class Coordinator(BatchRole):
                 for k in mine:
                     claim, result, span, op = claims[k], results[k], spans[k], ops[k]
                     key = (claim.workflow_id, claim.transition_id)
-                    # A duplicate of an event earlier in this batch finds that event's
-                    # claim recorded but not yet published: its messages are in ``out``.
+                    # An input we decided and published in an earlier batch, redelivered
+                    # before its mark landed, finds its claim UNPUBLISHED: it is done. A
+                    # duplicate of an input earlier in this batch is caught by ``keys``.
                     state = result.state
-                    if state is ClaimState.UNPUBLISHED and key in self._unmarked:
+                    if state is ClaimState.UNPUBLISHED and key in pending:
                         state = ClaimState.DONE  # we published it; the mark is on its way
                     if state in (ClaimState.NEW, ClaimState.UNPUBLISHED) and key not in keys:
                         history.extend(self._split(result.messages, out))
