@@ -122,8 +122,12 @@ async def test_health_command_reads_the_report_and_exits_1_when_unhealthy(
     make_mgmt: MakeMgmt, pg_schema: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = pg_schema
-    watcher = make_mgmt("watcher", roles=("monitor",), store=store, monitor=FAST)
-    worker = make_mgmt("worker-app", roles=("worker",), store=store, monitor=FAST)
+    # The CLI runs in a thread of this process, and on Kafka each heartbeat crosses the
+    # broker: FAST's 0.15 s window is shorter than the stalls that makes on a busy
+    # machine, and the watcher reported itself down. A 0.6 s window is not.
+    steady = {**FAST, "heartbeat_interval": 0.2}
+    watcher = make_mgmt("watcher", roles=("monitor",), store=store, monitor=steady)
+    worker = make_mgmt("worker-app", roles=("worker",), store=store, monitor=steady)
     for m in (watcher, worker):
         m.define_workflow("wf", ["a"])
     ns = watcher.settings.namespace
