@@ -84,19 +84,19 @@ async def errors(what: str) -> AsyncIterator[None]:
 async def connection(pool: asyncpg.Pool, what: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection of ``pool`` for one operation, with :func:`errors`' translation.
 
-    A connection that was in use when anything but a plain statement error happened
-    (the server went away, the connection broke or was terminated, the client library
-    lost track of its state, the operation was cancelled or timed out) is terminated
-    instead of going back to the pool: what state it is in is unknown, and the next
-    user must not find out. A statement error (a constraint, bad SQL) leaves the
-    connection as good as new, and it is reused.
+    A connection that was in use when anything but an error answered by the server
+    happened (the connection broke, the client library lost track of its state, the
+    operation was cancelled or timed out) is terminated instead of going back to the
+    pool: what state it is in is unknown, and the next user must not find out. An error
+    the server answered (a constraint, bad SQL, a deadlock) leaves the connection as good
+    as new, and it is reused; one that closed it (a shutdown) has closed it already.
     """
     async with errors(what):
         conn = await pool.acquire()
         try:
             yield conn
         except BaseException as exc:
-            if isinstance(exc, TRANSIENT) or not isinstance(exc, asyncpg.PostgresError):
+            if not isinstance(exc, asyncpg.PostgresError):
                 # A connection the server closed has gone back to the pool by itself.
                 with contextlib.suppress(asyncpg.InterfaceError):
                     conn.terminate()
