@@ -13,38 +13,25 @@ import os
 import subprocess
 import uuid
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from contract.store import timer_claims
 
 import hms_bus
 from hms_bus._errors import StoreError
 from hms_bus._events import utcnow
-from hms_bus.store import ClaimState, Timer, TransitionClaim, create_store
+from hms_bus.store import ClaimState, create_store
 from hms_bus.store.postgres import PostgresStore, migrate
-from hms_bus.transport import Outgoing
 
 pytestmark = pytest.mark.postgres
 
 
-def _timer_claims(n: int) -> list[TransitionClaim]:
-    due = utcnow() - timedelta(seconds=1)
-    return [
-        TransitionClaim(
-            f"w{i}",
-            "a:1:2",
-            timers=(Timer(f"t{i}", f"w{i}", due, Outgoing("wf.a", b'{"n": %d}' % i, key=b"k")),),
-        )
-        for i in range(n)
-    ]
-
-
 async def test_two_schedulers_racing_for_1000_timers_fire_each_once(pg_schema: str) -> None:
     async with PostgresStore(pg_schema, namespace="race") as setup:
-        results = await setup.claim_transitions(_timer_claims(1000))
+        results = await setup.claim_transitions(timer_claims(1000))
         assert {r.state for r in results} == {ClaimState.NEW}
 
     fired: Counter[str] = Counter()

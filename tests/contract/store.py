@@ -134,7 +134,8 @@ def _events(wid: str) -> list[Any]:
     ]
 
 
-def _timer_claims(n: int) -> list[TransitionClaim]:
+def timer_claims(n: int) -> list[TransitionClaim]:
+    """``n`` claims of one due timer each (workflows ``w0``…), for the timer checks."""
     due = utcnow() - timedelta(seconds=1)
     return [
         TransitionClaim(
@@ -559,7 +560,7 @@ class StoreContract:
         self, make_store: MakeStore
     ) -> None:
         async with make_store() as store:
-            await store.claim_transitions(_timer_claims(3))
+            await store.claim_transitions(timer_claims(3))
             first = await store.claim_due_timers(now=utcnow(), limit=10, lease=0.2, owner="dead")
             assert len(first) == 3
             assert await store.claim_due_timers(now=utcnow(), limit=10, lease=0.2, owner="b") == []
