@@ -34,6 +34,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_TERMINATED",
+    "EXIT_UNCLEAN",
     "EXIT_UNHEALTHY",
     "EXIT_USAGE",
     "EXIT_WORKFLOW_FAILED",
@@ -52,6 +53,7 @@ __all__ = [
 
 EXIT_OK, EXIT_WORKFLOW_FAILED, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 EXIT_UNHEALTHY = 1
+EXIT_UNCLEAN = 4  # a role command stopped, leaving work uncommitted (delivered again)
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 130, 141, 143
 
 Run = Callable[..., Awaitable[int]]

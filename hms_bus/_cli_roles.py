@@ -14,7 +14,17 @@ import click
 
 from ._admin import configuration, load_app
 from ._backends import in_process, redact
-from ._cli_base import EXIT_OK, Common, UsageError, app_argument, command, configure, err, option
+from ._cli_base import (
+    EXIT_OK,
+    EXIT_UNCLEAN,
+    Common,
+    UsageError,
+    app_argument,
+    command,
+    configure,
+    err,
+    option,
+)
 from ._render import settings_view
 from ._settings import ALL_ROLES
 
@@ -75,6 +85,9 @@ async def cmd_role(
         )
         await mgmt.serve()
         err("stopping: draining in-flight work")
+    if not mgmt.closed_cleanly:
+        err("stopped, leaving work uncommitted: it will be delivered again (see the log)")
+        return EXIT_UNCLEAN
     err("stopped")
     return EXIT_OK
 

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from ._errors import HmsBusError
+from ._outage import OUTAGE, Outage
 from ._retry import RetryPolicy
 from .transport import Consumer, Record, TopicPartition, Transport
 
@@ -82,13 +82,6 @@ class OffsetTracker:
             self._ready.pop(tp, None)
 
 
-OUTAGE = RetryPolicy(max_attempts=1, initial_delay=0.1, max_delay=30.0, jitter=0.5)
-"""How roles back off while the bus or the store is away: from 0.1 s, doubling, up to
-30 s, with jitter, so that many processes do not all come back at the same instant."""
-
-_SAY_AGAIN = 60.0  # seconds between log lines of one outage
-
-
 async def retrying(
     what: str,
     op: Callable[[], Awaitable[None]],
@@ -99,51 +92,21 @@ async def retrying(
     """Run ``op`` until it succeeds, backing off after each failure.
 
     Used where giving up would lose data (the store or the bus is down): the loop
-    waits and tries again. An outage is logged when it starts, then at most once a
-    minute with how long it has lasted, and once when it ends, not once per attempt.
+    waits and tries again. The failures are one :class:`~hms_bus._outage.Outage` in
+    the log: when it starts, at most once a minute while it lasts, and when it ends.
     Returns False if ``stopping`` was set before ``op`` succeeded.
     """
-    attempt = 0
-    began = said = 0.0
+    outage = Outage(what, log)
     while True:
         try:
             await op()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            attempt += 1
-            now = time.monotonic()
-            delay = backoff.delay(attempt)
-            transient = isinstance(exc, HmsBusError) and exc.retriable
-            if attempt == 1:
-                began = said = now
-                log.log(
-                    logging.WARNING if transient else logging.ERROR,
-                    "%s failed (%s: %s); retrying in %.1fs",
-                    what,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                    exc_info=not transient,
-                )
-            elif now - said >= _SAY_AGAIN:
-                said = now
-                log.warning(
-                    "%s still failing after %.0fs and %d attempts (%s: %s)",
-                    what,
-                    now - began,
-                    attempt,
-                    type(exc).__name__,
-                    exc,
-                )
+            delay = backoff.delay(outage.attempts + 1)
+            outage.failed(exc, retry_in=delay)
         else:
-            if attempt:
-                log.warning(
-                    "%s succeeded again after %.1fs and %d failed attempts",
-                    what,
-                    time.monotonic() - began,
-                    attempt,
-                )
+            outage.ok()
             return True
         if stopping.is_set():
             return False
@@ -167,6 +130,9 @@ class Committer:
         self._stopping = stopping
         self._pending: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self.gave_up = False
+        """True once a commit was given up because the loop was stopping (its records
+        are delivered again)."""
 
     def add(self, offsets: dict[TopicPartition, int]) -> None:
         """Queue ``offsets`` (next offset to read per partition) for committing."""
@@ -188,11 +154,15 @@ class Committer:
         try:
             while self._pending:
                 offsets, self._pending = self._pending, {}
-                await retrying(
-                    f"{self._name}: commit",
-                    functools.partial(self._consumer.commit, offsets),
-                    self._stopping,
-                )
+                committed = False
+                try:
+                    committed = await retrying(
+                        f"{self._name}: commit",
+                        functools.partial(self._consumer.commit, offsets),
+                        self._stopping,
+                    )
+                finally:
+                    self.gave_up |= not committed
         finally:
             self._task = None
 
@@ -228,6 +198,14 @@ class BatchLoop:
         """Set once the consumer has joined its group."""
         self.consumer: Consumer | None = None
         self._committer: Committer | None = None
+        self._abandoned = 0
+
+    @property
+    def left(self) -> int:
+        """Records this loop took and did not commit (see :attr:`Committer.gave_up`):
+        0 after a clean stop; they are delivered again."""
+        gave_up = self._committer is not None and self._committer.gave_up
+        return self._abandoned or int(gave_up)
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch, commit and leave.
@@ -282,8 +260,9 @@ class BatchLoop:
             functools.partial(self._process, records),
             self._stopping,
         )
-        if not ok:
-            return  # stopping with the batch unprocessed: leave it uncommitted
+        if not ok:  # stopping with the batch unprocessed: leave it uncommitted
+            self._abandoned += len(records)
+            return
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             offsets[r.tp] = max(offsets.get(r.tp, 0), r.offset + 1)
@@ -341,6 +320,14 @@ class KeyedLoop:
         """Set once the consumer has joined its group."""
         self.consumer: Consumer | None = None
         self._committer: Committer | None = None
+        self._abandoned = 0
+
+    @property
+    def left(self) -> int:
+        """Records abandoned at stop (after ``grace``) or left uncommitted: 0 after a
+        clean stop; they are delivered again."""
+        gave_up = self._committer is not None and self._committer.gave_up
+        return self._abandoned or int(gave_up)
 
     @property
     def in_flight(self) -> int:
@@ -378,7 +365,7 @@ class KeyedLoop:
                         self._dispatch(record)
                     await self._commit(consumer)
             finally:
-                await self._drain(set(self._tasks), self._grace)
+                self._abandoned += await self._drain(set(self._tasks), self._grace)
                 await self._commit(consumer)
                 await self._committer.flush()
 
@@ -417,9 +404,10 @@ class KeyedLoop:
             )
         self._room.set()
 
-    async def _drain(self, tasks: set[asyncio.Task[None]], grace: float) -> None:
+    async def _drain(self, tasks: set[asyncio.Task[None]], grace: float) -> int:
+        """Wait up to ``grace`` for ``tasks``; cancel the rest and say how many."""
         if not tasks:
-            return
+            return 0
         _, pending = await asyncio.wait(tasks, timeout=grace)
         if pending:
             log.warning(
@@ -431,6 +419,7 @@ class KeyedLoop:
             for t in pending:
                 t.cancel()
             await asyncio.wait(pending)
+        return len(pending)
 
     async def _commit(self, consumer: Consumer, tps: set[TopicPartition] | None = None) -> None:
         if self._committer is not None:

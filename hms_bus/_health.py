@@ -11,7 +11,9 @@ installation unhealthy:
   worker whose steps another live worker serves is listed but is not a problem, so a
   replaced pod does not keep the probe failing;
 - an SLA breach is open;
-- a step is stuck.
+- a step is stuck;
+- the monitor's own process cannot reach the bus (an outage: the other processes
+  most likely cannot either, and their heartbeats are not heard).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from ._events import ProcessFacts, utcnow
 
-__all__ = ["BreachReport", "HealthReport", "ProcessReport", "StuckReport"]
+__all__ = ["BreachReport", "HealthReport", "OutageReport", "ProcessReport", "StuckReport"]
 
 
 class ProcessReport(ProcessFacts):
@@ -58,6 +60,14 @@ class StuckReport(BaseModel):
     reported_at: datetime
 
 
+class OutageReport(BaseModel):
+    """The bus or the store not answering the monitor's process."""
+
+    what: Literal["bus", "store"]
+    since: datetime
+    error: str
+
+
 class HealthReport(BaseModel):
     """What the monitor last wrote (see module docs)."""
 
@@ -67,6 +77,7 @@ class HealthReport(BaseModel):
     processes: list[ProcessReport] = Field(default_factory=list)
     breaches: list[BreachReport] = Field(default_factory=list)
     stuck: list[StuckReport] = Field(default_factory=list)
+    outages: list[OutageReport] = Field(default_factory=list)
 
     def stale(self, now: datetime | None = None) -> bool:
         """True when the monitor has not written for several check intervals."""
@@ -108,5 +119,10 @@ class HealthReport(BaseModel):
             out.append(
                 f"step {s.workflow}.{s.step} of {s.workflow_id} is stuck on {s.worker}, "
                 "which is down"
+            )
+        for o in self.outages:
+            age = ((now or utcnow()) - o.since).total_seconds()
+            out.append(
+                f"the monitor's process has not reached the {o.what} for {age:.0f}s ({o.error})"
             )
         return out

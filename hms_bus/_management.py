@@ -234,6 +234,13 @@ class Management:
             self._client.close()
         await self._node.close()
 
+    @property
+    def closed_cleanly(self) -> bool:
+        """False after a :meth:`close` that cut work short: steps still running when
+        ``worker.shutdown_grace`` ran out, or commits the bus never took (the broker was
+        gone). That work is delivered again, to this process or another."""
+        return self._node.clean
+
     async def serve(self) -> None:
         """Run the roles until :meth:`request_stop` (or a role crashes, which re-raises)."""
         self._require()

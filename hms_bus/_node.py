@@ -27,6 +27,7 @@ from ._definitions import Registry, StepDefinition
 from ._errors import ConfigError, HmsBusError
 from ._events import Heartbeat, encode
 from ._otel_setup import configure_from_environment, prometheus_reader
+from ._outage import Outage
 from ._pii import Sealer, sensitive_names
 from ._settings import Settings
 from ._telemetry import Attr, Telemetry
@@ -43,6 +44,12 @@ from .transport import Outgoing, Transport
 __all__ = ["Node"]
 
 log = logging.getLogger("hms_bus")
+
+_HOUSEKEEPING = frozenset({"hms-heartbeat", "hms-probe"})  # tasks that hold no work
+
+PROBE_INTERVAL = 5.0
+"""Seconds between a node's pings of its bus and store (``monitor.heartbeat_interval``
+when that is set)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,10 @@ class Node:
         self._stop = asyncio.Event()
         self.failure: BaseException | None = None
         """The exception of a role that stopped unexpectedly, if one did."""
+        self.clean = True
+        """False once a :meth:`close` cut work short or left records uncommitted."""
+        self.outages: dict[str, Outage] = {}
+        """The bus's and the store's outages ("bus", "store"), as the probe sees them."""
         self.on_failure: Callable[[BaseException], None] | None = None
 
     def connected_transport(self) -> Transport:
@@ -112,8 +123,20 @@ class Node:
             telemetry = self.telemetry = self._make_telemetry(transport.url)
             sealer = self.sealer = self._make_sealer(transport.url)
             await transport.ensure_topics(topics)
+            self.outages = {
+                "bus": Outage(f"bus {redact(transport.url)}", log),
+                "store": Outage(f"store {redact(store.url)}", log),
+            }
             rt = Runtime(
-                s, self.registry, transport, store, self.topics, self.process_id, telemetry, sealer
+                s,
+                self.registry,
+                transport,
+                store,
+                self.topics,
+                self.process_id,
+                telemetry,
+                sealer,
+                self.outages,
             )
             factories: dict[str, Callable[[], Role]] = {
                 "projector": lambda: Projector(rt),
@@ -135,6 +158,8 @@ class Node:
             await self._until_ready()
             if self.roles and s.monitor.heartbeat_interval > 0:
                 self._tasks.append(asyncio.create_task(self._heartbeats(), name="hms-heartbeat"))
+            if self.roles:
+                self._tasks.append(asyncio.create_task(self._probe(), name="hms-probe"))
         except BaseException:
             await self.close()
             raise
@@ -147,22 +172,56 @@ class Node:
         )
 
     async def close(self) -> None:
-        """Stop the roles gracefully (workers drain), then close the bus and store."""
+        """Stop the roles gracefully (workers drain), then close the bus and store.
+
+        Bounded even with the bus or the store gone: the roles get
+        ``worker.shutdown_grace`` plus ``transport.close_timeout`` to drain and commit,
+        and are then cancelled; closing the bus and the store is bounded by their own
+        ``close_timeout``. :attr:`clean` then says whether everything taken was
+        committed (work cut short is delivered again: still at least once).
+        """
         transport = self.transport
         if transport is None:
             return
+        s = self.settings
         self._stop.set()
         for role in self.roles.values():
             role.stop()
-        if self._tasks:
-            grace = self.settings.worker.shutdown_grace + 10
-            _, pending = await asyncio.wait(self._tasks, timeout=grace)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        if self.roles and self.settings.monitor.heartbeat_interval > 0:
+        clean = True
+        tasks = [t for t in self._tasks if t.get_name() not in _HOUSEKEEPING]
+        chores = [t for t in self._tasks if t not in tasks]
+        for t in chores:
+            t.cancel()  # a heartbeat in flight to a lost broker would hold up closing
+        await asyncio.gather(*chores, return_exceptions=True)
+        if tasks:
+            bound = s.worker.shutdown_grace + s.transport.close_timeout
+            _, pending = await asyncio.wait(tasks, timeout=bound)
+            if pending:
+                clean = False
+                log.warning(
+                    "%d role(s) still stopping after %.1fs (%s); cancelling them",
+                    len(pending),
+                    bound,
+                    ", ".join(t.get_name() for t in pending),
+                )
+                for t in pending:
+                    t.cancel()
+                # Their consumers' own closing is bounded by close_timeout.
+                _, stuck = await asyncio.wait(pending, timeout=s.transport.close_timeout * 3)
+                if stuck:  # pragma: no cover - a closing step lacks its bound
+                    log.error("%d role task(s) did not end when cancelled", len(stuck))
+        left = sum(role.stats().left for role in self.roles.values())
+        if left:
+            clean = False
+            log.warning(
+                "%d record(s) were left uncommitted at shutdown; they will be delivered again",
+                left,
+            )
+        if self.roles and s.monitor.heartbeat_interval > 0 and not self.outages["bus"].attempts:
             with contextlib.suppress(Exception):
-                await transport.publish([self._heartbeat(stopping=True)])
+                async with asyncio.timeout(s.transport.close_timeout):
+                    await transport.publish([self._heartbeat(stopping=True)])
+        self.clean = clean
         self._tasks.clear()
         self.roles.clear()
         if self._server is not None:
@@ -268,6 +327,13 @@ class Node:
             "in_flight": self.worker_stats().in_flight,
             "lag": {role: sum(t.values()) for role, t in self.lag().items()},
         }
+        down = {name: o for name, o in self.outages.items() if o.attempts}
+        if down:
+            healthy = False
+            details["status"] = "stopping" if self._stop.is_set() else "unhealthy"
+            details["outages"] = {
+                name: {"for": round(o.lasted, 1), "error": o.error} for name, o in down.items()
+            }
         if crashed:
             details["crashed"] = crashed
         if self.failure is not None:
@@ -401,8 +467,27 @@ class Node:
         )
         return Outgoing(self.topics.heartbeats, encode(hb), key=self.process_id.encode())
 
+    async def _probe(self) -> None:
+        """Ping the bus and the store every interval, so an outage is seen (and logged
+        once, and shown by ``/healthz``) even while no role has work to fail on."""
+        interval = self.settings.monitor.heartbeat_interval or PROBE_INTERVAL
+        while not self._stop.is_set():
+            transport, store = self.transport, self.store
+            if transport is None or store is None:
+                return
+            for name, ping in (("bus", transport.ping), ("store", store.ping)):
+                try:
+                    await ping()
+                except Exception as exc:
+                    self.outages[name].failed(exc)
+                else:
+                    self.outages[name].ok()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+
     async def _heartbeats(self) -> None:
         interval = self.settings.monitor.heartbeat_interval
+        outage = Outage("heartbeat", log)
         while not self._stop.is_set():
             transport = self.transport
             if transport is None:
@@ -410,6 +495,8 @@ class Node:
             try:
                 await transport.publish([self._heartbeat()])
             except Exception as exc:
-                log.warning("heartbeat not sent: %s", exc)
+                outage.failed(exc)
+            else:
+                outage.ok()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), interval)

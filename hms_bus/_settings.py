@@ -14,6 +14,7 @@ setting (``init`` keyword)     environment variable            default
 ``worker.concurrency``         ``HMS_WORKER__CONCURRENCY``     64
 ``worker.steps``               ``HMS_WORKER__STEPS``           all steps
 ``worker.shutdown_grace``      ``HMS_WORKER__SHUTDOWN_GRACE``  30 s
+``transport.close_timeout``    ``HMS_TRANSPORT__CLOSE_TIMEOUT`` 5 s
 ``scheduler.poll_interval``    ``HMS_SCHEDULER__POLL_INTERVAL`` 1 s
 ``monitor.heartbeat_interval`` ``HMS_MONITOR__HEARTBEAT_INTERVAL`` 5 s
 ``transport.partitions``       ``HMS_TRANSPORT__PARTITIONS``   6
@@ -145,6 +146,10 @@ class TransportSettings(_Section):
             its group; also how long a rebalance waits for a worker to drain.
         fetch_max_wait: longest the broker holds a fetch that has no records yet.
         request_timeout: seconds before a request to the broker is given up.
+        close_timeout: seconds shutdown gives the bus, once the roles have stopped or
+            been given up on, to take the last commits, leave the groups and flush;
+            past it the connections are closed regardless (the broker expires the
+            sessions, and what was not committed is delivered again).
         client_id: the client id brokers log.
         security_protocol: ``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``.
         sasl_mechanism: e.g. ``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512``.
@@ -164,6 +169,7 @@ class TransportSettings(_Section):
     max_poll_interval: float = Field(300.0, gt=0)
     fetch_max_wait: float = Field(0.1, ge=0)
     request_timeout: float = Field(40.0, gt=0)
+    close_timeout: float = Field(5.0, gt=0)
     client_id: str = Field("hms-bus", min_length=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str = "PLAIN"
@@ -197,6 +203,9 @@ class PostgresSettings(_Section):
             still answers. Waiters wake on the store's notifications; a connection that
             stops answering is replaced, and every pending waiter is then read again
             (one query for all of them).
+        close_timeout: seconds shutdown gives the pools to finish their statements;
+            past it their connections are terminated (a transaction cut short rolls
+            back).
     """
 
     migrate: bool = True
@@ -206,6 +215,7 @@ class PostgresSettings(_Section):
     client_pool_max: int = Field(4, ge=1, le=1000)
     command_timeout: float = Field(30.0, gt=0)
     wait_recheck: float = Field(10.0, gt=0)
+    close_timeout: float = Field(5.0, gt=0)
 
 
 class TelemetrySettings(_Section):

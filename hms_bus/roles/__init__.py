@@ -11,14 +11,15 @@ transport (and reads or writes the store), exactly as it does across processes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .._consume import BatchLoop
 from .._definitions import Registry
 from .._errors import TransportError
 from .._events import DeadLetter, ErrorInfo, encode, original_for_dead_letter
+from .._outage import Outage
 from .._pii import Sealer
 from .._settings import Settings
 from .._telemetry import Attr, Telemetry
@@ -43,6 +44,9 @@ class Runtime:
     process_id: str
     telemetry: Telemetry
     sealer: Sealer
+    outages: Mapping[str, Outage] = field(default_factory=dict)
+    """The node's view of its bus and store ("bus", "store"): in an outage while
+    ``attempts`` is not 0 (the monitor puts them in the health report)."""
 
     def dead_letter(
         self,
@@ -108,11 +112,15 @@ class RoleStats:
         in_flight: work taken and not finished (a worker: handlers running now).
         done: units of work finished since the role started (a worker: step attempts).
         steps: the ``workflow.step`` names the role serves (a worker).
+        left: records the role took and left uncommitted when it stopped (work cut
+            short by the grace period, commits the broker never took): they are
+            delivered again. 0 while it runs, and after a clean stop.
     """
 
     in_flight: int = 0
     done: int = 0
     steps: tuple[str, ...] = ()
+    left: int = 0
 
 
 class BatchRole:
@@ -160,8 +168,8 @@ class BatchRole:
         return consumer.lag() if consumer is not None else {}
 
     def stats(self) -> RoleStats:
-        """A batch role reports no work of its own beyond its lag."""
-        return RoleStats()
+        """A batch role reports only what it left uncommitted at stop (beyond its lag)."""
+        return RoleStats(left=self._loop.left)
 
     def stop(self) -> None:
         """Finish the current batch, commit and stop."""

@@ -51,7 +51,8 @@ from .._events import (
     encode_line,
     split_lines,
 )
-from .._health import BreachReport, HealthReport, ProcessReport, StuckReport
+from .._health import BreachReport, HealthReport, OutageReport, ProcessReport, StuckReport
+from .._outage import Outage
 from .._status import StepState, WorkflowState
 from .._telemetry import Attr
 from ..store import ListQuery
@@ -293,13 +294,16 @@ class Monitor(BatchRole):
 
     async def _check_loop(self) -> None:
         interval = self._rt.settings.monitor.check_interval
+        outage = Outage("monitor: check", log)
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
             try:
                 await self.check()
             except Exception as exc:  # keep checking; the next round retries
-                log.warning("monitor: check failed: %s", exc)
+                outage.failed(exc)
+            else:
+                outage.ok()
 
     def _event(self, event: Any) -> Outgoing:
         return Outgoing(self._rt.topics.events, encode_line(event), key=event.workflow_id.encode())
@@ -464,4 +468,9 @@ class Monitor(BatchRole):
             processes=processes,
             breaches=breaches,
             stuck=stuck,
+            outages=[
+                OutageReport(what=name, since=at(now - o.lasted), error=o.error)
+                for name, o in self._rt.outages.items()
+                if o.attempts
+            ],
         )

@@ -95,7 +95,9 @@ class Worker:
 
     def stats(self) -> RoleStats:
         """Handlers running now, step attempts finished, and the steps served."""
-        return RoleStats(in_flight=self.running, done=self.done, steps=tuple(self.steps))
+        return RoleStats(
+            in_flight=self.running, done=self.done, steps=tuple(self.steps), left=self._loop.left
+        )
 
     def lag(self) -> dict[TopicPartition, int]:
         """Commands published on the served topics but not yet fetched, per partition."""

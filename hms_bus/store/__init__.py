@@ -158,6 +158,10 @@ class StateStore(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
+    async def ping(self) -> None:
+        """Return once the store answers; StoreError (retriable) when it does not."""
+        ...
+
     async def register_start(
         self,
         workflow_id: str,

@@ -29,13 +29,13 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 
 from .._errors import StoreError
+from .._outage import OUTAGE, Outage
 from . import Change
 from ._pg_conn import TRANSIENT
 
@@ -144,8 +144,9 @@ class Listener:
         await self._connect()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="hms-listen")
 
-    async def close(self) -> None:
-        """Stop listening and close the connection."""
+    async def close(self, within: float = 5.0) -> None:
+        """Stop listening and close the connection (within ``within`` seconds, else it
+        is terminated)."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
@@ -155,7 +156,7 @@ class Listener:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             try:
-                await asyncio.wait_for(conn.close(), 5)
+                await asyncio.wait_for(conn.close(), within)
             except _FAILED:
                 conn.terminate()
 
@@ -218,34 +219,16 @@ class Listener:
         old, self._conn = self._conn, None
         if old is not None:
             old.terminate()
-        delay = 0.0
-        down_since = last_said = asyncio.get_running_loop().time()
-        warned = False
+        outage = Outage("listening for changes", log)
         while not self._closed:
-            if delay:
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            if outage.attempts:
+                await asyncio.sleep(OUTAGE.delay(outage.attempts))
             try:
                 await self._connect()
             except StoreError as exc:
-                delay = min(30.0, max(0.1, delay * 2))
-                now = asyncio.get_running_loop().time()
-                if not warned:
-                    log.warning("lost the connection that listens for changes: %s", exc)
-                    warned = True
-                    last_said = now
-                elif now - last_said >= 60:
-                    log.warning(
-                        "still no connection to listen for changes after %.0fs: %s",
-                        now - down_since,
-                        exc,
-                    )
-                    last_said = now
+                outage.failed(exc)
                 continue
-            if warned:
-                log.warning(
-                    "listening for changes again after %.1fs",
-                    asyncio.get_running_loop().time() - down_since,
-                )
+            outage.ok()
             # Whatever was notified while the connection was down is lost: look again.
             self._on_change(None)
             self._on_timers()

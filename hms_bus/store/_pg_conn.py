@@ -139,9 +139,9 @@ async def create_pool(
         raise StoreError(f"the store at {url}: {exc}", retriable=False) from exc
 
 
-async def close_pool(pool: asyncpg.Pool) -> None:
-    """Close ``pool`` within 10 s, else terminate its connections."""
+async def close_pool(pool: asyncpg.Pool, within: float) -> None:
+    """Close ``pool`` within ``within`` seconds, else terminate its connections."""
     try:
-        await asyncio.wait_for(pool.close(), 10)
+        await asyncio.wait_for(pool.close(), within)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         pool.terminate()

@@ -301,6 +301,9 @@ class MemoryStore:
         """Keep the monitor's health report."""
         self._s.health = _copy(report)
 
+    async def ping(self) -> None:
+        """The state is in this process: it always answers."""
+
     async def load_health(self) -> dict[str, JsonValue] | None:
         """The last health report saved."""
         health = self._s.health

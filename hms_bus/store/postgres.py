@@ -42,6 +42,7 @@ from .._backends import redact
 from .._errors import StoreError
 from .._events import WorkflowEvent, decode_event, encode
 from .._ledger import plan_claims
+from .._outage import quiet
 from .._projection import StepRow, WorkflowRow, fold
 from .._status import WorkflowPage, WorkflowState, WorkflowStatus
 from . import (
@@ -99,6 +100,8 @@ class PostgresStore:
         command_timeout: seconds before a statement is given up.
         wait_recheck: seconds between the listener's safety re-checks of pending
             waiters.
+        close_timeout: seconds closing waits for statements to finish before it
+            terminates the connections.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class PostgresStore:
         client_pool_max: int = 4,
         command_timeout: float = 30.0,
         wait_recheck: float = 10.0,
+        close_timeout: float = 5.0,
         **_options: object,
     ) -> None:
         self._dsn, self.schema = split_schema(url)
@@ -123,6 +127,8 @@ class PostgresStore:
         self._client_min, self._client_max = min(client_pool_min, client_pool_max), client_pool_max
         self._command_timeout = command_timeout
         self._wait_recheck = wait_recheck
+        self._close_timeout = close_timeout
+        quiet("asyncpg")  # its pool logs each failed reconnect; hms-bus logs the outage
         self._pool: asyncpg.Pool | None = None
         self._client: asyncpg.Pool | None = None
         self._channel = channel_name(self.schema, namespace)
@@ -175,7 +181,7 @@ class PostgresStore:
                 self._command_timeout,
             )
         except BaseException:
-            await close_pool(self._pool)
+            await close_pool(self._pool, self._close_timeout)
             self._pool = None
             raise
         return self
@@ -189,12 +195,12 @@ class PostgresStore:
         listener, self._listener = self._listener, None
         self._watchers.clear()
         if listener is not None:
-            await listener.close()
+            await listener.close(self._close_timeout)
         pools = (self._pool, self._client)
         self._pool = self._client = None
         for pool in pools:
             if pool is not None:
-                await close_pool(pool)
+                await close_pool(pool, self._close_timeout)
 
     def _p(self) -> asyncpg.Pool:
         """The roles' pool."""
@@ -494,6 +500,15 @@ class PostgresStore:
                 self._ns,
                 orjson.dumps(report).decode(),
             )
+
+    async def ping(self) -> None:
+        """``SELECT 1`` on the roles' pool, within ``command_timeout`` (at most 5 s)."""
+        async with (
+            errors("ping"),
+            asyncio.timeout(min(5.0, self._command_timeout)),
+            connection(self._p(), "ping") as conn,
+        ):
+            await conn.fetchval("SELECT 1")
 
     async def load_health(self) -> dict[str, JsonValue] | None:
         """The namespace's last health report, or None."""

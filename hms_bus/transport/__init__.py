@@ -144,6 +144,11 @@ class Transport(Protocol):
         """Create any of ``topics`` that do not exist, with the configured partitions."""
         ...
 
+    async def ping(self) -> None:
+        """Return once the bus answers; TransportError (retriable) when it does not
+        answer within a few seconds. Nodes call it to tell an outage from a quiet bus."""
+        ...
+
     async def list_topics(self) -> dict[str, int]:
         """Every topic the bus has, with its partition count."""
         ...

@@ -8,6 +8,8 @@ member may read the partitions.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
@@ -108,18 +110,46 @@ class KafkaConsumer:
         if consumer is None:
             return
         self._transport._consumers.discard(self)
+        bound = self._transport._opts["close_timeout"]
         try:
             # Still joined while on_revoked runs: what it commits (the worker's drained
             # records) lands before the member leaves.
             owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-            if owned and self._on_revoked is not None:
-                await self._on_revoked(owned)
+            # A member cancelled (given up on at shutdown) has failed to commit already.
+            given_up = exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
+            if owned and self._on_revoked is not None and not given_up:
+                async with asyncio.timeout(bound):
+                    await self._on_revoked(owned)
+        except TimeoutError:
+            log.warning(
+                "group %r: the last commits did not land within %.1fs; what they cover "
+                "will be delivered again",
+                self.group,
+                bound,
+            )
         finally:
             self._consumer = None
-            try:
-                await consumer.stop()
-            except KafkaError as exc:  # leaving is best effort; the session expires anyway
-                log.warning("group %r: leaving failed: %s", self.group, exc)
+            await self._leave(consumer, bound)
+
+    async def _leave(self, consumer: AIOKafkaConsumer, bound: float) -> None:
+        """Leave the group and close, within ``bound`` seconds. Leaving is best effort:
+        a member that cannot say goodbye is dropped when its session expires."""
+        stop = asyncio.ensure_future(consumer.stop())
+        done, _ = await asyncio.wait({stop}, timeout=bound)
+        if not done:
+            stop.cancel()
+            log.warning("group %r: leaving took over %.1fs; closing regardless", self.group, bound)
+        elif stop.cancelled():
+            # aiokafka 0.14's fetcher re-raises the CancelledError of the fetch it
+            # cancels while a request is failing, and stop() ends before it closes its
+            # connections: they are closed below.
+            pass
+        elif stop.exception() is not None:
+            log.warning("group %r: leaving failed: %s", self.group, stop.exception())
+        else:
+            return
+        with contextlib.suppress(Exception):
+            await consumer._client.close()
 
     def _live(self) -> AIOKafkaConsumer:
         if self._consumer is None:

@@ -19,6 +19,7 @@ committed one, so nothing published before a group first joined is skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Generator, Iterable, Sequence
@@ -33,6 +34,7 @@ from aiokafka.partitioner import murmur2
 
 from .._backends import redact
 from .._errors import ConfigError, TransportError
+from .._outage import quiet
 from . import Outgoing, RevokeCallback, check_sizes
 from ._kafka_common import RECORD_OVERHEAD, error
 from ._kafka_consumer import KafkaConsumer
@@ -92,11 +94,23 @@ class _Acks:
         self._url = url
 
     def __await__(self) -> Generator[Any, None, None]:
+        i = 0
         try:
-            for future in self._futures:
+            for i, future in enumerate(self._futures):  # noqa: B007 (read after the loop)
                 yield from future.__await__()
-        except KafkaError as exc:
-            raise error(f"publish to {self._url} failed", exc) from exc
+        except BaseException as exc:
+            # Nobody waits for the rest now (the call failed, or was cancelled): take
+            # their outcome when it comes, so none is reported as never retrieved.
+            for future in self._futures[i:]:
+                future.add_done_callback(_retrieve)
+            if isinstance(exc, KafkaError):
+                raise error(f"publish to {self._url} failed", exc) from exc
+            raise
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class KafkaTransport:
@@ -118,6 +132,8 @@ class KafkaTransport:
             its group; also how long a rebalance waits for members to finish revoking.
         fetch_max_wait: longest the broker holds a fetch that has no records yet.
         request_timeout: seconds before a request to the broker is given up.
+        close_timeout: seconds closing may take to leave groups and flush; past it
+            the connections are closed regardless.
         client_id: the client id brokers log.
         security_protocol, sasl_mechanism, sasl_username, sasl_password, ssl_cafile,
         ssl_certfile, ssl_keyfile: passed through to aiokafka. Credentials in the URL
@@ -144,6 +160,7 @@ class KafkaTransport:
         max_poll_interval: float = 300.0,
         fetch_max_wait: float = 0.1,
         request_timeout: float = 40.0,
+        close_timeout: float = 5.0,
         client_id: str = "hms-bus",
         security_protocol: SecurityProtocol = "PLAINTEXT",
         sasl_mechanism: str = "PLAIN",
@@ -155,6 +172,7 @@ class KafkaTransport:
         **_ignored: object,
     ) -> None:
         self._bootstrap, user, password = parse_kafka_url(url)
+        quiet("aiokafka")  # hms-bus logs an outage itself, once a minute
         self._url = redact(url)
         if partitions < 1 or replication_factor < 1:
             raise ConfigError(
@@ -188,6 +206,7 @@ class KafkaTransport:
             "max_poll_interval": max_poll_interval,
             "fetch_max_wait": fetch_max_wait,
             "request_timeout": request_timeout,
+            "close_timeout": close_timeout,
         }
         security: dict[str, Any] = {"security_protocol": security_protocol}
         user = user if user is not None else sasl_username
@@ -267,10 +286,41 @@ class KafkaTransport:
         admin, self._admin = self._admin, None
         try:
             if producer is not None:
-                await producer.stop()  # flushes what is batched
+                await self._stop_producer(producer)
         finally:
             if admin is not None:
                 await admin.close()
+
+    async def _stop_producer(self, producer: AIOKafkaProducer) -> None:
+        """Flush and close the producer, within ``close_timeout``.
+
+        Every :meth:`publish` waits for its acknowledgements, so what is still batched
+        here belongs to calls that never returned: nobody counts on it. With the broker
+        gone the flush would wait ``request_timeout`` per batch; past ``close_timeout``
+        the batches are failed instead, and the producer closes at once.
+        """
+        stopping = asyncio.ensure_future(producer.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=self._opts["close_timeout"])
+        if done:
+            if not stopping.cancelled() and stopping.exception() is not None:
+                log.warning(
+                    "bus %s: closing the producer failed: %r", self._url, stopping.exception()
+                )
+            return
+        log.warning(
+            "bus %s: records still unsent after %.1fs at shutdown; closing regardless",
+            self._url,
+            self._opts["close_timeout"],
+        )
+        stopping.cancel()
+        # aiokafka has no public way to close without flushing: stop the sender task
+        # and close the connections, as stop() does once its flush is over.
+        sender = producer._sender.sender_task
+        if sender is not None and not sender.done():
+            sender.cancel()
+        await asyncio.wait({stopping, *([sender] if sender is not None else [])})
+        with contextlib.suppress(Exception):
+            await producer.client.close()
 
     def _open(self) -> tuple[AIOKafkaProducer, AIOKafkaAdminClient]:
         if self._state != "open" or self._producer is None or self._admin is None:
@@ -293,6 +343,15 @@ class KafkaTransport:
             for t in described
             if not t.get("is_internal") and not t["topic"].startswith("__")
         }
+
+    async def ping(self) -> None:
+        """Ask the cluster for its brokers (within ``request_timeout``, at most 5 s)."""
+        _, admin = self._open()
+        try:
+            async with asyncio.timeout(min(5.0, self._opts["request_timeout"])):
+                await admin.describe_cluster()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise error(f"the bus at {self._url} does not answer", exc) from exc
 
     async def ensure_topics(self, topics: Iterable[str]) -> None:
         """Create any of ``topics`` that do not exist (``partitions``, ``replication_factor``).

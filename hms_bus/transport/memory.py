@@ -478,6 +478,10 @@ class MemoryTransport:
         self._check_open()
         return self.topics()
 
+    async def ping(self) -> None:
+        """The broker is in this process: it always answers while open."""
+        self._check_open()
+
     def _check_open(self) -> None:
         if self._state != "open":
             raise TransportError(

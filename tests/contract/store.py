@@ -187,6 +187,7 @@ class StoreContract:
         async with make_store() as store:
             assert isinstance(store, StateStore)
             assert store.url == store_url
+            await store.ping()  # answers while open
 
     async def test_a_store_sees_only_its_namespace(self, make_store: MakeStore) -> None:
         self.needs_shared_store()

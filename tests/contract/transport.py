@@ -127,6 +127,15 @@ class TransportContract:
             assert isinstance(bus.consumer("g", ["t"]), Consumer)
             assert bus.url == bus_url
 
+    async def test_ping_answers_while_open_and_is_refused_once_closed(
+        self, make_bus: MakeBus
+    ) -> None:
+        bus = make_bus()
+        async with bus:
+            await bus.ping()
+        with pytest.raises(TransportError, match="closed"):
+            await bus.ping()
+
     async def test_publish_refused_before_the_transport_is_entered_and_after_it_closed(
         self, make_bus: MakeBus, names: Names
     ) -> None:

@@ -1,0 +1,148 @@
+"""Outages in the log: once when they start, once a minute while they last, once at the end.
+
+A lost broker or database makes every loop of every process fail the same way, several
+times a second. :class:`Outage` reports one loop's failures as one outage;
+:class:`Repeats` holds back a library's own per-attempt warnings (aiokafka's, asyncpg's)
+the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from ._errors import HmsBusError
+from ._retry import RetryPolicy
+
+__all__ = ["OUTAGE", "SAY_AGAIN", "Outage", "Repeats", "quiet"]
+
+OUTAGE = RetryPolicy(max_attempts=1, initial_delay=0.1, max_delay=30.0, jitter=0.5)
+"""How roles back off while the bus or the store is away: from 0.1 s, doubling, up to
+30 s, with jitter, so that many processes do not all come back at the same instant."""
+
+SAY_AGAIN = 60.0
+"""Seconds between the log lines of one outage (and of one repeated library warning)."""
+
+
+class Outage:
+    """The log of one loop's failures: an outage starts at the first failure and ends at
+    the next success.
+
+    Logged once when it starts (a traceback only for errors that are not a retriable
+    :class:`HmsBusError`, which may be bugs), then at most once every ``every`` seconds
+    with how long it has lasted, and once when it ends.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        logger: logging.Logger,
+        *,
+        every: float = SAY_AGAIN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what = what
+        self._log = logger
+        self._every = every
+        self._clock = clock
+        self.attempts = 0
+        """Failures since the outage began (0: no outage)."""
+        self.error = ""
+        """The last failure, as ``Type: message``."""
+        self._began = self._said = 0.0
+
+    def failed(self, exc: BaseException, retry_in: float | None = None) -> None:
+        """Count a failure (log it if it starts the outage, or a minute has passed)."""
+        self.attempts += 1
+        self.error = f"{type(exc).__name__}: {exc}"
+        now = self._clock()
+        if self.attempts == 1:
+            self._began = self._said = now
+            transient = isinstance(exc, HmsBusError) and exc.retriable
+            then = f"; retrying in {retry_in:.1f}s" if retry_in is not None else ""
+            self._log.log(
+                logging.WARNING if transient else logging.ERROR,
+                "%s failed (%s: %s)%s",
+                self.what,
+                type(exc).__name__,
+                exc,
+                then,
+                exc_info=exc if not transient else None,
+            )
+        elif now - self._said >= self._every:
+            self._said = now
+            self._log.warning(
+                "%s still failing after %.0fs and %d attempts (%s: %s)",
+                self.what,
+                now - self._began,
+                self.attempts,
+                type(exc).__name__,
+                exc,
+            )
+
+    def ok(self) -> None:
+        """A success: ends the outage, if there was one (and logs that)."""
+        if self.attempts:
+            self._log.warning(
+                "%s succeeded again after %.1fs and %d failed attempts",
+                self.what,
+                self._clock() - self._began,
+                self.attempts,
+            )
+            self.attempts = 0
+
+    @property
+    def lasted(self) -> float:
+        """Seconds since the outage began (0 when there is none)."""
+        return self._clock() - self._began if self.attempts else 0.0
+
+
+class Repeats(logging.Filter):
+    """Lets a warning or error through once, then at most once every ``every`` seconds.
+
+    Repeats are told apart by logger, level and message template (not its arguments),
+    so "Unable connect to node with id 1: [Errno 111] …" logged ten times a second
+    during an outage is one line, then one line a minute that says how many were held
+    back. Lines below WARNING pass untouched.
+    """
+
+    def __init__(self, every: float = SAY_AGAIN, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self._every = every
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, int, object], tuple[float, int]] = {}  # -> (said, held)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, record.msg)
+        now = self._clock()
+        with self._lock:
+            said, held = self._last.get(key, (float("-inf"), 0))
+            if now - said < self._every:
+                self._last[key] = (said, held + 1)
+                return False
+            self._last[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {now - said:.0f}s)"
+        return True
+
+
+_QUIET = Repeats()
+
+
+def quiet(package: str) -> None:
+    """Rate-limit the warnings and errors of ``package``'s loggers (see :class:`Repeats`).
+
+    For the client libraries that log each failed attempt of their own retries
+    (aiokafka, asyncpg): hms-bus reports the outage itself. Call it once the package
+    is imported (its modules create their loggers then); calling it again is harmless.
+    """
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == package]
+    for name in (package, *names):
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
