@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
+
 from .._consume import BatchLoop
 from .._definitions import Registry
 from .._errors import TransportError
@@ -25,7 +27,7 @@ from .._settings import Settings
 from .._telemetry import Attr, Telemetry
 from .._topics import Topics
 from ..store import StateStore
-from ..transport import Outgoing, Record, TopicPartition, Transport
+from ..transport import Outgoing, Record, TopicPartition, Transport, record_size
 
 __all__ = ["BatchRole", "Role", "RoleStats", "Runtime"]
 
@@ -84,7 +86,30 @@ class Runtime:
             self.count_dead_letter(letter.source_topic)
         # The letter keeps the record's trace context: it shows up in the workflow's trace.
         headers = record.headers if record is not None else headers
-        return Outgoing(self.topics.dead_letter, encode(letter), key=key, headers=headers)
+        body = encode(letter)
+        limit = self.settings.transport.max_message_bytes
+        if len(body) + len(key or b"") + sum(len(k) + len(v) for k, v in headers) > limit:
+            # The original is what makes the letter too big (a record over the limit, or
+            # a reason quoting it): keep its head; the source offset finds the rest.
+            whole = record.value if record is not None else orjson.dumps(original, default=str)
+            head = whole[: limit // 4].decode("utf-8", errors="replace")
+            cut = f"{head}… (the first {limit // 4} of {len(whole)} bytes)"
+            body = encode(letter.model_copy(update={"original": cut, "reason": reason[:4096]}))
+        return Outgoing(self.topics.dead_letter, body, key=key, headers=headers)
+
+    def oversized(self, record: Record) -> Outgoing | None:
+        """A dead letter for ``record`` if it is over ``transport.max_message_bytes``
+        (another producer put it on the bus), else None. Roles check what they consume
+        with it first: nothing they would make from such a record could be published."""
+        size = record_size(record)
+        limit = self.settings.transport.max_message_bytes
+        if size <= limit:
+            return None
+        return self.dead_letter(
+            record,
+            f"record of {size} bytes is over the bus limit of {limit} bytes "
+            "(transport.max_message_bytes)",
+        )
 
     def count_dead_letter(self, source_topic: str) -> None:
         """Add one to ``hms.dead_letters`` (by source topic)."""

@@ -129,6 +129,10 @@ class Coordinator(BatchRole):
         # ``claims`` it led to.
         inputs: list[tuple[Record, list[bytes], list[int], Headers]] = []
         for record in records:
+            too_big = rt.oversized(record)
+            if too_big is not None:
+                dead.append(too_big)
+                continue
             lines: list[bytes] = []
             mine: list[int] = []
             headers = record.headers

@@ -48,6 +48,10 @@ class Projector(BatchRole):
         bodies: list[bytes] = []
         out: list[Outgoing] = []
         for record in records:
+            too_big = rt.oversized(record)
+            if too_big is not None:
+                out.append(too_big)
+                continue
             legacy = is_legacy(record.value)
             for line in split_lines(record.value):
                 try:

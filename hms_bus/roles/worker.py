@@ -123,6 +123,10 @@ class Worker:
     async def _handle(self, record: Record) -> None:
         rt = self._rt
         step = self._steps.get(record.topic)
+        too_big = rt.oversized(record)
+        if too_big is not None:
+            await self._publish("dead letter", [too_big])
+            return
         try:
             cmd = decode_command(record.value)
         except SerializationError as exc:

@@ -185,7 +185,7 @@ class Transport(Protocol):
         ...
 
 
-def record_size(message: Outgoing) -> int:
+def record_size(message: Outgoing | Record) -> int:
     """The bytes a record counts against ``transport.max_message_bytes``: its value, key
     and headers. The one measure every size check uses (``start``, a step's result, the
     coordinator's history records, the transports)."""
