@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Broker", "start_broker", "tansu_binary"]
+__all__ = ["Broker", "free_port", "start_broker", "tansu_binary"]
 
 
 def tansu_binary() -> Path:
@@ -30,7 +30,8 @@ def tansu_binary() -> Path:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free at the moment of asking."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -58,7 +59,7 @@ class Broker:
 def start_broker(timeout: float = 20.0) -> Broker:
     """Start Tansu on a free loopback port and wait until it accepts connections."""
     binary = tansu_binary()
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(

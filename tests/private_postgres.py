@@ -10,11 +10,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from kafka_broker import free_port
 
 __all__ = ["PrivatePostgres", "pg_bin"]
 
@@ -30,13 +31,6 @@ def pg_bin() -> Path:
     return Path(candidates[-1]).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class PrivatePostgres:
     """A cluster in a temporary directory, listening on a free loopback port."""
@@ -47,7 +41,7 @@ class PrivatePostgres:
     @classmethod
     def create(cls) -> PrivatePostgres:
         root = Path(tempfile.mkdtemp(prefix="hms-pg-"))
-        pg = cls(root, _free_port())
+        pg = cls(root, free_port())
         if os.geteuid() == 0:
             shutil.chown(root, "postgres", "postgres")
         pg._run("initdb", "-D", str(pg.data), "-U", "postgres", "-A", "trust", "--no-sync")

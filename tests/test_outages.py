@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import eventually
-from kafka_broker import Broker, start_broker
+from kafka_broker import Broker, free_port, start_broker
 from private_postgres import PrivatePostgres, pg_bin
 
 import hms_bus
@@ -41,13 +40,6 @@ BOUND = GRACE + 3 * CLOSE + 3.0  # drain, then commits / leaving / flush, plus s
 OUTAGE = 12.0  # seconds each test keeps its backend away
 MOST_RECORDS = 25  # log records an outage of OUTAGE seconds may write (5 roles, 1 process)
 MOST_LINES = 150  # and physical lines (a record's traceback is logged once per outage)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _healthz(port: int) -> tuple[int, dict[str, object]]:
@@ -69,7 +61,7 @@ class Node:
         self.ledger = tmp / "ledger.txt"
         self.ledger.touch()
         self.log = tmp / "node.log"
-        self.port = _free_port()
+        self.port = free_port()
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
@@ -156,6 +148,16 @@ def _records(lines: list[str]) -> list[str]:
     return [line for line in lines if re.match(r"\d{4}-\d\d-\d\d \d\d:", line)]
 
 
+def _check_outage_and_exit(node: Node, during: list[str], took: float) -> str:
+    """Assert the outage's log stayed small and the exit came in time; return the log."""
+    log = node.log.read_text()
+    print(f"{len(during)} log lines in the outage; exit after {took:.1f}s")
+    assert len(_records(during)) <= MOST_RECORDS, "\n".join(during)
+    assert len(during) <= MOST_LINES, "\n".join(during)
+    assert took <= BOUND, f"exit took {took:.1f}s, over {BOUND}s:\n{log[-3000:]}"
+    return log
+
+
 def _outage_of(node: Node, what: str) -> dict[str, object] | None:
     """/healthz's body once it reports ``what`` (bus, store) down, else None."""
     code, body = _healthz(node.port)
@@ -210,11 +212,7 @@ async def test_the_broker_gone_for_good_is_reported_logged_once_and_sigterm_stil
         code, took = node.sigterm()
     finally:
         node.kill()
-    log = node.log.read_text()
-    print(f"{len(during)} log lines in the outage; exit {code} after {took:.1f}s")
-    assert len(_records(during)) <= MOST_RECORDS, "\n".join(during)
-    assert len(during) <= MOST_LINES, "\n".join(during)
-    assert took <= BOUND, f"exit took {took:.1f}s, over {BOUND}s:\n{log[-3000:]}"
+    log = _check_outage_and_exit(node, during, took)
     # The nap was cut short: uncommitted, so delivered again, and the exit code says so.
     assert code == 4, log[-3000:]
     assert "leaving work uncommitted" in log
@@ -241,9 +239,5 @@ async def test_postgres_gone_for_good_is_reported_logged_once_and_sigterm_still_
         code, took = node.sigterm()
     finally:
         node.kill()
-    log = node.log.read_text()
-    print(f"{len(during)} log lines in the outage; exit {code} after {took:.1f}s")
-    assert len(_records(during)) <= MOST_RECORDS, "\n".join(during)
-    assert len(during) <= MOST_LINES, "\n".join(during)
-    assert took <= BOUND, f"exit took {took:.1f}s, over {BOUND}s:\n{log[-3000:]}"
+    log = _check_outage_and_exit(node, during, took)
     assert code == 0, log[-3000:]  # nothing was in flight: a clean stop
