@@ -49,7 +49,7 @@ _HOUSEKEEPING = frozenset({"hms-heartbeat", "hms-probe"})  # tasks that hold no 
 
 PROBE_INTERVAL = 5.0
 """Seconds between a node's pings of its bus and store (``monitor.heartbeat_interval``
-when that is set)."""
+when that is set, but at least 1 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,7 +470,8 @@ class Node:
     async def _probe(self) -> None:
         """Ping the bus and the store every interval, so an outage is seen (and logged
         once, and shown by ``/healthz``) even while no role has work to fail on."""
-        interval = self.settings.monitor.heartbeat_interval or PROBE_INTERVAL
+        # Not faster than once a second: a probe is a round trip to each backend.
+        interval = max(1.0, self.settings.monitor.heartbeat_interval or PROBE_INTERVAL)
         while not self._stop.is_set():
             transport, store = self.transport, self.store
             if transport is None or store is None:
