@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench bench-e2e bench-peers bench-postgres bench-telemetry clean
+.PHONY: demo test lint typecheck unit chaos bench bench-e2e bench-peers bench-postgres bench-telemetry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ unit: $(VENV)/.dev
 
 # Everything CI runs: lint, types, the whole test suite.
 test: lint typecheck unit
+
+# The chaos suite's long form: every role in its own process, each fault in turn (kills,
+# a rebalance storm, the broker stopped, Postgres restarted, replays, timers), at least
+# 1,000 workflows over at least 10 minutes; a table of faults against invariants.
+# `make test` runs its short form (tests/test_chaos.py).
+chaos: $(VENV)/.dev
+	$(BIN)/python tests/chaos/suite.py
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/memory_throughput.py
