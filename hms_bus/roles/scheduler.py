@@ -16,7 +16,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from .._consume import retrying
-from .._events import utcnow
 from ..store import Timer
 from ..transport import TopicPartition
 from . import RoleStats, Runtime
@@ -80,8 +79,9 @@ class Scheduler:
         cfg = self._rt.settings.scheduler
 
         async def claim() -> None:
+            # Due by the store's clock, not this process's: see claim_due_timers.
             into[:] = await self._rt.store.claim_due_timers(
-                now=utcnow(), limit=cfg.batch_size, lease=cfg.lease, owner=self._rt.process_id
+                limit=cfg.batch_size, lease=cfg.lease, owner=self._rt.process_id
             )
 
         return claim

@@ -193,12 +193,14 @@ class StateStore(Protocol):
         ...
 
     async def claim_due_timers(
-        self, *, now: datetime, limit: int, lease: float, owner: str
+        self, *, now: datetime | None = None, limit: int, lease: float, owner: str
     ) -> list[Timer]:
         """Lease up to ``limit`` timers due by ``now`` to ``owner`` for ``lease`` seconds.
 
-        A leased timer is invisible to other claimers until the lease runs out, so a
-        scheduler that dies holding it does not lose it.
+        Without ``now``, due by the store's own clock: a shared store's clock (the
+        Postgres server's) is one clock for every scheduler, so a process whose clock is
+        wrong fires no timer early. A leased timer is invisible to other claimers until
+        the lease runs out, so a scheduler that dies holding it does not lose it.
         """
         ...
 
@@ -207,7 +209,8 @@ class StateStore(Protocol):
         ...
 
     async def wait_for_timers(self, timeout: float) -> None:
-        """Sleep until a timer may be due or ``timeout`` seconds pass."""
+        """Sleep until a timer may be due (by the store's clock) or ``timeout`` seconds
+        pass."""
         ...
 
     async def get_workflow(self, workflow_id: str) -> WorkflowStatus | None:

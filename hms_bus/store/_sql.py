@@ -268,16 +268,23 @@ MARK_PUBLISHED = (
     " WHERE namespace = $1 AND (workflow_id, transition_id) IN"
     " (SELECT * FROM unnest($2::text[], $3::text[]))"
 )
+# $2 is the claimer's "now", or NULL for the server's clock (one clock for every
+# scheduler: a process whose clock jumps ahead fires nothing early); $3 the lease (s).
 CLAIM_TIMERS = (
-    "UPDATE hms_timers t SET available_at = $3, owner = $4"
+    "UPDATE hms_timers t"
+    " SET available_at = coalesce($2::timestamptz, clock_timestamp())"
+    "                    + make_interval(secs => $3::float8), owner = $4"
     " FROM (SELECT timer_id FROM hms_timers"
-    "       WHERE namespace = $1 AND available_at <= $2"
+    "       WHERE namespace = $1 AND available_at <= coalesce($2::timestamptz, clock_timestamp())"
     "       ORDER BY available_at LIMIT $5 FOR UPDATE SKIP LOCKED) due"
     " WHERE t.namespace = $1 AND t.timer_id = due.timer_id"
     " RETURNING t.timer_id, t.workflow_id, t.due_at, t.message"
 )
 DELETE_TIMERS = "DELETE FROM hms_timers WHERE namespace = $1 AND timer_id = ANY($2::text[])"
-FIRST_TIMER = "SELECT min(available_at) FROM hms_timers WHERE namespace = $1"
+FIRST_TIMER = (
+    "SELECT extract(epoch FROM min(available_at) - clock_timestamp())::float8"
+    " FROM hms_timers WHERE namespace = $1"
+)
 SAVE_HEALTH = (
     "INSERT INTO hms_health (namespace, report, updated_at)"
     " VALUES ($1, $2::jsonb, now())"

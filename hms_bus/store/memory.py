@@ -208,13 +208,14 @@ class MemoryStore:
         s.timer_added.set()
 
     async def claim_due_timers(
-        self, *, now: datetime, limit: int, lease: float, owner: str
+        self, *, now: datetime | None = None, limit: int, lease: float, owner: str
     ) -> list[Timer]:
-        """Lease due timers: each goes back on the heap at ``now + lease``."""
+        """Lease due timers (by ``now``, else this process's clock): each goes back on
+        the heap at ``now + lease``."""
         s = self._s
         heap = s.timer_heap
         out: list[Timer] = []
-        t_now = now.timestamp()
+        t_now = time.time() if now is None else now.timestamp()
         while heap and heap[0][0] <= t_now and len(out) < limit:
             _, tid = heapq.heappop(heap)
             timer = s.timers.get(tid)

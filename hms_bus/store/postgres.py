@@ -28,9 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -390,18 +389,12 @@ class PostgresStore:
     # -- timers -------------------------------------------------------------------------
 
     async def claim_due_timers(
-        self, *, now: datetime, limit: int, lease: float, owner: str
+        self, *, now: datetime | None = None, limit: int, lease: float, owner: str
     ) -> list[Timer]:
-        """Lease due timers (``FOR UPDATE SKIP LOCKED``) until ``now + lease``."""
+        """Lease due timers (``FOR UPDATE SKIP LOCKED``) until ``now + lease``; without
+        ``now``, by the server's clock, the one clock all schedulers share."""
         async with connection(self._p(), "claim_due_timers") as conn:
-            rows = await conn.fetch(
-                CLAIM_TIMERS,
-                self._ns,
-                now,
-                now + timedelta(seconds=lease),
-                owner,
-                limit,
-            )
+            rows = await conn.fetch(CLAIM_TIMERS, self._ns, now, float(lease), owner, limit)
         return [
             Timer(r["timer_id"], r["workflow_id"], r["due_at"], unpack(r["message"])[0])
             for r in sorted(rows, key=lambda r: (r["due_at"], r["timer_id"]))
@@ -429,9 +422,9 @@ class PostgresStore:
         # Cleared before the query: a timer added while it runs still wakes this wait.
         self._timer_added.clear()
         async with connection(self._p(), "wait_for_timers") as conn:
-            first = await conn.fetchval(FIRST_TIMER, self._ns)
+            first = await conn.fetchval(FIRST_TIMER, self._ns)  # seconds, server's clock
         if first is not None:
-            timeout = min(timeout, max(0.0, first.timestamp() - time.time()))
+            timeout = min(timeout, max(0.0, float(first)))
         if timeout <= 0:
             return
         with contextlib.suppress(TimeoutError):

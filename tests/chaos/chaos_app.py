@@ -8,13 +8,23 @@ Each successful attempt writes one row to the oracle table ``chaos_effects``, wh
 no unique constraint: a step that ran twice leaves two rows, each with the process id
 that ran it. The write is retried through Postgres outages under a token of its own, so
 a retried write never counts twice; only a handler that ran twice does.
+
+With ``CHAOS_CLOCK_FILE`` set, the process's hms-bus wall clock is the real one plus the
+seconds that file holds, re-read every 0.2 s: the clock the suite jumps. (Debian's
+libfaketime was tried first: with the monotonic clock left alone, Python's
+``time.sleep`` fails under it with EINVAL; faking the monotonic clock as well moves
+asyncio's own timers. So the suite injects the clock.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
 import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -66,6 +76,36 @@ async def _effect(ctx: hms_bus.StepContext) -> None:
     raise RuntimeError("the oracle stayed unreachable for two minutes")
 
 
+def _inject_clock(path: Path) -> None:
+    """Make hms-bus read the wall clock through ``path``'s offset (see module docs)."""
+    import hms_bus._client
+    import hms_bus._events
+    import hms_bus.roles.coordinator
+    import hms_bus.roles.scheduler
+    import hms_bus.roles.worker
+
+    real = hms_bus._events.utcnow
+    read_at, offset = -1.0, 0.0
+
+    def utcnow() -> datetime:
+        nonlocal read_at, offset
+        if time.monotonic() - read_at > 0.2:
+            read_at = time.monotonic()
+            with contextlib.suppress(OSError, ValueError):
+                offset = float(path.read_text() or 0)
+        return real() + timedelta(seconds=offset)
+
+    for module in (
+        hms_bus._events,
+        hms_bus._client,
+        hms_bus.roles.coordinator,
+        hms_bus.roles.scheduler,
+        hms_bus.roles.worker,
+    ):
+        if getattr(module, "utcnow", None) is real:
+            module.utcnow = utcnow  # type: ignore[attr-defined]
+
+
 def make() -> hms_bus.Management:
     mgmt = hms_bus.init("chaos")
     mgmt.define_workflow("chaos", STEPS)
@@ -105,4 +145,6 @@ def make() -> hms_bus.Management:
     return mgmt
 
 
+if os.environ.get("CHAOS_CLOCK_FILE"):
+    _inject_clock(Path(os.environ["CHAOS_CLOCK_FILE"]))
 mgmt = make()

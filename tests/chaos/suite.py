@@ -76,11 +76,12 @@ class Form:
     terminate_for: float  # pg_terminate_backend every second, this long
     timers: int  # workflows of the scheduler scenario
     quiet_within: float
+    clock_jump: float  # the scheduler's clock jumps this far ahead
     minutes: float  # repeat the scenarios until this much time has passed (once at least)
 
 
-SHORT = Form("short", 60, (1.0, 3.0), 5.0, 3.0, 1, 2.0, 6.0, 150, 90.0, 0.0)
-LONG = Form("long", 150, (1.0, 60.0), 20.0, 10.0, 3, 5.0, 30.0, 1000, 300.0, 10.0)
+SHORT = Form("short", 60, (1.0, 3.0), 5.0, 3.0, 1, 2.0, 6.0, 150, 90.0, 5.0, 0.0)
+LONG = Form("long", 150, (1.0, 60.0), 20.0, 10.0, 3, 5.0, 30.0, 1000, 300.0, 30.0, 10.0)
 
 
 @dataclass
@@ -131,6 +132,10 @@ class Cluster:
         }
         self.roles: list[Role] = []
         self._spawned = 0
+        # The scheduler's wall clock is the real one plus what this file says.
+        self.scheduler_clock = tmp / "scheduler-clock"
+        self.scheduler_clock.write_text("0")
+        self.role_env = {"scheduler": {"CHAOS_CLOCK_FILE": str(self.scheduler_clock)}}
 
     async def setup(self) -> None:
         conn = await asyncpg.connect(self.pg.url)
@@ -151,7 +156,7 @@ class Cluster:
                 [sys.executable, "-m", "hms_bus", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **self.role_env.get(name, {})},
                 cwd=self.tmp,
             )
         return Role(name, list(args), proc, log)
@@ -293,6 +298,15 @@ async def _pg_faults(cluster: Cluster, batch: Batch, form: Form) -> None:
             continue
 
 
+async def _clock_jump(cluster: Cluster, batch: Batch, form: Form) -> None:
+    """Step the scheduler's wall clock ahead while timers are pending, then back."""
+    await _until_effects(cluster, 2 * len(batch.ids))
+    await asyncio.to_thread(cluster.scheduler_clock.write_text, str(form.clock_jump))
+    # Every timer of the batch falls due while the clock is wrong.
+    await asyncio.sleep(form.delays[1] + 1.0)
+    await asyncio.to_thread(cluster.scheduler_clock.write_text, "0")
+
+
 async def _replay(cluster: Cluster, batch: Batch, form: Form) -> None:
     """Deliver the last 500 step commands a second time, as they were, while work runs.
 
@@ -346,6 +360,7 @@ SCENARIOS: list[tuple[str, Fault]] = [
     ("rebalance storm (workers 1 → 4 → 1)", _storm),
     ("broker SIGSTOP", _broker_pause),
     ("duplicate delivery (500 commands again)", _replay),
+    ("the scheduler's clock jumps ahead", _clock_jump),
     ("Postgres restart, then connections cut every 1 s", _pg_faults),
 ]
 

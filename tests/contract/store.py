@@ -557,6 +557,30 @@ class StoreContract:
 
     # -- timers -----------------------------------------------------------------------
 
+    async def test_without_now_timers_are_due_by_the_stores_own_clock(
+        self, make_store: MakeStore
+    ) -> None:
+        async with make_store() as store:
+            await store.claim_transitions(
+                [
+                    TransitionClaim(
+                        "w1",
+                        "a:1:1",
+                        timers=(
+                            _timer("past", "w1", utcnow() - timedelta(seconds=1)),
+                            _timer("soon", "w1", utcnow() + timedelta(seconds=0.5)),
+                            _timer("later", "w1", utcnow() + timedelta(hours=1)),
+                        ),
+                    )
+                ]
+            )
+            first = await store.claim_due_timers(limit=10, lease=30, owner="s")
+            # The wait ends when "soon" is due by the store's clock, not after an hour.
+            await asyncio.wait_for(store.wait_for_timers(3600), timeout=5)
+            second = await store.claim_due_timers(limit=10, lease=30, owner="s")
+        assert [t.timer_id for t in first] == ["past"]
+        assert [t.timer_id for t in second] == ["soon"]
+
     async def test_leased_timers_come_back_when_the_lease_runs_out(
         self, make_store: MakeStore
     ) -> None:
