@@ -18,7 +18,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from ._outage import OUTAGE, Outage
@@ -286,8 +286,21 @@ class BatchLoop:
             )
 
 
+FINISHED_MEMORY = 50_000
+"""How many finished records a :class:`KeyedLoop` remembers, to skip them if redelivered."""
+
+
 class KeyedLoop:
-    """Run records concurrently, one workflow's records in order; commit safely."""
+    """Run records concurrently, one workflow's records in order; commit safely.
+
+    A record this process is running, or has already finished (its effects published),
+    that comes back before its offset was committed is not run again: the loop remembers the last
+    :data:`FINISHED_MEMORY` finished records by partition and offset and only commits
+    such a repeat. That is what a group rebalance does when a commit cannot reach the
+    broker (the broker paused past the session timeout): the partitions come back to
+    the same member from the last committed offset. A record redelivered to another
+    process still runs again, which is the at-least-once contract.
+    """
 
     def __init__(
         self,
@@ -321,6 +334,10 @@ class KeyedLoop:
         self.consumer: Consumer | None = None
         self._committer: Committer | None = None
         self._abandoned = 0
+        self._finished_records: OrderedDict[tuple[TopicPartition, int], None] = OrderedDict()
+        self._running_records: set[tuple[TopicPartition, int]] = set()
+        self.skipped = 0
+        """Redelivered records not run again because this process had finished them."""
 
     @property
     def left(self) -> int:
@@ -370,11 +387,27 @@ class KeyedLoop:
                 await self._committer.flush()
 
     def _dispatch(self, record: Record) -> None:
+        where = (record.tp, record.offset)
+        if where in self._running_records:
+            self.skipped += 1  # delivered again while it runs here: that run commits it
+            return
         self._tracker.add(record.tp, record.offset)
+        if where in self._finished_records:
+            self.skipped += 1
+            log.info(
+                "%s: %s[%d]@%d was finished here before its commit; not running it again",
+                self._name,
+                record.topic,
+                record.partition,
+                record.offset,
+            )
+            self._tracker.done(record.tp, record.offset)
+            return
         key = (record.tp, record.key)
         previous = self._tails.get(key) if record.key is not None else None
         task = asyncio.create_task(self._run_one(record, previous))
         self._tasks[task] = record
+        self._running_records.add(where)
         if record.key is not None:
             self._tails[key] = task
         task.add_done_callback(self._finished)
@@ -385,9 +418,14 @@ class KeyedLoop:
                 await asyncio.shield(previous)
         await self._handle(record)
         self._tracker.done(record.tp, record.offset)
+        finished = self._finished_records
+        finished[(record.tp, record.offset)] = None
+        if len(finished) > FINISHED_MEMORY:
+            finished.popitem(last=False)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         record = self._tasks.pop(task)
+        self._running_records.discard((record.tp, record.offset))
         key = (record.tp, record.key)
         if self._tails.get(key) is task:
             del self._tails[key]
