@@ -286,7 +286,7 @@ class BatchLoop:
             )
 
 
-FINISHED_MEMORY = 50_000
+FINISHED_MEMORY = 8192
 """How many finished records a :class:`KeyedLoop` remembers, to skip them if redelivered."""
 
 
