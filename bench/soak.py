@@ -140,20 +140,23 @@ async def soak(args: argparse.Namespace, bus: str) -> int:
             else:
                 failed += 1
 
+    async def sample() -> Sample:
+        reader.get_metrics_data()  # as a scrape would
+        samples.append(
+            Sample(
+                time.monotonic() - began,
+                done * len(e2e_app.STEPS),
+                rss_mib(),
+                len(asyncio.all_tasks()),
+                await backends(args.store),
+                exporter.spans,
+            )
+        )
+        return samples[-1]
+
     async def sampler() -> None:
         while True:
-            reader.get_metrics_data()  # as a scrape would
-            samples.append(
-                Sample(
-                    time.monotonic() - began,
-                    done * len(e2e_app.STEPS),
-                    rss_mib(),
-                    len(asyncio.all_tasks()),
-                    await backends(args.store),
-                    exporter.spans,
-                )
-            )
-            s = samples[-1]
+            s = await sample()
             console.print(
                 f"  {s.at:6.0f}s  {s.steps:8d} steps  RSS {s.rss:7.1f} MiB  "
                 f"{s.tasks:4d} tasks  {s.backends:3d} Postgres backends  {s.spans} spans"
@@ -169,17 +172,7 @@ async def soak(args: argparse.Namespace, bus: str) -> int:
             watch = asyncio.create_task(sampler())
             await asyncio.gather(*(caller() for _ in range(args.callers)))
             watch.cancel()
-            reader.get_metrics_data()
-            samples.append(
-                Sample(
-                    time.monotonic() - began,
-                    done * len(e2e_app.STEPS),
-                    rss_mib(),
-                    len(asyncio.all_tasks()),
-                    await backends(args.store),
-                    exporter.spans,
-                )
-            )
+            await sample()
     finally:
         tracer_provider.shutdown()
         meter_provider.shutdown()

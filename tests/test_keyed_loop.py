@@ -8,7 +8,7 @@ offsets uncommitted.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -55,6 +55,18 @@ class ScriptedTransport:
         return self._consumer
 
 
+def _loop(consumer: ScriptedConsumer, handle: Callable[[Record], Awaitable[None]]) -> KeyedLoop:
+    return KeyedLoop(
+        ScriptedTransport(consumer),  # type: ignore[arg-type]
+        "g",
+        ["wf.step"],
+        handle,
+        name="test",
+        max_in_flight=10,
+        grace=1.0,
+    )
+
+
 def _record(offset: int, key: bytes) -> Record:
     return Record("wf.step", 0, offset, key, b"{}")
 
@@ -69,15 +81,7 @@ async def test_records_finished_here_and_delivered_again_are_committed_not_run_a
     async def handle(record: Record) -> None:
         ran.append(record.offset)
 
-    loop = KeyedLoop(
-        ScriptedTransport(consumer),  # type: ignore[arg-type]
-        "g",
-        ["wf.step"],
-        handle,
-        name="test",
-        max_in_flight=10,
-        grace=1.0,
-    )
+    loop = _loop(consumer, handle)
     runner = asyncio.create_task(loop.run())
     await asyncio.wait_for(done.wait(), 5)
     loop.stop()
@@ -98,15 +102,7 @@ async def test_a_record_delivered_again_while_it_runs_here_runs_once() -> None:
         ran.append(record.offset)
         await asyncio.sleep(0.2)  # still running when the repeat arrives
 
-    loop = KeyedLoop(
-        ScriptedTransport(consumer),  # type: ignore[arg-type]
-        "g",
-        ["wf.step"],
-        handle,
-        name="test",
-        max_in_flight=10,
-        grace=1.0,
-    )
+    loop = _loop(consumer, handle)
     runner = asyncio.create_task(loop.run())
     await asyncio.wait_for(done.wait(), 5)
     await asyncio.sleep(0.3)
