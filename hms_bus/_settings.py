@@ -75,6 +75,12 @@ class WorkerSettings(_Section):
         announce_after: a step's ``stepStarted`` event is published once it has run
             this long; a quicker step sends it together with its ``completeStep`` (same
             history, one send instead of two). 0 announces every step at once.
+        max_deliveries: a step command that was running when its worker process was
+            lost (killed, out of memory, ``os._exit``) is delivered again at most this
+            many times, each after the first running alone in its worker; the next
+            delivery quarantines it (a dead letter, and the attempt fails as
+            ``CrashLoop``, not retried). Counted in the store, so only on Postgres.
+            0 never quarantines.
     """
 
     concurrency: int = Field(64, ge=1, le=10_000)
@@ -82,6 +88,7 @@ class WorkerSettings(_Section):
     max_in_flight: int | None = Field(None, ge=1)
     shutdown_grace: float = Field(30.0, ge=0)
     announce_after: float = Field(0.05, ge=0)
+    max_deliveries: int = Field(3, ge=0)
 
     _split = field_validator("steps", mode="before")(_csv)
 

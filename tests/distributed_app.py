@@ -27,10 +27,26 @@ def _mark(ctx: hms_bus.StepContext, what: str) -> None:
 
 
 def make() -> hms_bus.Management:
-    """The app: ``order`` (four quick steps) and ``slow`` (one step of HMS_TEST_SLOW s)."""
+    """The app: ``order`` (four quick steps), ``slow`` (one step of HMS_TEST_SLOW s) and
+    ``fragile``, whose first step, ``crunch``, kills its process (``os._exit``) on a poison
+    payload."""
     mgmt = hms_bus.init("distributed-test")
     mgmt.define_workflow("order", STEPS)
     mgmt.define_workflow("slow", ["nap"])
+    mgmt.define_workflow("fragile", ["crunch", "report"])
+
+    @mgmt.on_step("fragile.crunch")
+    async def crunch(ctx: hms_bus.StepContext) -> Any:
+        _mark(ctx, "begin")
+        if ctx.payload.get("poison"):
+            os._exit(70)  # a native crash: nothing in this process survives it
+        await asyncio.sleep(random.uniform(0, 0.05))
+        _mark(ctx, "end")
+        return {"crunched": True}
+
+    @mgmt.on_step("fragile.report")
+    async def report(ctx: hms_bus.StepContext) -> Any:
+        return ctx.payload
 
     async def step(ctx: hms_bus.StepContext) -> Any:
         _mark(ctx, "begin")

@@ -277,7 +277,7 @@ def test_migrate_status_list_and_history_read_the_postgres_store(
     capsys: pytest.CaptureFixture[str], pg_schema: str
 ) -> None:
     assert main(["migrate", "--store", pg_schema]) == 0
-    assert "applied 3 migration(s)" in capsys.readouterr().out
+    assert "applied 4 migration(s)" in capsys.readouterr().out
     assert main(["migrate", "--store", pg_schema]) == 0
     assert "up to date" in capsys.readouterr().out
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import transport
+from conftest import read_topic, transport
 from distributed_app import STEPS
 from kafka_broker import Broker
 
@@ -121,6 +121,7 @@ def _client(d: Deployment) -> hms_bus.Management:
     )
     mgmt.define_workflow("order", STEPS)
     mgmt.define_workflow("slow", ["nap"])
+    mgmt.define_workflow("fragile", ["crunch", "report"])
     return mgmt
 
 
@@ -298,3 +299,71 @@ async def test_worker_deployments_serve_their_own_step_groups(deployment: Deploy
         "s4": {late.pid},
     }
     assert "steps: order.s1, order.s2" in d.log_of(early)
+
+
+@pytest.mark.timeout(240)
+async def test_a_command_that_kills_its_worker_is_quarantined_and_the_others_go_on(
+    deployment: Deployment,
+) -> None:
+    """A poison crash loop: a handler that calls ``os._exit`` on one workflow's payload.
+
+    A supervisor (this test, as Kubernetes would) starts the worker again each time it
+    dies. The command is delivered again, alone in its worker, until it has been
+    started ``worker.max_deliveries`` (3) times; the next delivery quarantines it: a dead
+    letter, and the workflow fails with ``CrashLoop``. Every other workflow completes.
+    """
+    d = deployment
+    d.spawn("run", APP, "--roles", "coordinator,projector,scheduler")
+    worker: subprocess.Popen[bytes] | None = None
+    crashes: list[int] = []
+
+    async def supervise() -> None:
+        nonlocal worker
+        while True:
+            worker = await asyncio.to_thread(d.spawn, "worker", APP, "--concurrency", "8")
+            crashes.append(await asyncio.to_thread(worker.wait))
+
+    client = _client(d)
+    supervisor: asyncio.Task[None] | None = None
+    try:
+        async with client:
+            ids = [f"fragile-{i}" for i in range(40)]
+            for i, wid in enumerate(ids):
+                await client.start("fragile", {"poison": i == 20}, workflow_id=wid)
+            # The worker comes after the commands: it takes over a backlog, whose first
+            # starts are counted (a command published to a worker already serving its
+            # partition is counted from its second start on).
+            supervisor = asyncio.create_task(supervise())
+            ended = await _ended(client, set(ids), within=180)
+            poisoned = await client.wait("fragile-20", timeout=30)
+            letters = [
+                orjson.loads(r.value) for r in await read_topic(client, client.topics.dead_letter)
+            ]
+    finally:
+        if supervisor is not None:
+            supervisor.cancel()
+
+    assert {w: e for w, e in ended.items() if e != "workflowCompleted"} == {
+        "fragile-20": "workflowFailed"
+    }
+    assert poisoned.status == "failed"
+    assert poisoned.error is not None and "crash loop" in poisoned.error
+    crunch = next(s for s in poisoned.steps if s.step == "crunch")
+    assert crunch.status == "failed" and crunch.error is not None
+    assert "was started 3 times by worker processes that were lost" in crunch.error
+    # Started three times (the process died each time), then quarantined undelivered.
+    assert crashes == [70, 70, 70]
+    began = [pid for wid, step, pid, what in d.lines() if wid == "fragile-20" and what == "begin"]
+    assert len(began) == 3
+    # Two letters: the worker's quarantine of the record (where it sat on the bus), and
+    # the coordinator's of the workflow that failed because of it.
+    quarantine, failure = sorted(letters, key=lambda w: w["source_offset"] is None)
+    assert (quarantine["workflow_id"], quarantine["step"]) == ("fragile-20", "crunch")
+    assert quarantine["reason"].startswith("crash loop: step fragile.crunch was started 3 times")
+    assert quarantine["error"]["type"] == "CrashLoop"
+    assert quarantine["source_offset"] is not None
+    assert failure["reason"].startswith("workflow failed at step 'crunch': crash loop")
+    # At least once for the rest: every other crunch finished (some more than once, if
+    # they were running beside the poison when it struck).
+    finished = {wid for wid, step, _, what in d.lines() if step == "crunch" and what == "end"}
+    assert finished == set(ids) - {"fragile-20"}

@@ -69,6 +69,7 @@ async def test_migrations_are_safe_when_processes_start_together(pg_schema: str)
         (1, "0001_initial.sql"),
         (2, "0002_health.sql"),
         (3, "0003_workflow_status_index.sql"),
+        (4, "0004_worker_starts.sql"),
     ]
 
 

@@ -5,7 +5,9 @@ payload against the step's ``input=`` model, runs the handler under the concurre
 limit and the step's timeout, reads the return value (see :mod:`hms_bus._results`) and
 publishes ``completeStep`` with the outcome. The command's offset is committed only
 after ``completeStep`` is published. Commands that cannot be read (not JSON, not an
-envelope, an unknown workflow or step) go to ``hms.dead-letter`` with the reason.
+envelope, an unknown workflow or step) go to ``hms.dead-letter`` with the reason, and
+so does a command that keeps killing its worker process (a crash loop, see
+:class:`~hms_bus._consume.CrashGuard`), whose attempt then fails as ``CrashLoop``.
 
 Failures are classified here: ``Fail``, invalid input, an invalid return value and
 ``HmsBusError(retriable=False)`` are not retriable; anything else (including the
@@ -22,7 +24,7 @@ from typing import Any
 
 from opentelemetry.trace import Span, SpanKind
 
-from .._consume import KeyedLoop, retrying
+from .._consume import CrashGuard, KeyedLoop, retrying
 from .._context import StepContext, StepLogger
 from .._definitions import StepDefinition, validate_payload
 from .._errors import Fail, HmsBusError, PayloadValidationError, SerializationError
@@ -68,6 +70,10 @@ class Worker:
             grace=cfg.shutdown_grace,
             # While every slot is busy, fetch nothing this often to stay in the group.
             keepalive=min(1.0, rt.settings.transport.max_poll_interval / 4),
+            # A crash loop can only be seen across processes: the store must outlive them.
+            guard=CrashGuard(rt.store, cfg.max_deliveries, self._quarantine)
+            if cfg.max_deliveries and rt.store.durable
+            else None,
         )
         self._announce_after = cfg.announce_after
         self.done = 0
@@ -120,27 +126,67 @@ class Worker:
         never = asyncio.Event()
         await retrying(f"worker: publish {what}", lambda: self._rt.publish(messages), never)
 
-    async def _handle(self, record: Record) -> None:
+    async def _read(self, record: Record) -> tuple[StepDefinition, StepCommand] | None:
+        """The step and command of ``record``; None once an unreadable one is dead-lettered."""
         rt = self._rt
         step = self._steps.get(record.topic)
         too_big = rt.oversized(record)
         if too_big is not None:
             await self._publish("dead letter", [too_big])
-            return
+            return None
         try:
             cmd = decode_command(record.value)
         except SerializationError as exc:
             await self._publish(
                 "dead letter", [rt.dead_letter(record, f"undecodable command: {exc}")]
             )
-            return
+            return None
         if step is None or (cmd.workflow, cmd.step) != (step.workflow, step.name):
             reason = f"unknown step {cmd.workflow}.{cmd.step} on topic {record.topic}"
             letter = rt.dead_letter(
                 record, reason, workflow_id=cmd.workflow_id, workflow=cmd.workflow, step=cmd.step
             )
             await self._publish("dead letter", [letter])
+            return None
+        return step, cmd
+
+    async def _quarantine(self, record: Record, starts: int) -> None:
+        """Fail the attempt of a command that keeps killing its worker (a crash loop):
+        a dead letter with the record, and a ``completeStep`` that is not retriable."""
+        read = await self._read(record)
+        if read is None:
             return
+        _, cmd = read
+        rt = self._rt
+        error = ErrorInfo(
+            message=(
+                f"crash loop: step {cmd.workflow}.{cmd.step} was started {starts} times "
+                "by worker processes that were lost before it finished (killed, out of "
+                "memory, os._exit); quarantined after worker.max_deliveries="
+                f"{rt.settings.worker.max_deliveries}"
+            ),
+            type="CrashLoop",
+            retriable=False,
+        )
+        letter = rt.dead_letter(
+            record,
+            error.message,
+            workflow_id=cmd.workflow_id,
+            workflow=cmd.workflow,
+            step=cmd.step,
+            error=error,
+        )
+        completed = _completed(cmd, utcnow(), outcome="failed", error=error)
+        key = cmd.workflow_id.encode()
+        done = Outgoing(rt.topics.coordinator, encode_line(completed), key, record.headers)
+        await self._publish("quarantine", [letter, done])
+
+    async def _handle(self, record: Record) -> None:
+        rt = self._rt
+        read = await self._read(record)
+        if read is None:
+            return
+        step, cmd = read
         key = cmd.workflow_id.encode()
         tel = rt.telemetry
         # Take a slot first: a step waiting for one is still pending, not started.

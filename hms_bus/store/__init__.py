@@ -9,7 +9,9 @@ A store holds four things (DESIGN §4):
   and every later transition for it is refused;
 - **durable timers** (delays and retry backoff), claimed with a lease so that several
   schedulers fire each timer once;
-- **start records**, so ``start(workflow_id=…)`` is idempotent.
+- **start records**, so ``start(workflow_id=…)`` is idempotent;
+- **worker starts** of the step commands a worker took over from one that was lost, so
+  a command that keeps killing its worker is quarantined (a crash loop).
 
 Backends are chosen by URL scheme: ``memory://`` (private), ``memory://name`` (shared
 in-process) and ``postgresql://…`` (asyncpg). A store is opened for one namespace
@@ -20,7 +22,7 @@ namespace's roles see only its topics.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -31,7 +33,7 @@ from pydantic import JsonValue
 from .._backends import load_backend
 from .._events import WorkflowEvent
 from .._status import WorkflowPage, WorkflowState, WorkflowStatus
-from ..transport import Outgoing
+from ..transport import Outgoing, TopicPartition
 
 __all__ = [
     "Change",
@@ -39,6 +41,7 @@ __all__ = [
     "ClaimResult",
     "ClaimState",
     "ListQuery",
+    "RecordAt",
     "StartResult",
     "StateStore",
     "Timer",
@@ -55,6 +58,10 @@ ChangeCallback = Callable[[Sequence[Change] | None], None]
 """Called with the changes of each projected batch, once they are durable; with None
 when anything may have changed unseen (a lost connection to the database was
 restored, or the periodic safety re-check is due)."""
+
+
+RecordAt = tuple[str, int, int]
+"""Where a record sits on the bus: (topic, partition, offset)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +151,9 @@ class ListQuery:
 class StateStore(Protocol):
     """Where workflow state lives. ``async with`` connects (and migrates, for SQL)."""
 
+    durable: bool
+    """True when the state outlives this process (other processes share it)."""
+
     @property
     def url(self) -> str:
         """The URL this store was made from (credentials removed)."""
@@ -232,6 +242,21 @@ class StateStore(Protocol):
 
     async def history(self, workflow_id: str) -> list[WorkflowEvent]:
         """The workflow's events in the order they were applied."""
+        ...
+
+    async def take_over_starts(
+        self, commands: Sequence[RecordAt], committed: Mapping[TopicPartition, int]
+    ) -> list[int]:
+        """How often each of ``commands`` was started before, for a worker taking them
+        over; those never counted are counted as started once, now.
+
+        ``committed`` gives the committed offset of partitions just taken over: what
+        was counted below it is finished, and forgotten. One round trip.
+        """
+        ...
+
+    async def count_start(self, command: RecordAt) -> int:
+        """Count one more start of ``command``; return how many it has had."""
         ...
 
     async def save_health(self, report: dict[str, JsonValue]) -> None:

@@ -21,6 +21,7 @@ from ..transport import Outgoing
 __all__ = [
     "MARK_PUBLISHED",
     "CLAIM_TIMERS",
+    "COUNT_START",
     "DELETE_TIMERS",
     "FIRST_TIMER",
     "SAVE_HEALTH",
@@ -36,6 +37,7 @@ __all__ = [
     "SELECT_FOLD_STEPS",
     "SELECT_FOLD_WORKFLOWS",
     "STEP_COLUMNS",
+    "TAKE_OVER_STARTS",
     "WORKFLOW_COLUMNS",
     "WRITE_FOLD",
     "WRITE_LEDGER",
@@ -295,4 +297,34 @@ LOAD_HEALTH = "SELECT report::text FROM hms_health WHERE namespace = $1"
 HISTORY = (
     "SELECT body::text AS body FROM hms_events"
     " WHERE namespace = $1 AND workflow_id = $2 ORDER BY id"
+)
+
+# -- crash loops: starts of the step commands a worker took over ------------------------
+
+# $2..$4 the first offset of each partition taken over (its committed offset: rows below
+# are finished and forgotten); $5..$7 the commands taken over, whose earlier starts are
+# returned in order. A command without a row is counted as started once, now.
+TAKE_OVER_STARTS = (
+    "WITH forgotten AS ("
+    "  DELETE FROM hms_worker_starts s"
+    "  USING unnest($2::text[], $3::int[], $4::bigint[]) AS c(topic, part, below)"
+    "  WHERE s.namespace = $1 AND s.topic = c.topic AND s.part = c.part AND s.off < c.below"
+    "), prior AS ("
+    "  SELECT w.i, w.topic, w.part, w.off, coalesce(s.starts, 0) AS starts"
+    "  FROM unnest($5::text[], $6::int[], $7::bigint[]) WITH ORDINALITY AS w(topic, part, off, i)"
+    "  LEFT JOIN hms_worker_starts s"
+    "    ON s.namespace = $1 AND s.topic = w.topic AND s.part = w.part AND s.off = w.off"
+    "), counted AS ("
+    "  INSERT INTO hms_worker_starts (namespace, topic, part, off, starts)"
+    "  SELECT $1, topic, part, off, 1 FROM prior WHERE starts = 0"
+    "  ON CONFLICT DO NOTHING"
+    ")"
+    " SELECT starts FROM prior ORDER BY i"
+)
+COUNT_START = (
+    "INSERT INTO hms_worker_starts (namespace, topic, part, off, starts)"
+    " VALUES ($1, $2, $3, $4, 1)"
+    " ON CONFLICT (namespace, topic, part, off)"
+    " DO UPDATE SET starts = hms_worker_starts.starts + 1"
+    " RETURNING starts"
 )

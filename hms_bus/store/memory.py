@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import heapq
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -28,11 +28,12 @@ from .._events import WorkflowEvent, decode_event, encode
 from .._ledger import plan_claims
 from .._projection import WorkflowRow, fold
 from .._status import WorkflowPage, WorkflowStatus
-from ..transport import Outgoing
+from ..transport import Outgoing, TopicPartition
 from . import (
     ChangeCallback,
     ClaimResult,
     ListQuery,
+    RecordAt,
     StartResult,
     Timer,
     TransitionClaim,
@@ -65,6 +66,7 @@ class _State:
     timer_added: asyncio.Event = field(default_factory=asyncio.Event)
     watchers: list[ChangeCallback] = field(default_factory=list)
     health: dict[str, Any] | None = None
+    worker_starts: dict[RecordAt, int] = field(default_factory=dict)
 
 
 _NAMED: dict[tuple[str, str], _State] = {}
@@ -72,6 +74,8 @@ _NAMED: dict[tuple[str, str], _State] = {}
 
 class MemoryStore:
     """A :class:`~hms_bus.store.StateStore` in process memory (see module docs)."""
+
+    durable = False
 
     def __init__(self, url: str = "memory://", *, namespace: str = "", **_options: object) -> None:
         parts = urlsplit(url)
@@ -297,6 +301,26 @@ class MemoryStore:
             items=[_frozen(r, with_steps=False) for r in items],
             next_cursor=encode_cursor(items[-1]) if more and items else None,
         )
+
+    async def take_over_starts(
+        self, commands: Sequence[RecordAt], committed: Mapping[TopicPartition, int]
+    ) -> list[int]:
+        """Earlier starts of each command; those never counted are counted once."""
+        starts = self._s.worker_starts
+        if committed:
+            for at in [at for at in starts if committed.get(at[:2], -1) > at[2]]:
+                del starts[at]
+        prior = [starts.get(at, 0) for at in commands]
+        for at, n in zip(commands, prior, strict=True):
+            if n == 0:
+                starts[at] = 1
+        return prior
+
+    async def count_start(self, command: RecordAt) -> int:
+        """One more start of ``command``."""
+        starts = self._s.worker_starts
+        starts[command] = n = starts.get(command, 0) + 1
+        return n
 
     async def save_health(self, report: dict[str, JsonValue]) -> None:
         """Keep the monitor's health report."""

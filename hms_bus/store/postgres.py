@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -44,11 +44,13 @@ from .._ledger import plan_claims
 from .._outage import quiet
 from .._projection import StepRow, WorkflowRow, fold
 from .._status import WorkflowPage, WorkflowState, WorkflowStatus
+from ..transport import TopicPartition
 from . import (
     Change,
     ChangeCallback,
     ClaimResult,
     ListQuery,
+    RecordAt,
     StartResult,
     Timer,
     TransitionClaim,
@@ -61,6 +63,7 @@ from ._pg_conn import close_pool, connection, create_pool, errors, split_schema
 from ._pg_rows import Start
 from ._sql import (
     CLAIM_TIMERS,
+    COUNT_START,
     DELETE_TIMERS,
     FIRST_TIMER,
     HISTORY,
@@ -70,6 +73,7 @@ from ._sql import (
     MARK_PUBLISHED,
     READ_LEDGER,
     SAVE_HEALTH,
+    TAKE_OVER_STARTS,
     WORKFLOW_COLUMNS,
     WRITE_LEDGER,
     pack,
@@ -138,6 +142,8 @@ class PostgresStore:
         self._starts: Batcher[tuple[str, str, Any, str, datetime], StartResult] = Batcher(
             self._register_starts
         )
+
+    durable = True
 
     @property
     def url(self) -> str:
@@ -484,6 +490,29 @@ class PostgresStore:
             items=[r.freeze(with_steps=False) for r in rows],
             next_cursor=encode_cursor(rows[-1]) if more and rows else None,
         )
+
+    async def take_over_starts(
+        self, commands: Sequence[RecordAt], committed: Mapping[TopicPartition, int]
+    ) -> list[int]:
+        """Earlier starts of each command, counting those never counted (one statement)."""
+        async with connection(self._p(), "take_over_starts") as conn:
+            rows = await conn.fetch(
+                TAKE_OVER_STARTS,
+                self._ns,
+                [tp[0] for tp in committed],
+                [tp[1] for tp in committed],
+                list(committed.values()),
+                [at[0] for at in commands],
+                [at[1] for at in commands],
+                [at[2] for at in commands],
+            )
+        return [r["starts"] for r in rows]
+
+    async def count_start(self, command: RecordAt) -> int:
+        """One more start of ``command`` (one statement)."""
+        async with connection(self._p(), "count_start") as conn:
+            n: int = await conn.fetchval(COUNT_START, self._ns, *command)
+        return n
 
     async def save_health(self, report: dict[str, JsonValue]) -> None:
         """Replace the namespace's health report (one row, one statement)."""

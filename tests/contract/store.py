@@ -672,3 +672,37 @@ class StoreContract:
             assert loaded is not None
             loaded["healthy"] = False  # and the report it was given
             assert await store.load_health() == {"healthy": True, "problems": []}
+
+    # -- worker starts (crash loops) --------------------------------------------------
+
+    async def test_starts_of_commands_taken_over_are_counted_and_forgotten_once_committed(
+        self, make_store: MakeStore
+    ) -> None:
+        a0, a1, b0 = ("t", 0, 10), ("t", 0, 11), ("t", 1, 5)
+        async with make_store() as store:
+            # Taken over for the first time: no earlier starts, each now counted once.
+            assert await store.take_over_starts([a0, a1, b0], {("t", 0): 10, ("t", 1): 5}) == [
+                0,
+                0,
+                0,
+            ]
+            # Taken over again before they were committed: started once each; the
+            # uncounted one is counted once now.
+            assert await store.take_over_starts([a0, ("t", 0, 12)], {}) == [1, 0]
+            assert await store.count_start(a0) == 2
+            assert await store.count_start(a0) == 3
+            assert await store.take_over_starts([a0, a1, b0], {}) == [3, 1, 1]
+            # Partition 0 taken over at offset 12: what sat below it is forgotten, the
+            # other partition's counts are kept.
+            assert await store.take_over_starts([("t", 0, 12), b0], {("t", 0): 12}) == [1, 1]
+            assert await store.take_over_starts([a0, a1], {}) == [0, 0]
+            # A command never taken over has no earlier starts either.
+            assert await store.count_start(("u", 3, 7)) == 1
+
+    async def test_worker_starts_are_per_namespace(self, make_store: MakeStore) -> None:
+        at = ("t", 0, 1)
+        async with make_store() as one, make_store(namespace=f"o{uuid.uuid4().hex[:8]}") as other:
+            await one.count_start(at)
+            await one.count_start(at)
+            assert await other.take_over_starts([at], {}) == [0]
+            assert await one.take_over_starts([at], {}) == [2]
