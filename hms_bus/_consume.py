@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._outage import OUTAGE, Outage
+from ._outage import OUTAGE, Outage, Recovery
 from ._retry import RetryPolicy
 from .transport import Consumer, Record, TopicPartition, Transport
 
@@ -90,31 +90,44 @@ async def retrying(
     op: Callable[[], Awaitable[None]],
     stopping: asyncio.Event,
     *,
-    backoff: RetryPolicy = OUTAGE,
+    backoff: RetryPolicy | None = None,
+    recovery: Recovery | None = None,
 ) -> bool:
-    """Run ``op`` until it succeeds, backing off after each failure.
+    """Run ``op`` until it succeeds, backing off after each failure (``backoff``, by
+    default :data:`~hms_bus._outage.OUTAGE`).
 
     Used where giving up would lose data (the store or the bus is down): the loop
     waits and tries again. The failures are one :class:`~hms_bus._outage.Outage` in
     the log: when it starts, at most once a minute while it lasts, and when it ends.
-    Returns False if ``stopping`` was set before ``op`` succeeded.
+    With a ``recovery``, a wait ends early once the backends answer again after an
+    outage (see :class:`~hms_bus._outage.Recovery`). Returns False if ``stopping`` was
+    set before ``op`` succeeded.
     """
     outage = Outage(what, log)
+    backed_off = 0  # failures since the last recovery: the backoff's exponent
     while True:
         try:
             await op()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            delay = backoff.delay(outage.attempts + 1)
+            backed_off += 1
+            delay = (backoff or OUTAGE).delay(backed_off)
             outage.failed(exc, retry_in=delay)
         else:
             outage.ok()
             return True
         if stopping.is_set():
             return False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
+        if recovery is not None:
+            recovery.failed()
+            if await recovery.wait(delay, stopping):
+                # The backend is back: start the backoff again from its shortest wait,
+                # in case the first attempt meets a connection the outage broke.
+                backed_off = 0
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
 
 
 class Committer:
@@ -127,10 +140,17 @@ class Committer:
     committed (before a rebalance takes partitions away, and before leaving).
     """
 
-    def __init__(self, consumer: Consumer, name: str, stopping: asyncio.Event) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        name: str,
+        stopping: asyncio.Event,
+        recovery: Recovery | None = None,
+    ) -> None:
         self._consumer = consumer
         self._name = name
         self._stopping = stopping
+        self._recovery = recovery
         self._pending: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
         self.gave_up = False
@@ -163,6 +183,7 @@ class Committer:
                         f"{self._name}: commit",
                         functools.partial(self._consumer.commit, offsets),
                         self._stopping,
+                        recovery=self._recovery,
                     )
                 finally:
                     self.gave_up |= not committed
@@ -184,8 +205,10 @@ class BatchLoop:
         batch_size: int = 500,
         fetch_timeout: float = 0.5,
         on_caught_up: Callable[[float], None] | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
         self._on_caught_up = on_caught_up
+        self._recovery = recovery
         self._transport = transport
         self._group = group
         self._topics = list(topics)
@@ -224,7 +247,7 @@ class BatchLoop:
         """Consume until :meth:`stop`."""
         consumer = self._transport.consumer(self._group, self._topics, on_revoked=self._revoked)
         self.consumer = consumer
-        self._committer = Committer(consumer, self._name, self._stopping)
+        self._committer = Committer(consumer, self._name, self._stopping, self._recovery)
         async with consumer:
             self.joined.set()
             try:
@@ -262,6 +285,7 @@ class BatchLoop:
             f"{self._name}: processing {len(records)} record(s)",
             functools.partial(self._process, records),
             self._stopping,
+            recovery=self._recovery,
         )
         if not ok:  # stopping with the batch unprocessed: leave it uncommitted
             self._abandoned += len(records)
@@ -386,7 +410,9 @@ class KeyedLoop:
         fetch_timeout: float = 0.2,
         keepalive: float = 1.0,
         guard: CrashGuard | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
+        self._recovery = recovery
         self._transport = transport
         self._group = group
         self._topics = list(topics)
@@ -436,7 +462,7 @@ class KeyedLoop:
         """Consume until :meth:`stop`, then drain, commit and leave the group."""
         consumer = self._transport.consumer(self._group, self._topics, on_revoked=self._revoked)
         self.consumer = consumer
-        self._committer = Committer(consumer, self._name, self._stopping)
+        self._committer = Committer(consumer, self._name, self._stopping, self._recovery)
         async with consumer:
             self.joined.set()
             try:

@@ -27,7 +27,7 @@ from ._definitions import Registry, StepDefinition
 from ._errors import ConfigError, HmsBusError
 from ._events import Heartbeat, encode
 from ._otel_setup import configure_from_environment, prometheus_reader
-from ._outage import Outage
+from ._outage import RECOVERY_PROBE, Outage, Recovery
 from ._pii import Sealer, sensitive_names
 from ._settings import Settings
 from ._telemetry import Attr, Telemetry
@@ -90,6 +90,8 @@ class Node:
         """False once a :meth:`close` cut work short or left records uncommitted."""
         self.outages: dict[str, Outage] = {}
         """The bus's and the store's outages ("bus", "store"), as the probe sees them."""
+        self.recovery = Recovery()
+        """Wakes the roles' retrying loops when the probe sees an outage end."""
         self.on_failure: Callable[[BaseException], None] | None = None
 
     def connected_transport(self) -> Transport:
@@ -137,6 +139,7 @@ class Node:
                 telemetry,
                 sealer,
                 self.outages,
+                self.recovery,
             )
             factories: dict[str, Callable[[], Role]] = {
                 "projector": lambda: Projector(rt),
@@ -469,22 +472,56 @@ class Node:
 
     async def _probe(self) -> None:
         """Ping the bus and the store every interval, so an outage is seen (and logged
-        once, and shown by ``/healthz``) even while no role has work to fail on."""
+        once, and shown by ``/healthz``) even while no role has work to fail on.
+
+        While a role's loop is failing, or a ping is, the pings come every
+        :data:`~hms_bus._outage.RECOVERY_PROBE` seconds instead, and the first round in
+        which a failed ping answers again wakes the loops backing off
+        (:class:`~hms_bus._outage.Recovery`): they resume within about a second of the
+        backend's return, however long their backoff had grown.
+        """
         # Not faster than once a second: a probe is a round trip to each backend.
         interval = max(1.0, self.settings.monitor.heartbeat_interval or PROBE_INTERVAL)
+        recovery = self.recovery
         while not self._stop.is_set():
             transport, store = self.transport, self.store
             if transport is None or store is None:
                 return
-            for name, ping in (("bus", transport.ping), ("store", store.ping)):
-                try:
-                    await ping()
-                except Exception as exc:
-                    self.outages[name].failed(exc)
+            names, pings = ("bus", "store"), (transport.ping(), store.ping())
+            was_down = any(self.outages[name].attempts for name in names)
+            answers = await asyncio.gather(*pings, return_exceptions=True)
+            for name, answer in zip(names, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    if not isinstance(answer, Exception):
+                        raise answer
+                    self.outages[name].failed(answer)
                 else:
                     self.outages[name].ok()
+            down = any(self.outages[name].attempts for name in names)
+            if not down:
+                if was_down:
+                    recovery.recovered()
+                recovery.failing.clear()
+            fast = down or recovery.failing.is_set()
+            await self._probe_pause(RECOVERY_PROBE if fast else interval)
+
+    async def _probe_pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or until stopping, or until a loop starts failing (then
+        only :data:`~hms_bus._outage.RECOVERY_PROBE`): the next ping should see it."""
+        failing = None if self.recovery.failing.is_set() else self.recovery.failing
+        waits = [asyncio.ensure_future(self._stop.wait())]
+        if failing is not None:
+            waits.append(asyncio.ensure_future(failing.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w
+        if failing is not None and failing.is_set() and not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), interval)
+                await asyncio.wait_for(self._stop.wait(), RECOVERY_PROBE)
 
     async def _heartbeats(self) -> None:
         interval = self.settings.monitor.heartbeat_interval

@@ -8,6 +8,8 @@ the same way.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -16,11 +18,15 @@ from collections.abc import Callable
 from ._errors import HmsBusError
 from ._retry import RetryPolicy
 
-__all__ = ["OUTAGE", "SAY_AGAIN", "Outage", "Repeats", "quiet"]
+__all__ = ["OUTAGE", "RECOVERY_PROBE", "SAY_AGAIN", "Outage", "Recovery", "Repeats", "quiet"]
 
 OUTAGE = RetryPolicy(max_attempts=1, initial_delay=0.1, max_delay=30.0, jitter=0.5)
 """How roles back off while the bus or the store is away: from 0.1 s, doubling, up to
 30 s, with jitter, so that many processes do not all come back at the same instant."""
+
+RECOVERY_PROBE = 1.0
+"""Seconds between a node's pings of its bus and store while one of its loops is failing
+(see :class:`Recovery`)."""
 
 SAY_AGAIN = 60.0
 """Seconds between the log lines of one outage (and of one repeated library warning)."""
@@ -97,6 +103,50 @@ class Outage:
     def lasted(self) -> float:
         """Seconds since the outage began (0 when there is none)."""
         return self._clock() - self._began if self.attempts else 0.0
+
+
+class Recovery:
+    """Wakes the loops that back off through an outage as soon as the backends answer.
+
+    A loop that retries (:func:`~hms_bus._consume.retrying`) backs off exponentially, up
+    to 30 s, so without help its next attempt after an outage could come up to half a
+    minute after the bus or the store is back: a durable timer would fire that late, a
+    step would wait that long. Each failing loop says so (:meth:`failed`); the node's
+    probe then pings the bus and the store every :data:`RECOVERY_PROBE` seconds, and when
+    a ping that had failed answers again (:meth:`recovered`) every loop waiting in
+    :meth:`wait` tries again at once. A loop whose failure is not an outage (the pings
+    answer throughout) keeps its own backoff: nothing wakes it early.
+    """
+
+    def __init__(self) -> None:
+        self._woken = asyncio.Event()
+        self.failing = asyncio.Event()
+        """Set by a loop that failed; cleared by the probe after a round of answers."""
+
+    def failed(self) -> None:
+        """A loop failed and is about to back off: the probe should look more often."""
+        self.failing.set()
+
+    def recovered(self) -> None:
+        """The backends answer again after an outage: wake every loop backing off."""
+        woken, self._woken = self._woken, asyncio.Event()
+        woken.set()
+
+    async def wait(self, delay: float, stopping: asyncio.Event) -> bool:
+        """Sleep ``delay`` seconds, less if the backends recover or ``stopping`` is set.
+
+        Returns True when it was woken by a recovery.
+        """
+        woken = self._woken
+        waits = [asyncio.ensure_future(e.wait()) for e in (woken, stopping)]
+        try:
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w
+        return woken.is_set()
 
 
 class Repeats(logging.Filter):

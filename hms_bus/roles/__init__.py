@@ -21,7 +21,7 @@ from .._consume import BatchLoop
 from .._definitions import Registry
 from .._errors import TransportError
 from .._events import DeadLetter, ErrorInfo, encode, original_for_dead_letter
-from .._outage import Outage
+from .._outage import Outage, Recovery
 from .._pii import Sealer
 from .._settings import Settings
 from .._telemetry import Attr, Telemetry
@@ -49,6 +49,8 @@ class Runtime:
     outages: Mapping[str, Outage] = field(default_factory=dict)
     """The node's view of its bus and store ("bus", "store"): in an outage while
     ``attempts`` is not 0 (the monitor puts them in the health report)."""
+    recovery: Recovery = field(default_factory=Recovery)
+    """Wakes the roles' retrying loops when the node's probe sees an outage end."""
 
     def dead_letter(
         self,
@@ -172,6 +174,7 @@ class BatchRole:
             name=self.name,
             batch_size=rt.settings.coordinator.batch_size,
             on_caught_up=on_caught_up,
+            recovery=rt.recovery,
         )
 
     async def run(self) -> None:

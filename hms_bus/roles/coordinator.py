@@ -111,6 +111,7 @@ class Coordinator(BatchRole):
                     "coordinator: mark published",
                     functools.partial(self._rt.store.mark_published, keys),
                     self._stopping,
+                    recovery=self._rt.recovery,
                 )
                 self._unmarked.difference_update(keys)
         finally:

@@ -60,7 +60,13 @@ class Scheduler:
         cfg = self._rt.settings.scheduler
         while not self._stopping.is_set():
             due: list[Timer] = []
-            if not await retrying("scheduler: claim timers", self._claimer(due), self._stopping):
+            claimed = await retrying(
+                "scheduler: claim timers",
+                self._claimer(due),
+                self._stopping,
+                recovery=self._rt.recovery,
+            )
+            if not claimed:
                 return
             if due:
                 await self._fire(due)
@@ -94,6 +100,7 @@ class Scheduler:
             "scheduler: publish timers",
             lambda: rt.publish([t.message for t in timers]),
             self._stopping,
+            recovery=rt.recovery,
         )
         if not published:
             return  # the lease runs out and another scheduler fires them
@@ -101,6 +108,7 @@ class Scheduler:
             "scheduler: delete fired timers",
             lambda: rt.store.delete_timers([t.timer_id for t in timers]),
             self._stopping,
+            recovery=rt.recovery,
         )
         self.fired += len(timers)
         log.debug("fired %d timer(s)", len(timers))

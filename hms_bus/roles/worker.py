@@ -74,6 +74,7 @@ class Worker:
             guard=CrashGuard(rt.store, cfg.max_deliveries, self._quarantine)
             if cfg.max_deliveries and rt.store.durable
             else None,
+            recovery=rt.recovery,
         )
         self._announce_after = cfg.announce_after
         self.done = 0
@@ -124,7 +125,12 @@ class Worker:
         # If stopping cuts this short the offset stays uncommitted and the command is
         # delivered again, which the coordinator's ledger makes harmless.
         never = asyncio.Event()
-        await retrying(f"worker: publish {what}", lambda: self._rt.publish(messages), never)
+        await retrying(
+            f"worker: publish {what}",
+            lambda: self._rt.publish(messages),
+            never,
+            recovery=self._rt.recovery,
+        )
 
     async def _read(self, record: Record) -> tuple[StepDefinition, StepCommand] | None:
         """The step and command of ``record``; None once an unreadable one is dead-lettered."""
