@@ -231,6 +231,7 @@ class KafkaTransport:
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._known_topics: set[str] = set()
+        self._tracked: set[str] = set()  # topics the producer keeps in its metadata
         self._hashes: dict[bytes, int] = {}  # key -> murmur2 hash (see _partition)
         self._consumers: set[KafkaConsumer] = set()
         self._state: Literal["new", "open", "closed"] = "new"
@@ -397,8 +398,11 @@ class KafkaTransport:
         producer, _ = self._open()
         check_sizes(messages, self._max_bytes)
         futures: list[asyncio.Future[Any]] = []
+        tracked = self._tracked
         try:
             for m in messages:
+                if m.topic not in tracked:
+                    self._track(producer, m.topic)
                 futures.append(
                     await producer.send(
                         m.topic,
@@ -411,6 +415,21 @@ class KafkaTransport:
         except KafkaError as exc:
             raise error(f"publish to {self._url} failed", exc) from exc
         return _Acks(futures, self._url)
+
+    def _track(self, producer: AIOKafkaProducer, topic: str) -> None:
+        """Keep ``topic`` in the producer's metadata from now on.
+
+        aiokafka refreshes metadata for the topics it tracks (once it tracks any), and a
+        refresh replaces what it knew. A topic known only from the metadata read at
+        start (created before this process) is not tracked: the first send to a topic
+        created later makes aiokafka track that one alone, and the refresh that follows
+        drops the others, leaving records already handed over for them waiting, with
+        no leader, for good. So every topic this process sends to is tracked before its
+        first record is handed over.
+        """
+        self._tracked.add(topic)
+        refresh = producer.client.add_topic(topic)
+        refresh.add_done_callback(_retrieve)
 
     def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int | None:
         """Kafka's default partition of ``key``: murmur2 modulo the topic's partitions.

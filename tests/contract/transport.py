@@ -127,6 +127,26 @@ class TransportContract:
             assert isinstance(bus.consumer("g", ["t"]), Consumer)
             assert bus.url == bus_url
 
+    async def test_a_topic_made_after_start_and_an_older_one_take_one_publish(
+        self, make_bus: MakeBus, names: Names
+    ) -> None:
+        # A process that starts while topics exist, then makes a topic of its own (a new
+        # step in a new release) and publishes to an old and the new one in one call.
+        self.needs_shared_bus()
+        old, new = names("old"), names("new")
+        async with make_bus(partitions=2) as first:
+            await first.ensure_topics([old])
+            await first.publish([Outgoing(old, b"0", key=b"k")])
+        async with make_bus(partitions=2) as bus:
+            await bus.publish([Outgoing(old, b"1", key=b"k")])
+            await bus.ensure_topics([new])
+            async with asyncio.timeout(self.WITHIN):
+                await bus.publish([Outgoing(old, b"2", key=b"k"), Outgoing(new, b"3", key=b"k")])
+                await bus.publish([Outgoing(old, b"4", key=b"k")])
+            async with bus.consumer(names("g"), [old, new]) as consumer:
+                got = await take(consumer, 5, within=self.WITHIN)
+        assert sorted(_values(got)) == [b"0", b"1", b"2", b"3", b"4"]
+
     async def test_ping_answers_while_open_and_is_refused_once_closed(
         self, make_bus: MakeBus
     ) -> None:
