@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from ._client import Started
 from ._context import StepContext
-from ._definitions import StepDefinition, WorkflowDefinition
+from ._definitions import Parallel, StepDefinition, WorkflowDefinition, parallel
 from ._errors import (
     ConfigError,
     Fail,
@@ -40,7 +40,7 @@ from ._errors import (
 from ._events import ErrorInfo
 from ._management import Management, init
 from ._pii import Sensitive
-from ._results import Complete, Next
+from ._results import Child, Complete, Each, Next, WaitFor
 from ._retry import RetryPolicy
 from ._settings import Settings
 from ._status import StepState, StepStatus, WorkflowPage, WorkflowState, WorkflowStatus
@@ -48,14 +48,17 @@ from ._status import StepState, StepStatus, WorkflowPage, WorkflowState, Workflo
 __version__ = "0.1.0"
 
 __all__ = [
+    "Child",
     "Complete",
     "ConfigError",
+    "Each",
     "ErrorInfo",
     "Fail",
     "HmsBusError",
     "Management",
     "Next",
     "NotFoundError",
+    "Parallel",
     "PayloadValidationError",
     "RetryPolicy",
     "Sensitive",
@@ -69,6 +72,7 @@ __all__ = [
     "StepStatus",
     "StoreError",
     "TransportError",
+    "WaitFor",
     "WaitTimeoutError",
     "WorkflowDefinition",
     "WorkflowPage",
@@ -76,4 +80,5 @@ __all__ = [
     "WorkflowStatus",
     "__version__",
     "init",
+    "parallel",
 ]

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from ._backends import open_bus, open_store, redact
 from ._errors import ConfigError, HmsBusError
+from ._events import utcnow
 from ._management import Management
 
 __all__ = [
@@ -139,6 +140,34 @@ async def topic_report(mgmt: Management, *, create: bool = False) -> list[dict[s
     return rows + [
         {"topic": t, "partitions": existing[t], "status": "not used by this app"} for t in others
     ]
+
+
+async def schedule_report(mgmt: Management) -> list[dict[str, Any]]:
+    """The schedules ``mgmt`` registers (entered, for its store): name, workflow, rule,
+    catch-up, the last tick started (None on a store of this process only, or before
+    any scheduler ran it) and the next tick after it (or after now)."""
+    stored = await mgmt._st.schedule_ticks() if mgmt.schedules else {}
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for name, schedule in sorted(mgmt.schedules.items()):
+        last = stored.get(name)
+        nxt = schedule.next_after(max(last, now) if last is not None else now)
+        rows.append(
+            {
+                "name": name,
+                "workflow": schedule.workflow,
+                "rule": schedule.spec
+                + (
+                    f" ({schedule.timezone})"
+                    if schedule.cron and schedule.timezone != "UTC"
+                    else ""
+                ),
+                "catchup": schedule.catchup,
+                "last_tick": last.isoformat() if last is not None else None,
+                "next_tick": nxt.isoformat(),
+            }
+        )
+    return rows
 
 
 async def migrate(url: str) -> tuple[list[str], str]:

@@ -17,9 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind
 
-from ._definitions import Registry, validate_payload
+from ._definitions import Registry, check_name, validate_payload
 from ._errors import ConfigError, HmsBusError, NotFoundError, StoreError, TransportError
-from ._events import CancelRequested, WorkflowEvent, WorkflowStarted, encode_line, utcnow
+from ._events import (
+    CancelRequested,
+    SignalSent,
+    WorkflowEvent,
+    WorkflowStarted,
+    encode_line,
+    new_id,
+    utcnow,
+)
 from ._pii import Sealer
 from ._results import to_jsonable
 from ._settings import Settings
@@ -27,13 +35,13 @@ from ._status import WorkflowPage, WorkflowState, WorkflowStatus
 from ._telemetry import Attr, Telemetry, end_span
 from ._topics import Topics
 from ._waiting import Waiters
-from .store import ListQuery, StateStore
+from .store import ListQuery, StartResult, StateStore
 from .transport import Outgoing, Transport, oversized
 
 if TYPE_CHECKING:
     from ._node import Node
 
-__all__ = ["Client", "Started"]
+__all__ = ["Client", "Started", "launch"]
 
 _MAX_ID = 200
 
@@ -120,11 +128,25 @@ class Client:
     # -- starting -----------------------------------------------------------------------
 
     async def start(
-        self, workflow: str, payload: Any = None, *, workflow_id: str | None = None
+        self,
+        workflow: str,
+        payload: Any = None,
+        *,
+        workflow_id: str | None = None,
+        version: str | None = None,
     ) -> Started:
         """Start an instance of ``workflow`` with ``payload`` (see :meth:`Management.start`)."""
         transport = self._bus()
         wf = self._registry.workflow(workflow)
+        if version is not None:
+            pinned = self._registry.version(workflow, version)
+            if pinned is None:
+                known = ", ".join(self._registry.versions.get(workflow, {}))
+                raise ConfigError(
+                    f"workflow {workflow!r} has no version {version!r} in this process "
+                    f"(defined: {known})"
+                )
+            wf = pinned
         if workflow_id is None:
             workflow_id = uuid.uuid4().hex
         elif not isinstance(workflow_id, str) or not workflow_id or len(workflow_id) > _MAX_ID:
@@ -134,7 +156,7 @@ class Client:
             )
         elif not workflow_id.isprintable():
             raise ConfigError(f"workflow_id must be printable text, got {workflow_id!r}")
-        model = wf.input_model(wf.first_step)
+        model = wf.start_model()
         validated = validate_payload(model, payload, f"workflow {workflow!r}")
         body = self.sealer.seal(to_jsonable(validated))
         event = WorkflowStarted(
@@ -142,6 +164,7 @@ class Client:
             workflow=workflow,
             payload=body,
             service=self._settings.service_name,
+            version=wf.version,
         )
         record = self._record(event)  # fails here, before anything is stored, if not JSON
         limit = self._settings.transport.max_message_bytes
@@ -154,62 +177,18 @@ class Client:
                 retriable=False,
             )
         try:
-            result = await self._store().register_start(
-                workflow_id, workflow, body, event.event_id, utcnow()
+            result = await launch(
+                transport, self._store(), self._topics, self._node.telemetry, event
             )
-            if not result.created and result.workflow != workflow:
-                raise ConfigError(
-                    f"workflow_id {workflow_id!r} already belongs to a {result.workflow!r} workflow"
-                )
-            if result.created or not result.confirmed:
-                if not result.created:
-                    event = event.model_copy(
-                        update={"event_id": result.start_event_id, "payload": result.payload}
-                    )
-                    record = self._record(event)
-                await self._publish_start(transport, event, record)
         except (StoreError, TransportError) as exc:
             if not exc.retriable:
                 raise
             raise _ambiguous(exc, workflow, workflow_id) from (exc.__cause__ or exc)
         return Started(workflow_id, workflow, result.created, self)
 
-    def _record(self, event: WorkflowStarted | CancelRequested) -> Outgoing:
+    def _record(self, event: WorkflowStarted | CancelRequested | SignalSent) -> Outgoing:
         """A record for the coordinator's input topic."""
-        return Outgoing(
-            self._topics.coordinator, encode_line(event), key=event.workflow_id.encode()
-        )
-
-    async def _publish_start(
-        self, transport: Transport, event: WorkflowStarted, record: Outgoing
-    ) -> None:
-        """Publish ``workflowStarted`` to the coordinator, under the span that opens the
-        workflow's trace."""
-        tel: Telemetry | None = self._node.telemetry
-        if tel is None or not tel.tracing:
-            await transport.publish([record])
-            return
-        # A trace of its own per workflow, linked to the caller's span (if any).
-        span = tel.span(
-            f"start {event.workflow}",
-            kind=SpanKind.PRODUCER,
-            parent=None,
-            links=tel.caller_links(),
-            attributes={
-                Attr.MESSAGING_SYSTEM: tel.system,
-                Attr.MESSAGING_OPERATION_TYPE: Attr.SEND,
-                Attr.MESSAGING_DESTINATION_NAME: record.topic,
-                Attr.HMS_WORKFLOW_ID: event.workflow_id,
-            },
-        )
-        try:
-            await transport.publish(
-                [Outgoing(record.topic, record.value, key=record.key, headers=tel.inject(span))]
-            )
-        except BaseException as exc:
-            end_span(span, error=exc)
-            raise
-        span.end()
+        return _coordinator_record(self._topics, event)
 
     # -- queries ------------------------------------------------------------------------
 
@@ -328,6 +307,118 @@ class Client:
         event = CancelRequested(workflow_id=workflow_id, workflow=status.workflow, reason=reason)
         await transport.publish([self._record(event)])
         return True
+
+    # -- signalling ------------------------------------------------------------------------
+
+    async def signal(
+        self, workflow_id: str, name: str, data: Any = None, *, signal_id: str | None = None
+    ) -> bool:
+        """Send the signal ``name`` with ``data`` to a workflow (see :meth:`Management.signal`)."""
+        transport = self._bus()
+        check_name("signal", name)
+        if signal_id is not None and (
+            not isinstance(signal_id, str) or not signal_id or len(signal_id) > _MAX_ID
+        ):
+            raise ConfigError(
+                f"signal_id must be a non-empty string of at most {_MAX_ID} characters, "
+                f"got {signal_id!r}"
+            )
+        status = await self._store().get_workflow(workflow_id)
+        if status is None:
+            raise NotFoundError(f"no workflow {workflow_id!r}")
+        if status.terminal:
+            return False
+        event = SignalSent(
+            workflow_id=workflow_id,
+            workflow=status.workflow,
+            signal=name,
+            signal_id=signal_id or new_id(),
+            data=self.sealer.seal(to_jsonable(data)),
+        )
+        record = self._record(event)
+        limit = self._settings.transport.max_message_bytes
+        found = oversized([record], limit)
+        if found is not None:
+            raise TransportError(
+                f"the data of signal {name!r} is {found[1]} bytes encoded, over the bus "
+                f"limit of {limit} (transport.max_message_bytes); keep large data elsewhere "
+                "and pass a reference",
+                retriable=False,
+            )
+        await transport.publish([record])
+        return True
+
+
+def _coordinator_record(
+    topics: Topics, event: WorkflowStarted | CancelRequested | SignalSent
+) -> Outgoing:
+    """A record for the coordinator's input topic."""
+    return Outgoing(topics.coordinator, encode_line(event), key=event.workflow_id.encode())
+
+
+async def launch(
+    transport: Transport,
+    store: StateStore,
+    topics: Topics,
+    telemetry: Telemetry | None,
+    event: WorkflowStarted,
+) -> StartResult:
+    """Register ``event``'s workflow in the store, then publish its start (the second
+    half of :meth:`Client.start`, also how the scheduler starts a schedule's tick).
+
+    A workflow id is registered once: a repeat finds it (``created`` False) and publishes
+    nothing, unless the first call stopped between the two, when it publishes the start
+    on record again (the coordinator decides it once).
+
+    Raises:
+        ConfigError: the id belongs to a workflow of another name.
+        StoreError, TransportError: as the store and the bus raise them.
+    """
+    result = await store.register_start(
+        event.workflow_id, event.workflow, event.payload, event.event_id, utcnow()
+    )
+    if not result.created and result.workflow != event.workflow:
+        raise ConfigError(
+            f"workflow_id {event.workflow_id!r} already belongs to a {result.workflow!r} workflow"
+        )
+    if result.created or not result.confirmed:
+        if not result.created:
+            event = event.model_copy(
+                update={"event_id": result.start_event_id, "payload": result.payload}
+            )
+        await _publish_start(transport, telemetry, event, _coordinator_record(topics, event))
+    return result
+
+
+async def _publish_start(
+    transport: Transport, tel: Telemetry | None, event: WorkflowStarted, record: Outgoing
+) -> None:
+    """Publish ``workflowStarted`` to the coordinator, under the span that opens the
+    workflow's trace."""
+    if tel is None or not tel.tracing:
+        await transport.publish([record])
+        return
+    # A trace of its own per workflow, linked to the caller's span (if any).
+    span = tel.span(
+        f"start {event.workflow}",
+        kind=SpanKind.PRODUCER,
+        parent=None,
+        links=tel.caller_links(),
+        attributes={
+            Attr.MESSAGING_SYSTEM: tel.system,
+            Attr.MESSAGING_OPERATION_TYPE: Attr.SEND,
+            Attr.MESSAGING_DESTINATION_NAME: record.topic,
+            Attr.HMS_WORKFLOW_ID: event.workflow_id,
+        },
+    )
+    try:
+        await transport.publish(
+            [Outgoing(record.topic, record.value, key=record.key, headers=tel.inject(span))]
+        )
+    except BaseException as exc:
+        end_span(span, error=exc)
+        raise
+    span.end()
 
 
 def _ambiguous(exc: StoreError | TransportError, workflow: str, workflow_id: str) -> HmsBusError:

@@ -68,7 +68,9 @@ class StepContext:
         idempotency_key: the same for every attempt of this step execution
             (``<workflow_id>:<step>:<seq>``): pass it to payment and other external
             APIs so a retried or redelivered attempt does not repeat a side effect.
-        error: for a step reached through an error path, why the earlier step failed.
+        error: for a step reached through an error path, why the earlier step failed
+            (or, after a signal's timeout, which signal timed out).
+        signal: for a step woken by a signal (``WaitFor``), the signal's data.
         started_at: when this attempt started (UTC).
         log: a :class:`StepLogger` whose lines name the workflow id, step and attempt.
     """
@@ -82,6 +84,7 @@ class StepContext:
     idempotency_key: str
     started_at: datetime
     error: ErrorInfo | None = None
+    signal: Any = None
     log: logging.LoggerAdapter[logging.Logger] = field(
         default_factory=lambda: StepLogger(logging.getLogger("hms_bus.step"), {})
     )

@@ -26,16 +26,26 @@ from pydantic import BaseModel
 
 from ._backends import open_bus, open_store, redact
 from ._client import Client, Started
-from ._definitions import Handler, Registry, StepDefinition, WorkflowDefinition
-from ._errors import HmsBusError
+from ._definitions import (
+    Handler,
+    Parallel,
+    Registry,
+    StepDefinition,
+    WorkflowDefinition,
+    validate_payload,
+)
+from ._errors import ConfigError, HmsBusError
 from ._events import WorkflowEvent
 from ._node import Node
 from ._pii import Sealer
+from ._results import to_jsonable
 from ._retry import RetryPolicy
+from ._schedules import Schedule, make_schedule
 from ._settings import Settings, build_settings
 from ._status import WorkflowPage, WorkflowState, WorkflowStatus
 from ._topics import Topics
 from .roles import Role
+from .roles.coordinator import inboxes
 from .roles.monitor import Monitor
 from .store import StateStore
 from .transport import Transport
@@ -103,11 +113,13 @@ class Management:
 
     def required_topics(self) -> list[str]:
         """Every topic this app uses: ``hms.coordinator``, ``hms.events``,
-        ``hms.dead-letter``, ``hms.heartbeats`` and one per defined step, namespace
-        included. They are created on connect (and by ``hms-bus topics --create``)."""
+        ``hms.dead-letter``, ``hms.heartbeats``, one per defined step and one inbox per
+        workflow version (``hms.coordinator.<workflow>.<version>``), namespace included.
+        They are created on connect (and by ``hms-bus topics --create``)."""
         t = self._topics
         steps = [t.step(d.workflow, d.name) for d in self._registry.all_steps()]
-        return [t.coordinator, t.events, t.dead_letter, t.heartbeats, *steps]
+        boxes = inboxes(self._registry, t)
+        return [t.coordinator, t.events, t.dead_letter, t.heartbeats, *steps, *boxes]
 
     @property
     def process_id(self) -> str:
@@ -134,21 +146,23 @@ class Management:
     def define_workflow(
         self,
         name: str,
-        steps: Sequence[str],
+        steps: Sequence[str | Parallel],
         *,
         error_steps: Iterable[str] = (),
         input: type[BaseModel] | None = None,
         sla: timedelta | float | None = None,
         on_error: str | None = None,
         retry: RetryPolicy | None = None,
+        version: str | None = None,
     ) -> WorkflowDefinition:
         """Define a workflow: its main path of steps, run in order.
 
         Args:
             name: the workflow's name (letters, digits, ``_``, ``-``).
-            steps: the main path. A handler that returns plain data (or None) moves
-                the workflow to the next step of this list; after the last one the
-                workflow is ``completed`` with the last data as its result.
+            steps: the main path: step names, and groups of steps that run in parallel
+                (:func:`hms_bus.parallel`). A handler that returns plain data (or None)
+                moves the workflow to the next entry of this list; after the last one
+                the workflow is ``completed`` with the last data as its result.
             error_steps: steps off the main path, reached only through ``on_error=``
                 or ``Next(...)``; when one returns plain data the workflow completes.
             input: pydantic model the start payload must match (checked at ``start``).
@@ -156,9 +170,15 @@ class Management:
                 raises an ``slaBreached`` event and a log line (it does not fail it).
             on_error: default error-path step for steps that set no ``on_error``.
             retry: default :class:`RetryPolicy` for the workflow's steps.
+            version: names this definition (default: a hash of its steps). Each instance
+                runs by the version it started with. To change a workflow while
+                instances of it run, define the new version beside the old one (call
+                again with a new ``version=``): new starts take the last one defined,
+                and instances in flight finish by theirs.
 
         Raises:
-            ConfigError: for bad or duplicate names, or an unknown ``on_error`` step.
+            ConfigError: for bad or duplicate names, an unknown ``on_error`` step, or a
+                second definition of a workflow without a new ``version=``.
         """
         return self._registry.define(
             name,
@@ -168,7 +188,65 @@ class Management:
             sla=sla,
             on_error=on_error,
             retry=retry,
+            version=version,
         )
+
+    def schedule(
+        self,
+        name: str,
+        workflow: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        payload: Any = None,
+        timezone: str = "UTC",
+        catchup: str = "latest",
+    ) -> Schedule:
+        """Start ``workflow`` with ``payload`` on every tick of ``cron`` or ``every``.
+
+        The scheduler role starts one workflow per tick, whose id is
+        ``<name>@<tick, UTC, to the second>``, so however many schedulers run, each tick
+        starts once. Ticks missed while every scheduler was down follow ``catchup``:
+        ``"latest"`` starts the most recent one, ``"all"`` starts each (at most 1,000),
+        ``"skip"`` starts none. ``hms-bus schedules APP`` lists them with their next tick.
+
+        Args:
+            name: the schedule's name (letters, digits, ``_``, ``-``).
+            workflow: a workflow defined on this Management.
+            cron: a cron expression (5 fields, or 6 with seconds first), read in
+                ``timezone``.
+            every: an interval (timedelta or seconds), ticking on its multiples since
+                the Unix epoch.
+            payload: each workflow's payload, checked now against the workflow's
+                ``input=``.
+            timezone: an IANA time zone name for ``cron``.
+            catchup: ``"latest"``, ``"all"`` or ``"skip"``.
+
+        Raises:
+            ConfigError: a bad name, a name used twice, an unknown workflow, not exactly
+                one of ``cron`` and ``every``, a bad cron expression or time zone.
+            PayloadValidationError: the payload does not match the workflow's input.
+        """
+        wf = self._registry.workflow(workflow)
+        if name in self._registry.schedules:
+            raise ConfigError(f"schedule {name!r} is already defined")
+        validated = validate_payload(wf.start_model(), payload, f"schedule {name!r}")
+        made = make_schedule(
+            name,
+            workflow,
+            cron=cron,
+            every=every,
+            payload=to_jsonable(validated),
+            timezone=timezone,
+            catchup=catchup,
+        )
+        self._registry.schedules[name] = made
+        return made
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        """Registered schedules by name (read-only use)."""
+        return dict(self._registry.schedules)
 
     def on_step(
         self,
@@ -302,7 +380,12 @@ class Management:
     # -- client API ---------------------------------------------------------------------
 
     async def start(
-        self, workflow: str, payload: Any = None, *, workflow_id: str | None = None
+        self,
+        workflow: str,
+        payload: Any = None,
+        *,
+        workflow_id: str | None = None,
+        version: str | None = None,
     ) -> Started:
         """Start an instance of ``workflow`` with ``payload``.
 
@@ -311,9 +394,13 @@ class Management:
         an earlier call registered the id but failed before the start event was
         published, the repeat publishes it.
 
+        The instance runs by the workflow's current definition (the version defined
+        last), or by ``version``, one this process defines, for as long as it runs: a
+        later change of the steps does not move it.
+
         Raises:
-            ConfigError: unknown workflow, bad workflow_id, or an id already used by
-                another workflow.
+            ConfigError: unknown workflow or version, bad workflow_id, or an id already
+                used by another workflow.
             PayloadValidationError: the payload does not match the declared ``input=``.
             SerializationError: the payload is not JSON-encodable.
             TransportError: the payload is over ``transport.max_message_bytes``
@@ -324,7 +411,7 @@ class Management:
                 calling ``start`` again with that ``workflow_id`` is safe: a workflow id
                 is started at most once.
         """
-        return await self._client.start(workflow, payload, workflow_id=workflow_id)
+        return await self._client.start(workflow, payload, workflow_id=workflow_id, version=version)
 
     async def status(self, workflow_id: str) -> WorkflowStatus | None:
         """The workflow's status with its steps, or None if the store does not know it.
@@ -378,6 +465,25 @@ class Management:
             NotFoundError: the store does not know ``workflow_id``.
         """
         return await self._client.cancel(workflow_id, reason)
+
+    async def signal(
+        self, workflow_id: str, name: str, data: Any = None, *, signal_id: str | None = None
+    ) -> bool:
+        """Send the signal ``name`` with ``data`` to a workflow.
+
+        A workflow waiting for it (a step returned ``WaitFor(name)``) goes on; one that
+        does not wait for it yet keeps it until it does. Each ``signal_id`` (default: a
+        new one) is delivered once, so a caller that retries should pass its own.
+
+        Returns:
+            True once the signal is recorded (on the bus), False when the workflow has
+            already ended.
+
+        Raises:
+            NotFoundError: the store does not know ``workflow_id``.
+            ConfigError: a bad signal name or ``signal_id``.
+        """
+        return await self._client.signal(workflow_id, name, data, signal_id=signal_id)
 
     async def list(
         self,

@@ -18,11 +18,14 @@ from datetime import datetime
 from typing import Any
 
 from ._events import (
+    ChildStarted,
     RetryScheduled,
     SlaBreached,
     StepCompleted,
     StepScheduled,
     StepStarted,
+    StepWaiting,
+    WaitEnded,
     WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
@@ -54,6 +57,9 @@ class StepRow:
     finished_at: datetime | None = None
     error: str | None = None
     sla_breached: bool = False
+    group: str | None = None
+    waiting_for: str | None = None
+    child_id: str | None = None
 
     def advance(self, attempt: int, status: StepState) -> bool:
         """Move to (attempt, status) if that is forward; return whether it moved."""
@@ -76,6 +82,9 @@ class StepRow:
             finished_at=self.finished_at,
             error=self.error,
             sla_breached=self.sla_breached,
+            group=self.group,
+            waiting_for=self.waiting_for,
+            child_id=self.child_id,
         )
 
 
@@ -95,6 +104,8 @@ class WorkflowRow:
     sla_breached: bool = False
     start_event_id: str = ""
     confirmed: bool = False
+    version: str | None = None
+    parent_id: str | None = None
     steps: dict[int, StepRow] = field(default_factory=dict)
 
     def freeze(
@@ -114,6 +125,8 @@ class WorkflowRow:
             updated_at=self.updated_at,
             finished_at=self.finished_at,
             sla_breached=self.sla_breached,
+            version=self.version,
+            parent_id=self.parent_id,
         )
 
     def _step(self, name: str, seq: int) -> StepRow:
@@ -138,10 +151,15 @@ def apply_event(row: WorkflowRow, event: Any) -> bool:
         row.confirmed = True
         if row.payload is None:
             row.payload = event.payload
+        if event.version is not None and row.version is None:
+            row.version = event.version
+        if event.parent is not None and row.parent_id is None:
+            row.parent_id = event.parent.workflow_id
     elif isinstance(event, StepScheduled):
         s = row._step(event.step, event.seq)
         if changed := s.advance(event.attempt, StepState.PENDING):
             s.scheduled_at, s.due_at = event.ts, event.due_at
+            s.group = event.group
     elif isinstance(event, StepStarted):
         s = row._step(event.step, event.seq)
         if changed := s.advance(event.attempt, StepState.RUNNING):
@@ -166,6 +184,18 @@ def apply_event(row: WorkflowRow, event: Any) -> bool:
     elif isinstance(event, WorkflowCancelled):
         if changed := row._finish(WorkflowState.CANCELLED, event.ts):
             row.error = event.reason or "cancelled"
+    elif isinstance(event, StepWaiting):
+        s = row._step(event.step, event.seq)
+        changed = s.waiting_for != event.signal
+        s.waiting_for, s.due_at = event.signal, event.timeout_at
+    elif isinstance(event, WaitEnded):
+        s = row._step(event.step, event.seq)
+        changed = s.waiting_for is not None
+        s.waiting_for, s.due_at = None, None
+    elif isinstance(event, ChildStarted):
+        s = row._step(event.step, event.seq)
+        changed = s.child_id != event.child_id
+        s.child_id = event.child_id
     elif isinstance(event, SlaBreached):
         if event.seq is not None and event.seq in row.steps:
             changed = not row.steps[event.seq].sla_breached

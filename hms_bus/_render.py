@@ -36,6 +36,7 @@ __all__ = [
     "health_view",
     "history_view",
     "page_view",
+    "schedules_view",
     "settings_view",
     "topics_view",
     "workflow_view",
@@ -143,6 +144,23 @@ def when(value: str | None, *, local: bool = False) -> str:
 
 # -- views, one per result type ---------------------------------------------------------
 
+
+def _step_note(s: Item) -> str:
+    """What a step execution waits for or belongs to: its signal, child, group; else its
+    error."""
+    notes = []
+    if s.get("waiting_for"):
+        due = f" until {when(s['due_at'])}" if s.get("due_at") else ""
+        notes.append(f"waiting for signal {s['waiting_for']!r}{due}")
+    if s.get("child_id"):
+        notes.append(f"child {s['child_id']}")
+    if s.get("group"):
+        notes.append(f"in {s['group']}")
+    if s["error"]:
+        notes.append(s["error"])
+    return "; ".join(notes)
+
+
 _STEPS: Sequence[Column] = (
     ("#", lambda s: str(s["seq"])),
     ("STEP", lambda s: s["step"]),
@@ -150,20 +168,23 @@ _STEPS: Sequence[Column] = (
     ("ATTEMPTS", lambda s: str(s["attempts"])),
     ("STARTED", lambda s: when(s["started_at"])),
     ("FINISHED", lambda s: when(s["finished_at"])),
-    ("ERROR", lambda s: s["error"] or ""),
+    ("NOTE", _step_note),
 )
 
 
 def workflow_view(doc: Item) -> list[Block]:
     """A ``WorkflowStatus`` (``status``, ``start --wait``): its fields, then its steps."""
     sla = "  (SLA breached)" if doc["sla_breached"] else ""
+    version = f"  (version {doc['version']})" if doc.get("version") else ""
     fields: list[tuple[str, str | Text]] = [
         ("workflow", doc["workflow_id"]),
-        ("type", doc["workflow"]),
+        ("type", f"{doc['workflow']}{version}"),
         ("status", Text.assemble(styled(doc["status"]), sla)),
         ("started", when(doc["created_at"])),
         ("finished", when(doc["finished_at"])),
     ]
+    if doc.get("parent_id"):
+        fields.append(("parent", doc["parent_id"]))
     if doc["error"]:
         fields.append(("error", doc["error"]))
     if doc["result"] is not None:
@@ -195,9 +216,8 @@ def page_view(doc: Item) -> list[Block]:
 
 
 def _detail(event: Item) -> str:
-    facts = [
-        f"{k}={event[k]}" for k in ("step", "seq", "attempt", "outcome") if event.get(k) is not None
-    ]
+    names = ("step", "seq", "attempt", "outcome", "group", "signal", "child_id", "status")
+    facts = [f"{k}={event[k]}" for k in names if event.get(k) is not None]
     error = event.get("error")
     if error is not None:
         message = error.get("message") if isinstance(error, dict) else error
@@ -299,3 +319,20 @@ def health_view(doc: Item) -> list[Block]:
         )
         blocks += [verdict, *(Text(f"  - {problem}") for problem in problems)]
     return blocks
+
+
+_SCHEDULES: Sequence[Column] = (
+    ("SCHEDULE", lambda s: s["name"]),
+    ("WORKFLOW", lambda s: s["workflow"]),
+    ("RULE", lambda s: s["rule"]),
+    ("CATCHUP", lambda s: s["catchup"]),
+    ("LAST TICK", lambda s: when(s["last_tick"])),
+    ("NEXT TICK", lambda s: when(s["next_tick"])),
+)
+
+
+def schedules_view(doc: Sequence[Item]) -> list[Block]:
+    """The app's schedules (``schedules``): rule, last tick started and next tick."""
+    if not doc:
+        return [Text("no schedules")]
+    return [grid(doc, _SCHEDULES)]

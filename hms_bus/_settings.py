@@ -98,9 +98,12 @@ class CoordinatorSettings(_Section):
 
     Attributes:
         batch_size: events read and decided per round trip to the store.
+        max_fanout: the most items one ``Each`` may fan out to; more fails the step,
+            naming this limit.
     """
 
     batch_size: int = Field(500, ge=1)
+    max_fanout: int = Field(1000, ge=1)
 
 
 class SchedulerSettings(_Section):
@@ -110,11 +113,14 @@ class SchedulerSettings(_Section):
         poll_interval: longest sleep between looks at the store for due timers.
         lease: seconds a claimed timer stays invisible to other schedulers.
         batch_size: timers claimed per look.
+        misfire_grace: seconds after which a schedule's tick that has not started
+            counts as missed (see ``catchup`` of ``mgmt.schedule``).
     """
 
     poll_interval: float = Field(1.0, gt=0)
     lease: float = Field(30.0, gt=0)
     batch_size: int = Field(500, ge=1)
+    misfire_grace: float = Field(60.0, gt=0)
 
 
 class MonitorSettings(_Section):

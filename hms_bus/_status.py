@@ -51,6 +51,10 @@ class StepStatus(BaseModel):
         started_at: start of the latest attempt; ``finished_at`` its end.
         error: the latest attempt's error message, if it failed.
         sla_breached: True once the step ran past its ``sla=``.
+        group: the parallel group (or the fan-out) this execution is a branch of.
+        waiting_for: the signal the workflow waits for after this step (``WaitFor``),
+            while it waits; ``due_at`` is then the wait's timeout.
+        child_id: the child workflow this step started (``Child``).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -65,6 +69,9 @@ class StepStatus(BaseModel):
     finished_at: datetime | None = None
     error: str | None = None
     sla_breached: bool = False
+    group: str | None = None
+    waiting_for: str | None = None
+    child_id: str | None = None
 
 
 class WorkflowStatus(BaseModel):
@@ -81,6 +88,8 @@ class WorkflowStatus(BaseModel):
         steps: every step execution, in execution order.
         created_at / updated_at / finished_at: timestamps (UTC).
         sla_breached: True once the workflow ran past its ``sla=``.
+        version: the definition version the instance runs by.
+        parent_id: for a child workflow, its parent's id.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -96,6 +105,8 @@ class WorkflowStatus(BaseModel):
     updated_at: datetime
     finished_at: datetime | None = None
     sla_breached: bool = False
+    version: str | None = None
+    parent_id: str | None = None
 
     @property
     def terminal(self) -> bool:

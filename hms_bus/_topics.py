@@ -46,6 +46,12 @@ class Topics:
         """Process heartbeats and down reports (``hms.heartbeats``)."""
         return self._p(HEARTBEATS)
 
+    def inbox(self, workflow: str, version: str) -> str:
+        """Where the coordinators that define version ``version`` of ``workflow`` take its
+        transitions from when another coordinator (one that does not define it) got
+        them: ``hms.coordinator.<workflow>.<version>``."""
+        return self._p(f"{COORDINATOR}.{workflow}.{version}")
+
     def step(self, workflow: str, step: str) -> str:
         """The command topic of one step: ``<workflow>.<step>``."""
         return self._p(f"{workflow}.{step}")

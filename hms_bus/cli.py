@@ -8,6 +8,8 @@
     hms-bus list [--app APP] [--workflow W] [--status S] [--limit N] [--cursor C]
     hms-bus history [--app APP] WORKFLOW_ID
     hms-bus cancel [--app APP] WORKFLOW_ID
+    hms-bus signal APP WORKFLOW_ID NAME [PAYLOAD] [--id SIGNAL_ID]   wake a waiting workflow
+    hms-bus schedules APP [--json]                 the app's schedules and their next ticks
     hms-bus worker APP [--steps wf.a,wf.b] [--concurrency N]
     hms-bus coordinator|projector|scheduler|monitor APP
     hms-bus run APP [--roles coordinator,projector]   every role (or those) in one process
@@ -51,7 +53,14 @@ from typing import Any
 import click
 
 from . import __version__
-from ._admin import check_health, export_schemas, load_app, migrate, topic_report
+from ._admin import (
+    check_health,
+    export_schemas,
+    load_app,
+    migrate,
+    schedule_report,
+    topic_report,
+)
 from ._backends import in_process, redact, scheme_of
 from ._cli_base import (
     EXIT_OK,
@@ -75,6 +84,7 @@ from ._render import (
     health_view,
     history_view,
     page_view,
+    schedules_view,
     topics_view,
     workflow_view,
 )
@@ -280,6 +290,51 @@ async def cmd_cancel(c: Common, *, workflow_id: str, app: str | None, reason: st
     async with mgmt:
         requested = await mgmt.cancel(workflow_id, reason=reason)
     print("cancellation requested" if requested else "workflow has already ended")
+    return EXIT_OK
+
+
+@command(
+    cli,
+    "signal",
+    "send a signal to a workflow",
+    app_argument(),
+    click.Argument(["workflow_id"], help="the workflow"),
+    click.Argument(["name"], help="the signal's name"),
+    click.Argument(
+        ["payload"], help="JSON data, @file, or - for stdin (default none)", required=False
+    ),
+    option("--id", "signal_id", help="signal id: a repeat with the same id is delivered once"),
+)
+async def cmd_signal(
+    c: Common, *, app: str, workflow_id: str, name: str, payload: str | None, signal_id: str | None
+) -> int:
+    """Send a signal; a workflow waiting for it goes on, one that is not waiting yet keeps
+    it. Exits 1 when the workflow has already ended."""
+    mgmt = _client(c, app)
+    data = _parse_payload(payload) if payload is not None else None
+    async with mgmt:
+        sent = await mgmt.signal(workflow_id, name, data, signal_id=signal_id)
+    if not sent:
+        print(f"workflow {workflow_id} has already ended: signal {name!r} not delivered")
+        return EXIT_WORKFLOW_FAILED
+    print(f"signal {name!r} recorded for {workflow_id}")
+    return EXIT_OK
+
+
+@command(
+    cli,
+    "schedules",
+    "list the app's schedules and their next ticks",
+    app_argument(),
+    _json(),
+)
+async def cmd_schedules(c: Common, *, app: str, as_json: bool) -> int:
+    """List the schedules an app registers: rule, catch-up, last tick started (from the
+    store) and next tick."""
+    mgmt = _client(c, app)
+    async with mgmt:
+        rows = await schedule_report(mgmt)
+    c.screen().show(rows, schedules_view, as_json=as_json)
     return EXIT_OK
 
 

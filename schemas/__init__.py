@@ -5,7 +5,7 @@ Their JSON Schema is exported to ``schemas/json/`` by
 """
 
 from .grant import AccountOnFile, Applicant, BankAccount, GrantApplication, PayeeAccount
-from .inspection import Inspection
+from .inspection import Inspection, InspectionReport
 from .payment import PaymentInstruction, PaymentRequest, PaymentResult, PaymentStatus
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "BankAccount",
     "GrantApplication",
     "Inspection",
+    "InspectionReport",
     "PayeeAccount",
     "PaymentInstruction",
     "PaymentRequest",

@@ -1,4 +1,5 @@
-"""A site inspection booked by the grant approval workflow (``scheduleInspection``)."""
+"""A site inspection booked by the grant approval workflow (``scheduleInspection``), and
+the inspector's report that the workflow waits for (the ``inspectionReport`` signal)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pydantic import Field
 
 from .grant import _Model
 
-__all__ = ["Inspection"]
+__all__ = ["Inspection", "InspectionReport"]
 
 
 class Inspection(_Model):
@@ -18,3 +19,12 @@ class Inspection(_Model):
     date: date
     office: str = Field(description="The regional inspection office.")
     region: str
+
+
+class InspectionReport(_Model):
+    """The inspector's report: the data of the ``inspectionReport`` signal
+    (``hms-bus signal step_handlers.hms:mgmt GR-2026-0001 inspectionReport '{…}'``)."""
+
+    passed: bool = Field(description="Whether the site meets the programme's conditions.")
+    inspector: str = Field(min_length=1, description="Who inspected the site.")
+    notes: str | None = None

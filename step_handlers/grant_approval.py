@@ -1,7 +1,11 @@
 """The grant approval workflow of the HMS Management Layer.
 
-``validateApp → creditCheck → scheduleInspection → finalize``, with ``reject`` as the
-error path of the credit check:
+``validateApp → checks (creditCheck ∥ eligibilityCheck) → scheduleInspection → finalize``,
+with ``reject`` as the error path::
+
+    validateApp ┬ creditCheck ──────┬ scheduleInspection ⏸ inspectionReport ─ finalize ─┐
+                └ eligibilityCheck ─┘   (no report in time: reject)                     │
+    recordPayment ◀─ grantPayment (a child workflow, for an amount) ◀──────────────────┘
 
 - **validateApp** refuses, without retry (``Fail``), an application whose applicant has
   no name, that requests an amount without saying where to pay it, or whose bank
@@ -9,20 +13,30 @@ error path of the credit check:
   checksum, or an account number that is not 4–17 digits; an account on file is
   HMS-ACH's to resolve when the grant is paid). The workflow then fails and the command
   goes to the dead-letter topic.
-- **creditCheck** asks the credit bureau for a score. A bureau outage is an ordinary
-  exception, retried with backoff; a score under :data:`MIN_CREDIT_SCORE` raises
-  ``Fail`` and takes the error path to **reject**.
-- **scheduleInspection** books a site inspection a few business days out, with the
-  region's inspection office.
-- **finalize** approves the grant and records it (with its amount, if one was
-  requested) in the grants ledger, keyed by the step's idempotency key so a redelivered
-  attempt never records it twice.
+- **checks**, a parallel group: **creditCheck** asks the credit bureau for a score (an
+  outage is retried with backoff; a score under :data:`MIN_CREDIT_SCORE` fails it) while
+  **eligibilityCheck** applies the programme's rules (the amount within
+  :data:`MAX_AMOUNT`, a region the programme serves). Either failing takes the error
+  path to **reject**; the next step runs once both have passed.
+- **scheduleInspection** books a site inspection a few business days out with the
+  region's office, then *waits* for the inspector's report: the ``inspectionReport``
+  signal (``mgmt.signal(application_id, "inspectionReport", {...})`` or ``hms-bus
+  signal``). No report within ``inspection_timeout`` (14 days) takes it to **reject**.
+- **finalize** reads the report: a failed inspection rejects the application; otherwise
+  the grant is approved and recorded in the grants ledger (keyed by the step's
+  idempotency key, so a redelivered attempt never records it twice). An application
+  for an amount is then paid by the ``grantPayment`` workflow as a *child*
+  (:mod:`step_handlers.management_layer`), and **recordPayment** ends the workflow with
+  the decision and the payment; one without an amount ends at **finalize**.
 - **reject** (error path) ends the workflow with the rejection and its reason.
 
 The smallest application is an id and an applicant's name, the hms-mgmt chapter's start
-payload ``{"applicationId": …, "applicantData": {"name": …}}``: it runs the four steps
-to a decision without an amount or a bank account, which the payment (``grantPayment``
-in :mod:`step_handlers.management_layer`) carries.
+payload ``{"applicationId": …, "applicantData": {"name": …}}``: it runs to a decision
+without an amount or a bank account.
+
+:func:`create_app` defines ``grantApproval`` (and, by default, ``grantPayment`` for its
+payments) and the ``slaSweep`` schedule: every night at 02:00 (programme office time) a
+``slaSweep`` workflow lists the workflows that breached their SLA.
 
 Run the workers of this app with ``hms-bus worker step_handlers.grant_approval:mgmt``.
 """
@@ -33,14 +47,18 @@ import asyncio
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
 import hms_bus
 from schemas.grant import BankAccount, GrantApplication
+from schemas.inspection import InspectionReport
+
+from .reference_rules import routing_number_valid
 
 __all__ = [
+    "MAX_AMOUNT",
     "MIN_CREDIT_SCORE",
     "BureauUnavailable",
     "CreditBureau",
@@ -52,7 +70,16 @@ __all__ = [
 ]
 
 MIN_CREDIT_SCORE = 620
-STEPS = ["validateApp", "creditCheck", "scheduleInspection", "finalize"]
+MAX_AMOUNT = Decimal("100000")
+"""The most one grant of the programme may award."""
+INSPECTION_TIMEOUT = timedelta(days=14)
+"""How long ``scheduleInspection`` waits for the inspector's report."""
+STEPS: list[str | hms_bus.Parallel] = [
+    "validateApp",
+    hms_bus.parallel("creditCheck", "eligibilityCheck", name="checks"),
+    "scheduleInspection",
+    "finalize",
+]
 INSPECTION_OFFICES = {
     "northeast": "Boston field office",
     "southeast": "Atlanta field office",
@@ -111,6 +138,13 @@ class GrantLedger:
 
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def approval_of(self, application_id: str) -> dict[str, Any] | None:
+        """The approval recorded for ``application_id``, if any."""
+        for entry in self.entries.values():
+            if entry["applicationId"] == application_id:
+                return entry
+        return None
+
     def record(
         self, idempotency_key: str, application_id: str, amount: Decimal | None = None
     ) -> str:
@@ -127,14 +161,6 @@ class GrantLedger:
                 entry["amount"] = str(amount)
             self.entries[idempotency_key] = entry
         return str(entry["approvalId"])
-
-
-def routing_number_valid(routing: str) -> bool:
-    """True for nine digits whose ABA checksum holds (3-7-1 weights, sum ≡ 0 mod 10)."""
-    if not re.fullmatch(r"\d{9}", routing):
-        return False
-    d = [int(c) for c in routing]
-    return (3 * (d[0] + d[3] + d[6]) + 7 * (d[1] + d[4] + d[7]) + (d[2] + d[5] + d[8])) % 10 == 0
 
 
 def _check_bank_account(account: BankAccount) -> None:
@@ -165,9 +191,11 @@ def create_app(
     ledger: GrantLedger | None = None,
     credit_retry: hms_bus.RetryPolicy | None = None,
     inspection_lead_days: int = 3,
+    inspection_timeout: timedelta | float = INSPECTION_TIMEOUT,
     today: date | None = None,
+    payments: bool = True,
 ) -> hms_bus.Management:
-    """Define the grant approval workflow and its handlers on ``mgmt``.
+    """Define the grant approval workflow, its handlers and the nightly SLA sweep on ``mgmt``.
 
     Args:
         mgmt: the Management to register on; a new one (settings from the
@@ -176,15 +204,23 @@ def create_app(
         ledger: where approvals are recorded; a new :class:`GrantLedger` when None.
         credit_retry: retry policy of the credit check (bureau outages).
         inspection_lead_days: business days between approval and inspection.
+        inspection_timeout: how long to wait for the inspector's report.
         today: the date inspections are scheduled from (default: today).
+        payments: also define ``grantPayment`` (with HMS-SVC and HMS-ACH from the
+            environment, else simulated), which pays approved grants as a child
+            workflow; pass False when the caller defines it.
     """
     mgmt = mgmt or hms_bus.init(service_name="GrantWorkflow")
     bureau = bureau or SimulatedCreditBureau()
     ledger = ledger or GrantLedger()
+    if payments:
+        from .management_layer import create_payment_app
+
+        create_payment_app(mgmt)
     mgmt.define_workflow(
         "grantApproval",
         STEPS,
-        error_steps=["reject"],
+        error_steps=["reject", "recordPayment"],
         input=GrantApplication,
         sla=timedelta(minutes=10),
     )
@@ -202,8 +238,8 @@ def create_app(
             )
         if isinstance(account, BankAccount):
             _check_bank_account(account)
-        # The seed's return form, accepted as is.
-        return {"nextStep": "creditCheck", "data": app.model_dump(mode="json", by_alias=True)}
+        # The seed's return form, accepted as is: to the parallel group of checks.
+        return {"nextStep": "checks", "data": app.model_dump(mode="json", by_alias=True)}
 
     @mgmt.on_step(
         "grantApproval.creditCheck",
@@ -222,16 +258,42 @@ def create_app(
             )
         return {**app.model_dump(mode="json", by_alias=True), "creditScore": score}
 
-    @mgmt.on_step("grantApproval.scheduleInspection", timeout=30)
-    async def schedule_inspection(ctx: hms_bus.StepContext) -> dict[str, Any]:
-        region = str(ctx.payload.get("region", "northeast"))
-        when = business_days_after(today or date.today(), inspection_lead_days)
-        office = INSPECTION_OFFICES.get(region, "Washington headquarters")
-        return {**ctx.payload, "inspection": {"date": when.isoformat(), "office": office}}
+    @mgmt.on_step(
+        "grantApproval.eligibilityCheck", input=GrantApplication, timeout=10, on_error="reject"
+    )
+    async def eligibility_check(ctx: hms_bus.StepContext) -> dict[str, Any]:
+        app: GrantApplication = ctx.payload
+        if app.amount is not None and app.amount > MAX_AMOUNT:
+            raise hms_bus.Fail(
+                f"requested amount {app.amount} is over the programme maximum of {MAX_AMOUNT}"
+            )
+        if app.region not in INSPECTION_OFFICES:
+            raise hms_bus.Fail(f"region {app.region!r} is not served by the programme")
+        return {**app.model_dump(mode="json", by_alias=True), "eligible": True}
 
-    @mgmt.on_step("grantApproval.finalize", timeout=30)
-    async def finalize(ctx: hms_bus.StepContext) -> dict[str, Any]:
+    @mgmt.on_step("grantApproval.scheduleInspection", timeout=30)
+    async def schedule_inspection(ctx: hms_bus.StepContext) -> hms_bus.WaitFor:
+        # The application, as both checks passed it on, with what each found.
+        application = {**ctx.payload["eligibilityCheck"], **ctx.payload["creditCheck"]}
+        region = application["region"]
+        when = business_days_after(today or date.today(), inspection_lead_days)
+        booked = {
+            **application,
+            "inspection": {"date": when.isoformat(), "office": INSPECTION_OFFICES[region]},
+        }
+        ctx.log.info("inspection booked with the %s", INSPECTION_OFFICES[region])
+        return hms_bus.WaitFor(
+            "inspectionReport", data=booked, timeout=inspection_timeout, on_timeout="reject"
+        )
+
+    @mgmt.on_step("grantApproval.finalize", timeout=30, on_error="reject")
+    async def finalize(ctx: hms_bus.StepContext) -> Any:
         p = ctx.payload
+        report = InspectionReport.model_validate(ctx.signal)
+        if not report.passed:
+            raise hms_bus.Fail(
+                f"site inspection by {report.inspector} failed: {report.notes or 'no reason given'}"
+            )
         requested = p.get("amount")
         amount = None if requested is None else Decimal(str(requested))
         approval_id = ledger.record(ctx.idempotency_key, p["applicationId"], amount)
@@ -239,26 +301,79 @@ def create_app(
             "decision": "approved",
             "applicationId": p["applicationId"],
             "approvalId": approval_id,
-        }
-        if amount is not None:
-            decision["amount"] = str(amount)
-        return {
-            **decision,
             "creditScore": p["creditScore"],
             "inspectionDate": p["inspection"]["date"],
+            "inspector": report.inspector,
+        }
+        if amount is None:
+            return hms_bus.Complete(decision)
+        decision["amount"] = str(amount)
+        payment = {
+            "applicationId": p["applicationId"],
+            "applicant": p["applicant"],
+            "payment": {
+                "amount": str(amount),
+                "bankAccount": p["bankAccount"],
+                "memo": f"Grant {p['applicationId']} ({approval_id})",
+            },
+        }
+        # Paid by a workflow of its own; recordPayment gets its result.
+        return hms_bus.Child("grantPayment", payment, next="recordPayment")
+
+    @mgmt.on_step("grantApproval.recordPayment", timeout=30)
+    async def record_payment(ctx: hms_bus.StepContext) -> dict[str, Any]:
+        paid = ctx.payload
+        approval = ledger.approval_of(paid["applicationId"]) or {}
+        return {
+            "decision": "approved",
+            "applicationId": paid["applicationId"],
+            "approvalId": approval.get("approvalId"),
+            "amount": paid.get("amount"),
+            "paymentId": paid.get("paymentId"),
+            "paymentStatus": paid.get("paymentStatus"),
         }
 
     @mgmt.on_step("grantApproval.reject")
     async def reject(ctx: hms_bus.StepContext) -> dict[str, Any]:
         error = ctx.error
+        payload = ctx.payload if isinstance(ctx.payload, dict) else {}
         return {
             "decision": "rejected",
-            "applicationId": ctx.payload.get("applicationId"),
+            "applicationId": payload.get("applicationId"),
             "reason": error.message if error else "rejected",
             "failedStep": error.step if error else None,
         }
 
+    define_sla_sweep(mgmt)
     return mgmt
+
+
+def define_sla_sweep(mgmt: hms_bus.Management) -> None:
+    """The programme office's nightly sweep: the ``slaSweep`` workflow, which lists the
+    workflows that breached their SLA, started every night at 02:00 New York time by the
+    ``slaSweep`` schedule."""
+    mgmt.define_workflow("slaSweep", ["listBreaches"])
+    mgmt.schedule("slaSweep", "slaSweep", cron="0 2 * * *", timezone="America/New_York")
+
+    @mgmt.on_step("slaSweep.listBreaches", timeout=300)
+    async def list_breaches(ctx: hms_bus.StepContext) -> dict[str, Any]:
+        # Every running workflow, and those that ended since the last sweep.
+        day = datetime.now(UTC) - timedelta(days=1)
+        breached: list[dict[str, Any]] = []
+        for status, since in (("running", None), ("failed", day), ("completed", day)):
+            cursor = None
+            while True:
+                page = await mgmt.list(status=status, since=since, limit=1000, cursor=cursor)
+                breached += [
+                    {"workflowId": w.workflow_id, "workflow": w.workflow, "status": status}
+                    for w in page.items
+                    if w.sla_breached
+                ]
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        ctx.log.info("%d workflow(s) breached their SLA", len(breached))
+        return {"breached": breached}
 
 
 mgmt = create_app()

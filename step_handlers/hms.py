@@ -11,17 +11,16 @@ from __future__ import annotations
 import hms_bus
 
 from .grant_approval import create_app
-from .management_layer import create_payment_app
 
 __all__ = ["create_hms_app", "mgmt"]
 
 
 def create_hms_app(mgmt: hms_bus.Management | None = None) -> hms_bus.Management:
-    """``grantApproval`` and ``grantPayment`` on ``mgmt`` (a new one when None), with
-    HMS-SVC and HMS-ACH from ``HMS_SVC_URL`` / ``HMS_ACH_URL`` (else simulated)."""
+    """``grantApproval`` (with its ``slaSweep`` schedule) and ``grantPayment``, which pays
+    approved grants as a child workflow, on ``mgmt`` (a new one when None), with HMS-SVC
+    and HMS-ACH from ``HMS_SVC_URL`` / ``HMS_ACH_URL`` (else simulated)."""
     mgmt = mgmt or hms_bus.init(service_name="HMS")
     create_app(mgmt)
-    create_payment_app(mgmt)
     return mgmt
 
 

@@ -59,14 +59,13 @@ from pydantic.alias_generators import to_camel
 from schemas.grant import AccountOnFile, Applicant, BankAccount
 from schemas.payment import PaymentInstruction, PaymentResult, PaymentStatus
 
-from .grant_approval import routing_number_valid
-
 __all__ = [
     "ACCOUNTS_ON_FILE",
     "DENIED_TAX_ID_PREFIXES",
     "HEALTH_PATH",
     "TRANSFERS_PATH",
     "VALIDATE_PATH",
+    "routing_number_valid",
     "RequestRefused",
     "Transfer",
     "TransferBook",
@@ -134,6 +133,14 @@ class TransferRequest(PaymentInstruction):
     """The body of ``POST /ach/v1/transfers``: a payment instruction and whose it is."""
 
     application_id: str = Field(min_length=1, max_length=64)
+
+
+def routing_number_valid(routing: str) -> bool:
+    """True for nine digits whose ABA checksum holds (3-7-1 weights, sum ≡ 0 mod 10)."""
+    if not re.fullmatch(r"\d{9}", routing):
+        return False
+    d = [int(c) for c in routing]
+    return (3 * (d[0] + d[3] + d[6]) + 7 * (d[1] + d[4] + d[7]) + (d[2] + d[5] + d[8])) % 10 == 0
 
 
 def describe_validation_error(exc: ValidationError) -> str:

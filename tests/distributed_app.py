@@ -27,13 +27,14 @@ def _mark(ctx: hms_bus.StepContext, what: str) -> None:
 
 
 def make() -> hms_bus.Management:
-    """The app: ``order`` (four quick steps), ``slow`` (one step of HMS_TEST_SLOW s) and
+    """The app: ``order`` (four quick steps), ``slow`` (one step of HMS_TEST_SLOW s),
     ``fragile``, whose first step, ``crunch``, kills its process (``os._exit``) on a poison
-    payload."""
+    payload, and ``fanout``: two parallel branches joined by ``joined``."""
     mgmt = hms_bus.init("distributed-test")
     mgmt.define_workflow("order", STEPS)
     mgmt.define_workflow("slow", ["nap"])
     mgmt.define_workflow("fragile", ["crunch", "report"])
+    mgmt.define_workflow("fanout", [hms_bus.parallel("left", "right"), "joined"])
 
     @mgmt.on_step("fragile.crunch")
     async def crunch(ctx: hms_bus.StepContext) -> Any:
@@ -56,6 +57,14 @@ def make() -> hms_bus.Management:
 
     for name in STEPS:
         mgmt.on_step(f"order.{name}")(step)
+    for name in ("left", "right"):
+        mgmt.on_step(f"fanout.{name}")(step)
+
+    @mgmt.on_step("fanout.joined")
+    async def joined(ctx: hms_bus.StepContext) -> Any:
+        _mark(ctx, "begin")
+        _mark(ctx, "end")
+        return ctx.payload
 
     @mgmt.on_step("slow.nap")
     async def nap(ctx: hms_bus.StepContext) -> Any:

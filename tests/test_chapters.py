@@ -29,7 +29,7 @@ from hms_bus._pii import sensitive_names
 from schemas.grant import AccountOnFile, BankAccount, GrantApplication
 from schemas.payment import PaymentRequest
 from step_handlers.grant_approval import GrantLedger, create_app
-from step_handlers.management_layer import ManagementLayer
+from step_handlers.management_layer import ManagementLayer, create_payment_app
 from step_handlers.reference_rules import ACCOUNTS_ON_FILE, TransferBook
 from step_handlers.services import (
     HttpApplicantValidator,
@@ -326,6 +326,10 @@ async def main():
     app_data = {{"name": "Jane Doe"}}
     async with mgmt:
         started = {START_CALL}
+        # The site inspector reports once the inspection is booked.
+        await mgmt.wait(started.workflow_id, timeout=30, until_step="scheduleInspection")
+        report = {{"passed": True, "inspector": "J. Ortiz"}}
+        await mgmt.signal(started.workflow_id, "inspectionReport", report)
         final = await mgmt.wait(started.workflow_id, timeout=30)
     settings = mgmt.settings
     print(json.dumps([final.model_dump(mode="json"), settings.bus_url, settings.store_url]))
@@ -345,6 +349,7 @@ asyncio.run(main())
     assert [(s["step"], s["status"]) for s in final["steps"]] == [
         ("validateApp", "succeeded"),
         ("creditCheck", "succeeded"),
+        ("eligibilityCheck", "succeeded"),
         ("scheduleInspection", "succeeded"),
         ("finalize", "succeeded"),
     ]
@@ -368,27 +373,31 @@ def test_applicant_data_is_the_applicant() -> None:
 
 async def test_an_amountless_approval_is_recorded_without_an_amount() -> None:
     ledger = GrantLedger()
-    mgmt = create_app(
-        hms_bus.init("chapters-approval", monitor={"heartbeat_interval": 0}), ledger=ledger
+    mgmt = hms_bus.init(
+        "chapters-approval", scheduler={"poll_interval": 0.02}, monitor={"heartbeat_interval": 0}
     )
+    create_payment_app(mgmt, status_check_delay=0.05)
+    create_app(mgmt, ledger=ledger, payments=False)
+    report = {"passed": True, "inspector": "J. Ortiz"}
+
+    async def inspected(application: dict[str, Any]) -> hms_bus.WorkflowStatus:
+        started = await mgmt.start("grantApproval", application)
+        await mgmt.wait(started.workflow_id, timeout=10, until_step="scheduleInspection")
+        await mgmt.signal(started.workflow_id, "inspectionReport", report)
+        return await started.wait(timeout=10)
+
     async with mgmt:
-        plain = await mgmt.run(
-            "grantApproval",
-            {"applicationId": "GR-1", "applicantData": {"name": "Jane Doe"}},
-            timeout=10,
-        )
-        on_file = await mgmt.run(
-            "grantApproval",
+        plain = await inspected({"applicationId": "GR-1", "applicantData": {"name": "Jane Doe"}})
+        on_file = await inspected(
             {
                 "applicationId": "GR-2",
                 "amount": "100.00",
-                "applicant": {"name": "Jane Doe"},
+                "applicant": {"name": "Jane Doe", "taxId": "12-3456789"},
                 "bankAccount": "12345",
-            },
-            timeout=10,
+            }
         )
     assert plain.result["decision"] == "approved"
-    assert on_file.result["decision"] == "approved"
+    assert on_file.result["decision"] == "approved", on_file.result
     assert on_file.result["amount"] == "100.00"
     assert [e for e in ledger.entries.values() if e["applicationId"] == "GR-1"] == [
         {"approvalId": plain.result["approvalId"], "applicationId": "GR-1"}

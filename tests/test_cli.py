@@ -24,9 +24,11 @@ from hms_bus.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "step_handlers.grant_approval:mgmt"
+# Over the programme's maximum: rejected by the eligibility check, without waiting for
+# an inspector's report (which this process would wait for as long as it runs).
 GOOD = {
     "applicationId": "GR-CLI-1",
-    "amount": "1000.00",
+    "amount": "500000.00",
     "applicant": {"name": "Acme Bakery LLC", "taxId": "12-3456789"},
     "bankAccount": {"routingNumber": "011000015", "accountNumber": "4401923377"},
 }
@@ -63,11 +65,18 @@ def test_demo_shows_approved_rejected_retried_and_refused() -> None:
     out = proc.stdout
     table = out[out.index("APPLICATION") :]
     assert table.count("approved APR-") == 3
+    assert table.count(" paid (PAY-") == 3  # by a child workflow each
     assert "rejected: credit score 540" in table
+    assert "over the programme maximum" in table  # the parallel eligibility check
+    assert "rejected: timed out waiting for the signal 'inspectionReport'" in table
+    live = out[: out.index("APPLICATION")]
+    assert "waiting for inspectionReport" in live and "sends inspectionReport" in live
+    assert "child workflow GR-2026-0001/finalize-5" in live
+    assert "schedule slaSweep - 0 2 * * * (America/New_York)" in out
     assert "creditCheck✓x3" in table or "creditCheckokx3" in table  # retried after the outage
     assert "refused: step 'validateApp': applicant name is missing" in table
     assert "bank account is malformed" in table
-    assert "retrying" in out[: out.index("APPLICATION")]  # the live view showed the retry
+    assert "retrying" in live  # the live view showed the retry
     assert "Traceback" not in proc.stderr
 
 
@@ -76,13 +85,15 @@ def test_start_on_memory_runs_the_workflow_here(capsys: pytest.CaptureFixture[st
     assert code == 0
     status = json.loads(capsys.readouterr().out)
     assert status["status"] == "completed"
-    assert status["result"]["decision"] == "approved"
+    assert status["result"]["decision"] == "rejected"
+    assert "over the programme maximum" in status["result"]["reason"]
     assert [s["step"] for s in status["steps"]] == [
         "validateApp",
         "creditCheck",
-        "scheduleInspection",
-        "finalize",
+        "eligibilityCheck",
+        "reject",
     ]
+    assert status["steps"][2]["group"] == "checks"
 
 
 def test_start_exit_code_1_when_the_workflow_fails(capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,7 +118,7 @@ def test_payload_from_file_and_stdin(tmp_path: Path, capsys: pytest.CaptureFixtu
     [
         (
             ["start", APP, "noSuchFlow", "{}"],
-            "unknown workflow 'noSuchFlow' (defined: grantApproval)",
+            "unknown workflow 'noSuchFlow' (defined: grantPayment, grantApproval, slaSweep)",
         ),
         (["start", APP, "grantApproval", "{not json"], "payload is not valid JSON"),
         (
@@ -277,7 +288,7 @@ def test_migrate_status_list_and_history_read_the_postgres_store(
     capsys: pytest.CaptureFixture[str], pg_schema: str
 ) -> None:
     assert main(["migrate", "--store", pg_schema]) == 0
-    assert "applied 4 migration(s)" in capsys.readouterr().out
+    assert "applied 5 migration(s)" in capsys.readouterr().out
     assert main(["migrate", "--store", pg_schema]) == 0
     assert "up to date" in capsys.readouterr().out
 

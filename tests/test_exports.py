@@ -9,14 +9,17 @@ import pytest
 import hms_bus
 
 PUBLIC = [
+    "Child",
     "Complete",
     "ConfigError",
+    "Each",
     "ErrorInfo",
     "Fail",
     "HmsBusError",
     "Management",
     "Next",
     "NotFoundError",
+    "Parallel",
     "PayloadValidationError",
     "RetryPolicy",
     "Sensitive",
@@ -30,6 +33,7 @@ PUBLIC = [
     "StepStatus",
     "StoreError",
     "TransportError",
+    "WaitFor",
     "WaitTimeoutError",
     "WorkflowDefinition",
     "WorkflowPage",
@@ -37,6 +41,7 @@ PUBLIC = [
     "WorkflowStatus",
     "__version__",
     "init",
+    "parallel",
 ]
 
 

@@ -122,6 +122,7 @@ def _client(d: Deployment) -> hms_bus.Management:
     mgmt.define_workflow("order", STEPS)
     mgmt.define_workflow("slow", ["nap"])
     mgmt.define_workflow("fragile", ["crunch", "report"])
+    mgmt.define_workflow("fanout", [hms_bus.parallel("left", "right"), "joined"])
     return mgmt
 
 
@@ -367,3 +368,48 @@ async def test_a_command_that_kills_its_worker_is_quarantined_and_the_others_go_
     # they were running beside the poison when it struck).
     finished = {wid for wid, step, _, what in d.lines() if step == "crunch" and what == "end"}
     assert finished == set(ids) - {"fragile-20"}
+
+
+@pytest.mark.timeout(180)
+async def test_a_coordinator_killed_while_groups_join_joins_each_once(
+    deployment: Deployment,
+) -> None:
+    """200 parallel groups; the coordinator is SIGKILLed while their branches complete.
+
+    Its replacement reads the inputs the killed one had not committed: branches it had
+    recorded come back with their recorded answer, and a join it had decided is not
+    decided again (its transition is claimed once). Each workflow's history holds one
+    ``joined`` schedule and its result both branches.
+    """
+    d = deployment
+    coordinator = d.spawn("run", APP, "--roles", "coordinator")
+    d.spawn("run", APP, "--roles", "projector,scheduler")
+    d.spawn("worker", APP, "--concurrency", "32")
+    client = _client(d)
+    async with client:
+        ids = [f"fan-{i}" for i in range(200)]
+        for i, wid in enumerate(ids):
+            await client.start("fanout", {"n": i}, workflow_id=wid)
+        deadline = time.monotonic() + 60
+        while sum(1 for _, step, _, what in d.lines() if step == "joined" and what == "end") < 40:
+            assert time.monotonic() < deadline, "the joins did not begin"
+            await asyncio.sleep(0.01)
+        coordinator.kill()
+        d.spawn("run", APP, "--roles", "coordinator")
+        ended = await _ended(client, set(ids), within=120)
+        finals = [await client.wait(wid, timeout=30) for wid in ids]
+        joins = {
+            wid: [
+                e.event_id
+                for e in await client.history(wid)
+                if e.type == "stepScheduled" and e.step == "joined"
+            ]
+            for wid in ids
+        }
+    assert set(ended.values()) == {"workflowCompleted"}
+    for f in finals:
+        assert f.status == "completed"
+        n = f.payload["n"]
+        assert f.result == {"left": {"n": n, "last": "left"}, "right": {"n": n, "last": "right"}}
+        assert [s.step for s in f.steps] == ["left", "right", "joined"], f.steps
+    assert {wid: len(j) for wid, j in joins.items() if len(j) != 1} == {}

@@ -70,6 +70,7 @@ async def test_migrations_are_safe_when_processes_start_together(pg_schema: str)
         (2, "0002_health.sql"),
         (3, "0003_workflow_status_index.sql"),
         (4, "0004_worker_starts.sql"),
+        (5, "0005_shapes.sql"),
     ]
 
 

@@ -1,13 +1,19 @@
 """The coordinator: decides every workflow transition, once.
 
-It consumes ``hms.coordinator``, its own input topic: ``workflowStarted`` from clients,
-``completeStep`` from workers and ``cancelRequested``. For a start it schedules the
-first step; for a ``completeStep`` the next step (now, or as a durable timer when a
-delay was asked for), a retry with backoff, the error path, or the end of the
-workflow; for ``cancelRequested`` it cancels. Each decision is a
-:class:`~hms_bus.store.TransitionClaim` keyed by (workflow_id, step, seq, attempt):
-the store records it once, so a redelivered or duplicated event never advances a
-workflow twice, and a workflow that has ended refuses every later transition.
+It consumes ``hms.coordinator``, its own input topic: ``workflowStarted`` from clients
+(and from parents, for a child), ``completeStep`` from workers, ``cancelRequested``,
+``signalSent``, ``waitExpired`` (from timers) and ``childEnded``. The rules are
+:mod:`hms_bus._routing`'s. Each decision is a :class:`~hms_bus.store.TransitionClaim`
+keyed by (workflow_id, transition): the store records it once, so a redelivered or
+duplicated event never advances a workflow twice, and a workflow that has ended refuses
+every later transition.
+
+Some decisions lead to a second transition that depends on what the ledger holds of
+the workflow (its facts): a fork's branch that completes the set joins it, a wait meets
+its signal. The first claims of a batch come back with the facts they asked for, and
+the second transitions (``join:<seq>``, ``wake:<seq>``) are claimed in one more round
+trip, only when a batch has any. A workflow's end also reads its facts: a child reports
+to its parent (``childEnded``), a cancelled parent cancels its running children.
 
 For every input record it writes one history record to ``hms.events``: the input's
 events as it received them (bytes unchanged), followed by the events of what it
@@ -27,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -35,15 +43,25 @@ import orjson
 from opentelemetry.trace import Span, SpanKind
 
 from .._consume import retrying
+from .._definitions import Registry
 from .._errors import SerializationError
 from .._events import (
     DECIDED,
+    CancelRequested,
+    ChildEnded,
+    ChildStarted,
+    ErrorInfo,
+    ParentRef,
     RetryScheduled,
     StepCommand,
     StepScheduled,
+    StepWaiting,
+    WaitEnded,
+    WaitExpired,
     WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
+    WorkflowStarted,
     decode_event,
     encode,
     encode_line,
@@ -52,14 +70,34 @@ from .._events import (
     split_lines,
     utcnow,
 )
-from .._routing import Cancel, Decision, Fail, Finish, Input, Retry, Schedule, decide, transition_of
+from .._routing import (
+    Abandon,
+    Cancel,
+    Contribute,
+    Decision,
+    Fail,
+    Finish,
+    Fork,
+    Input,
+    Keep,
+    Park,
+    Retry,
+    Schedule,
+    Spawn,
+    closes,
+    decide,
+    facts_read,
+    facts_written,
+    follow_up,
+    transition_of,
+)
 from .._telemetry import Attr, Headers, end_span
 from .._topics import Topics
-from ..store import ClaimState, Timer, TransitionClaim
+from ..store import ClaimResult, ClaimState, Timer, TransitionClaim
 from ..transport import Outgoing, Record, record_size
 from . import BatchRole, Runtime
 
-__all__ = ["Coordinator"]
+__all__ = ["Coordinator", "inboxes"]
 
 _NONE: frozenset[tuple[str, str]] = frozenset()
 
@@ -74,12 +112,14 @@ class Coordinator(BatchRole):
     name = "coordinator"
 
     def __init__(self, rt: Runtime) -> None:
-        super().__init__(rt, [rt.topics.coordinator])
+        super().__init__(rt, [rt.topics.coordinator, *inboxes(rt.registry, rt.topics)])
         # Claims published, to mark so in the ledger, off the path of the next batch.
         self._published: list[tuple[str, str]] = []
         self._unmarked: set[tuple[str, str]] = set()  # published by us, mark pending
         self._marking: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._inboxes: set[str] = set()  # version inboxes known to exist
+        self._warned: set[str] = set()
 
     async def run(self) -> None:
         """Consume until stopped; then mark what was published."""
@@ -122,12 +162,11 @@ class Coordinator(BatchRole):
     async def _process(self, records: list[Record]) -> None:
         rt = self._rt
         tel = rt.telemetry
-        claims: list[TransitionClaim] = []
-        spans: list[Span | None] = []
-        ops: list[tuple[str, str, str | None, str]] = []
+        steps: list[_Step] = []  # every transition of the batch, first ones then second
         dead: list[Outgoing] = []
+        forwards: list[Outgoing] = []
         # Per input record: the lines it brought (kept for the history) and which of
-        # ``claims`` it led to.
+        # ``steps`` it led to.
         inputs: list[tuple[Record, list[bytes], list[int], Headers]] = []
         for record in records:
             too_big = rt.oversized(record)
@@ -143,8 +182,8 @@ class Coordinator(BatchRole):
                 except SerializationError as exc:
                     dead.append(rt.dead_letter(record, f"undecodable event: {exc}", original=line))
                     continue
-                lines.append(line)
                 if event is None:
+                    lines.append(line)
                     continue  # history only (a quick step's stepStarted): passed on
                 span = None
                 if tel.tracing:
@@ -160,11 +199,21 @@ class Coordinator(BatchRole):
                     headers = tel.inject(span) if span.is_recording() else record.headers
                 else:
                     headers = record.headers  # carry the trace on, if there is one
-                decision = decide(rt.registry.workflows, event)
-                claim = self._claim(event, decision, headers)
+                try:
+                    decision = decide(
+                        rt.registry, event, max_fanout=rt.settings.coordinator.max_fanout
+                    )
+                except KeyError:
+                    # A version this process does not define: another coordinator will.
+                    forwards.append(self._forward(record, line, event))
+                    if span is not None:
+                        span.end()
+                    continue
+                lines.append(line)
+                claim = self._claim(event, transition_of(event), decision, headers)
                 what = _operation(decision, event, rt.topics)
                 if span is not None and span.is_recording():
-                    operation, destination, _ = what
+                    operation, destination, *_ = what
                     span.update_name(f"{operation} {destination}")
                     span.set_attributes(
                         {
@@ -175,25 +224,56 @@ class Coordinator(BatchRole):
                             Attr.HMS_TRANSITION: claim.transition_id,
                         }
                     )
-                mine.append(len(claims))
-                claims.append(claim)
-                spans.append(span)
-                ops.append((*what, event.workflow))
+                mine.append(len(steps))
+                steps.append(_Step(event, decision, claim, span, what, headers))
             if lines:
                 inputs.append((record, lines, mine, headers))
         # What we published and had not marked when the claims were read: a mark that
         # lands while they are read is not seen by them (they say UNPUBLISHED), so the
         # answer is judged against what was pending when they were sent.
         pending = self._unmarked.copy() if self._unmarked else _NONE
+        spans = [st.span for st in steps]
         try:
-            results = await rt.store.claim_transitions(claims) if claims else []
+            first = len(steps)
+            if steps:
+                results = await rt.store.claim_transitions([st.claim for st in steps])
+                for st, result in zip(steps, results, strict=True):
+                    st.result = result
+                # Second transitions: joins and wakes, claimed together.
+                seconds: list[_Step] = []
+                for k, st in enumerate(steps):
+                    try:
+                        nxt = self._second(st)
+                    except KeyError as exc:
+                        # The wake of a wait of a version this process does not define:
+                        # the input goes to the coordinators that define it.
+                        _, version = exc.args[0]
+                        forwards.append(self._forward_event(st.event, version))
+                        continue
+                    if nxt is not None:
+                        nxt.after = k
+                        seconds.append(nxt)
+                if seconds:
+                    results = await rt.store.claim_transitions([st.claim for st in seconds])
+                    for st, result in zip(seconds, results, strict=True):
+                        st.result = result
+                    steps.extend(seconds)
+            # Each input record's second transitions follow its first ones.
+            for k in range(first, len(steps)):
+                for _, _, mine, _ in inputs:
+                    if steps[k].after in mine:
+                        mine.append(k)
+                        break
             history_out: list[Outgoing] = []
-            out: list[Outgoing] = []  # commands and letters, after the history
+            out: list[Outgoing] = []  # commands, letters and notices, after the history
             keys: dict[tuple[str, str], None] = {}  # claims published now, in order
             for record, lines, mine, headers in inputs:
                 history = list(lines)
                 for k in mine:
-                    claim, result, span, op = claims[k], results[k], spans[k], ops[k]
+                    st = steps[k]
+                    claim, op = st.claim, st.what
+                    assert st.result is not None
+                    result = st.result
                     key = (claim.workflow_id, claim.transition_id)
                     # An input we decided and published in an earlier batch, redelivered
                     # before its mark landed, finds its claim UNPUBLISHED: it is done. A
@@ -203,6 +283,7 @@ class Coordinator(BatchRole):
                         state = ClaimState.DONE  # we published it; the mark is on its way
                     if state in (ClaimState.NEW, ClaimState.UNPUBLISHED) and key not in keys:
                         history.extend(self._split(result.messages, out))
+                        out.extend(self._notices(st))
                         keys[key] = None
                         if result.state is ClaimState.NEW:
                             self._log_failure(claim)
@@ -211,17 +292,25 @@ class Coordinator(BatchRole):
                                     Attr.HMS_WORKFLOW, op[3], Attr.HMS_STEP, op[2] or ""
                                 )
                                 tel.retries.add(1, attrs)
-                    elif result.state is ClaimState.CLOSED:
-                        log.debug(
-                            "%s: %s ignored, workflow closed",
-                            claim.workflow_id,
-                            claim.transition_id,
-                        )
-                    if span is not None and result.state is not ClaimState.NEW:
+                    else:
+                        if st.after is None and st.event.type in _ONCE:
+                            # A signal, timeout or child's end already handled: its input
+                            # is not history again.
+                            _drop_line(history, st.event.event_id)
+                        if result.state is ClaimState.CLOSED:
+                            log.debug(
+                                "%s: %s ignored, workflow closed",
+                                claim.workflow_id,
+                                claim.transition_id,
+                            )
+                    if st.span is not None and result.state is not ClaimState.NEW:
                         # A redelivered event: its decision was taken (and traced) before.
-                        span.set_attribute(Attr.HMS_DUPLICATE, True)
-                history_out.extend(self._history(record, history, headers))
-            await rt.publish([*dead, *history_out, *out])
+                        st.span.set_attribute(Attr.HMS_DUPLICATE, True)
+                if history:
+                    history_out.extend(self._history(record, history, headers))
+            if forwards:
+                await self._ensure_inboxes(forwards)
+            await rt.publish([*dead, *forwards, *history_out, *out])
             if keys:
                 self._mark(list(keys))
         except BaseException as exc:
@@ -232,6 +321,126 @@ class Coordinator(BatchRole):
         for span in spans:
             if span is not None:
                 span.end()
+
+    def _second(self, st: _Step) -> _Step | None:
+        """The second transition of a first one (a join, a wake), if its facts call for one."""
+        assert st.result is not None
+        if st.result.state is ClaimState.CLOSED:
+            return None
+        ev = st.event
+        nxt = follow_up(self._rt.registry, ev.workflow, st.decision, st.result.facts)
+        if nxt is None:
+            return None
+        extra: list[Outgoing] = []
+        if nxt.woke is not None:
+            step, seq, signal, signal_id = nxt.woke
+            ended = WaitEnded(
+                workflow_id=ev.workflow_id,
+                workflow=ev.workflow,
+                step=step,
+                seq=seq,
+                signal=signal,
+                signal_id=signal_id,
+            )
+            topic, key = self._rt.topics.events, ev.workflow_id.encode()
+            extra.append(Outgoing(topic, encode_line(ended), key=key, headers=st.headers))
+        claim = self._claim(
+            ev,
+            nxt.transition_id,
+            nxt.decision,
+            st.headers,
+            facts=nxt.facts,
+            version=nxt.version,
+            extra=extra,
+        )
+        what = _operation(nxt.decision, ev, self._rt.topics)
+        return _Step(ev, nxt.decision, claim, None, what, st.headers)
+
+    def _notices(self, st: _Step) -> list[Outgoing]:
+        """What a transition that ends a workflow tells others, from its facts: a child's
+        end to its parent, a cancellation to the children still running. Made again
+        whenever the transition is published (they are not recorded with it), the same
+        each time."""
+        assert st.result is not None
+        if not closes(st.decision) or not st.result.facts:
+            return []
+        ev, facts, topics = st.event, st.result.facts, self._rt.topics
+        out: list[Outgoing] = []
+        parent = facts.get("parent")
+        if isinstance(parent, Mapping):
+            ref = ParentRef.model_validate(parent)
+            status, result, error = _ending(st.decision)
+            ended = ChildEnded(
+                event_id=_derived_id("childEnded", ev.workflow_id),
+                workflow_id=ref.workflow_id,
+                workflow=ref.workflow,
+                step=ref.step,
+                seq=ref.seq,
+                child_id=ev.workflow_id,
+                status=status,
+                result=result,
+                error=error,
+                then=ref.then,
+                version=ref.version,
+            )
+            out.append(
+                Outgoing(
+                    topics.coordinator,
+                    encode_line(ended),
+                    key=ref.workflow_id.encode(),
+                    headers=st.headers,
+                )
+            )
+        if isinstance(st.decision, Cancel):
+            for fact, child in facts.items():
+                if fact.startswith("child:") and isinstance(child, Mapping):
+                    cancel = CancelRequested(
+                        event_id=_derived_id("cancel", str(child["id"])),
+                        workflow_id=str(child["id"]),
+                        workflow=str(child["workflow"]),
+                        reason=f"its parent {ev.workflow_id!r} was cancelled",
+                    )
+                    out.append(
+                        Outgoing(
+                            topics.coordinator,
+                            encode_line(cancel),
+                            key=cancel.workflow_id.encode(),
+                            headers=st.headers,
+                        )
+                    )
+        return out
+
+    def _forward(self, record: Record, line: bytes, event: Input) -> Outgoing:
+        """The input, for the coordinators that define its workflow's version."""
+        version = getattr(event, "version", None) or ""
+        topic = self._rt.topics.inbox(event.workflow, version)
+        self._warn_forward(topic, event.workflow, version)
+        return Outgoing(topic, line + b"\n", key=record.key, headers=record.headers)
+
+    def _forward_event(self, event: Input, version: str | None) -> Outgoing:
+        """``event`` (already claimed here) for the coordinators that define ``version``."""
+        topic = self._rt.topics.inbox(event.workflow, version or "")
+        self._warn_forward(topic, event.workflow, version or "")
+        key = event.workflow_id.encode()
+        return Outgoing(topic, encode_line(event), key=key)
+
+    def _warn_forward(self, topic: str, workflow: str, version: str) -> None:
+        if topic not in self._warned:
+            self._warned.add(topic)
+            log.warning(
+                "workflow %r version %r is not defined in this process: its transitions go "
+                "to %s, for a coordinator that defines it (keep old versions defined while "
+                "their instances run)",
+                workflow,
+                version,
+                topic,
+            )
+
+    async def _ensure_inboxes(self, forwards: list[Outgoing]) -> None:
+        new = sorted({m.topic for m in forwards} - self._inboxes)
+        if new:
+            await self._rt.transport.ensure_topics(new)
+            self._inboxes.update(new)
 
     def _split(self, messages: tuple[Outgoing, ...], out: list[Outgoing]) -> list[bytes]:
         """Put a claim's commands and letters in ``out``; return its history lines."""
@@ -267,60 +476,177 @@ class Coordinator(BatchRole):
 
     # -- from a decision to what it publishes ---------------------------------------------
 
-    def _claim(self, ev: Input, decision: Decision, headers: Headers) -> TransitionClaim:
-        """The claim of ``decision``: its history events, commands, timers and letters."""
-        tid = transition_of(ev)
+    def _claim(
+        self,
+        ev: Input,
+        tid: str,
+        decision: Decision,
+        headers: Headers,
+        *,
+        facts: Mapping[str, Any] | None = None,
+        version: str | None = None,
+        extra: list[Outgoing] | None = None,
+    ) -> TransitionClaim:
+        """The claim of ``decision``: its history events, commands, timers, letters and
+        facts (``extra`` messages first)."""
         topics = self._rt.topics
-        key = ev.workflow_id.encode()
+        wid = ev.workflow_id
+        key = wid.encode()
+        version = version or _version(ev, self._rt)
+        written = dict(facts or {})
+        written.update(facts_written(decision, at=ev.ts.isoformat()))
+        if isinstance(ev, ChildEnded):
+            written[f"child:{ev.seq}"] = None  # no longer running
+        if isinstance(ev, WorkflowStarted) and ev.parent is not None:
+            written["parent"] = ev.parent.model_dump(mode="json")
 
         def event(e: Any) -> Outgoing:
             return Outgoing(topics.events, encode_line(e), key=key, headers=headers)
 
-        def command(step: str, seq: int, attempt: int, payload: Any, error: Any) -> Outgoing:
+        def command(run: Schedule | Retry, attempt: int) -> Outgoing:
             cmd = StepCommand(
-                workflow_id=ev.workflow_id,
+                workflow_id=wid,
                 workflow=ev.workflow,
-                step=step,
-                seq=seq,
+                step=run.step,
+                seq=run.seq,
                 attempt=attempt,
-                payload=payload,
-                error=error,
+                payload=run.payload,
+                error=run.error if isinstance(run, Schedule) else run.cause,
+                version=version,
+                branch=run.branch,
+                signal=run.signal,
             )
-            return Outgoing(topics.step(ev.workflow, step), encode(cmd), key=key, headers=headers)
+            return Outgoing(
+                topics.step(ev.workflow, run.step), encode(cmd), key=key, headers=headers
+            )
 
-        ids = {"workflow_id": ev.workflow_id, "workflow": ev.workflow}
-        if isinstance(decision, Schedule):
-            due = utcnow() + timedelta(seconds=decision.delay) if decision.delay else None
-            notice = StepScheduled(**ids, step=decision.step, seq=decision.seq, due_at=due)
-            cmd = command(decision.step, decision.seq, 1, decision.payload, decision.error)
-            if due is None:
-                return TransitionClaim(ev.workflow_id, tid, (event(notice), cmd))
-            timer = Timer(new_id(), ev.workflow_id, due, cmd)
-            return TransitionClaim(ev.workflow_id, tid, (event(notice),), (timer,))
-        if isinstance(decision, Retry):
-            due = utcnow() + timedelta(seconds=decision.delay)
-            retry = RetryScheduled(
-                **ids,
-                step=decision.step,
-                seq=decision.seq,
-                attempt=decision.attempt,
-                due_at=due,
-                error=decision.error,
+        ids = {"workflow_id": wid, "workflow": ev.workflow}
+        messages: list[Outgoing] = list(extra or ())
+        timers: list[Timer] = []
+
+        def schedule(run: Schedule) -> None:
+            due = utcnow() + timedelta(seconds=run.delay) if run.delay else None
+            group = run.branch.group if run.branch is not None else None
+            messages.append(
+                event(StepScheduled(**ids, step=run.step, seq=run.seq, due_at=due, group=group))
             )
-            cmd = command(decision.step, decision.seq, decision.attempt, decision.payload, None)
-            if decision.delay > 0:
-                timer = Timer(new_id(), ev.workflow_id, due, cmd)
-                return TransitionClaim(ev.workflow_id, tid, (event(retry),), (timer,))
-            return TransitionClaim(ev.workflow_id, tid, (event(retry), cmd))
-        if isinstance(decision, Finish):
-            done = WorkflowCompleted(**ids, result=decision.result)
-            return TransitionClaim(ev.workflow_id, tid, (event(done),), closes=True)
-        if isinstance(decision, Cancel):
-            cancelled = WorkflowCancelled(**ids, reason=decision.reason)
-            return TransitionClaim(ev.workflow_id, tid, (event(cancelled),), closes=True)
-        failed = WorkflowFailed(**ids, error=decision.error)
-        letter = self._letter(ev, decision, headers)
-        return TransitionClaim(ev.workflow_id, tid, (event(failed), letter), closes=True)
+            cmd = command(run, 1)
+            if due is None:
+                messages.append(cmd)
+            else:
+                timers.append(Timer(new_id(), wid, due, cmd))
+
+        if isinstance(ev, WaitExpired) and tid == transition_of(ev):
+            ended = WaitEnded(**ids, step=ev.step, seq=ev.seq, signal=ev.signal, timed_out=True)
+            messages.append(event(ended))
+        closing = closes(decision)
+        if isinstance(decision, Abandon):
+            decision_now: Decision | None = None  # the fork's outcome is the join's
+        else:
+            decision_now = decision
+        if isinstance(decision_now, Schedule):
+            schedule(decision_now)
+        elif isinstance(decision_now, Fork):
+            for run in decision_now.runs:
+                schedule(run)
+        elif isinstance(decision_now, Retry):
+            due = utcnow() + timedelta(seconds=decision_now.delay)
+            messages.append(
+                event(
+                    RetryScheduled(
+                        **ids,
+                        step=decision_now.step,
+                        seq=decision_now.seq,
+                        attempt=decision_now.attempt,
+                        due_at=due,
+                        error=decision_now.error,
+                    )
+                )
+            )
+            cmd = command(decision_now, decision_now.attempt)
+            if decision_now.delay > 0:
+                timers.append(Timer(new_id(), wid, due, cmd))
+            else:
+                messages.append(cmd)
+        elif isinstance(decision_now, Park):
+            timeout_at = (
+                utcnow() + timedelta(seconds=decision_now.timeout) if decision_now.timeout else None
+            )
+            messages.append(
+                event(
+                    StepWaiting(
+                        **ids,
+                        step=decision_now.step,
+                        seq=decision_now.seq,
+                        signal=decision_now.signal,
+                        timeout_at=timeout_at,
+                    )
+                )
+            )
+            if timeout_at is not None:
+                expired = WaitExpired(
+                    **ids,
+                    step=decision_now.step,
+                    seq=decision_now.seq,
+                    signal=decision_now.signal,
+                    payload=decision_now.payload,
+                    on_timeout=decision_now.on_timeout,
+                    version=version,
+                )
+                body = encode_line(expired)
+                timers.append(
+                    Timer(
+                        new_id(), wid, timeout_at, Outgoing(topics.coordinator, body, key, headers)
+                    )
+                )
+        elif isinstance(decision_now, Spawn):
+            messages.append(
+                event(
+                    ChildStarted(
+                        **ids,
+                        step=decision_now.step,
+                        seq=decision_now.seq,
+                        child_id=decision_now.child_id,
+                        child_workflow=decision_now.workflow,
+                    )
+                )
+            )
+            child_wf = self._rt.registry.workflows[decision_now.workflow]
+            started = WorkflowStarted(
+                event_id=_derived_id("start", decision_now.child_id),
+                workflow_id=decision_now.child_id,
+                workflow=decision_now.workflow,
+                payload=decision_now.payload,
+                service=self._rt.settings.service_name,
+                version=child_wf.version,
+                parent=decision_now.parent,
+            )
+            messages.append(
+                Outgoing(
+                    topics.coordinator,
+                    encode_line(started),
+                    key=decision_now.child_id.encode(),
+                    headers=headers,
+                )
+            )
+        elif isinstance(decision_now, Finish):
+            messages.append(event(WorkflowCompleted(**ids, result=decision_now.result)))
+        elif isinstance(decision_now, Cancel):
+            messages.append(event(WorkflowCancelled(**ids, reason=decision_now.reason)))
+        elif isinstance(decision_now, Fail):
+            messages.append(event(WorkflowFailed(**ids, error=decision_now.error)))
+            if decision_now.letter:
+                messages.append(self._letter(ev, decision_now, headers))
+        # Contribute and Keep publish nothing themselves: their second transition may.
+        return TransitionClaim(
+            wid,
+            tid,
+            tuple(messages),
+            tuple(timers),
+            closes=closing,
+            facts=tuple(written.items()),
+            reads=facts_read(decision),
+        )
 
     def _letter(self, ev: Input, decision: Fail, headers: Headers) -> Outgoing:
         """The dead letter of a failed workflow: the failed attempt's command, as the
@@ -348,13 +674,92 @@ class Coordinator(BatchRole):
         )
 
 
-def _operation(decision: Decision, ev: Input, topics: Topics) -> tuple[str, str, str | None]:
-    """What a decision does, for its span: (operation, destination, step)."""
+_ONCE = frozenset({"signalSent", "waitExpired", "childEnded"})
+"""Inputs whose line goes to the history only when their transition is new."""
+
+
+class _Step:
+    """One transition of a batch: its input, decision, claim and (once claimed) answer."""
+
+    __slots__ = ("after", "claim", "decision", "event", "headers", "result", "span", "what")
+
+    def __init__(
+        self,
+        event: Input,
+        decision: Decision,
+        claim: TransitionClaim,
+        span: Span | None,
+        what: tuple[str, str, str | None, str],
+        headers: Headers,
+    ) -> None:
+        self.event = event
+        self.decision = decision
+        self.claim = claim
+        self.span = span
+        self.what = what
+        self.headers = headers
+        self.result: ClaimResult | None = None
+        self.after: int | None = None
+        """For a second transition: the index of the first one it follows."""
+
+
+def inboxes(registry: Registry, topics: Topics) -> list[str]:
+    """The version inboxes a coordinator of ``registry`` reads: one per version of each
+    workflow it defines (see :meth:`~hms_bus._topics.Topics.inbox`)."""
+    return [topics.inbox(wf.name, wf.version) for wf in registry.definitions()]
+
+
+def _version(ev: Input, rt: Runtime) -> str | None:
+    """The definition version the input's workflow runs by."""
+    version = getattr(ev, "version", None)
+    if version:
+        return str(version)
+    wf = rt.registry.workflows.get(ev.workflow)
+    return wf.version if wf is not None else None
+
+
+def _derived_id(kind: str, of: str) -> str:
+    """An event id made from what the event is, so that each time it is made again (a
+    redelivery) it is the same event."""
+    return hashlib.sha256(f"{kind}:{of}".encode()).hexdigest()[:32]
+
+
+def _drop_line(history: list[bytes], event_id: str) -> None:
+    needle = f'"event_id":"{event_id}"'.encode()
+    history[:] = [line for line in history if needle not in line]
+
+
+def _ending(decision: Decision) -> tuple[Any, Any, ErrorInfo | None]:
+    """How a workflow ended, for its parent: (status, result, error)."""
+    if isinstance(decision, Finish):
+        return "completed", decision.result, None
+    if isinstance(decision, Fail):
+        return "failed", None, decision.error
+    assert isinstance(decision, Cancel)
+    return "cancelled", None, ErrorInfo(message=decision.reason, type="Cancelled", retriable=False)
+
+
+def _operation(decision: Decision, ev: Input, topics: Topics) -> tuple[str, str, str | None, str]:
+    """What a decision does, for its span and metrics: (operation, destination, step,
+    workflow)."""
+    wf = ev.workflow
     if isinstance(decision, (Schedule, Retry)):
         kind = "schedule" if isinstance(decision, Schedule) else "retry"
-        return kind, topics.step(ev.workflow, decision.step), decision.step
+        return kind, topics.step(wf, decision.step), decision.step, wf
+    if isinstance(decision, Fork):
+        step = decision.runs[0].step
+        return "fork", topics.step(wf, step), step, wf
     if isinstance(decision, Finish):
-        return "complete", ev.workflow, None
+        return "complete", wf, None, wf
     if isinstance(decision, Cancel):
-        return "cancel", ev.workflow, None
-    return "fail", ev.workflow, decision.error.step
+        return "cancel", wf, None, wf
+    if isinstance(decision, Fail):
+        return "fail", wf, decision.error.step, wf
+    if isinstance(decision, Park):
+        return "wait", wf, decision.step, wf
+    if isinstance(decision, Spawn):
+        return "start", decision.workflow, decision.step, wf
+    if isinstance(decision, (Contribute, Abandon)):
+        return "join", wf, decision.branch.group, wf
+    assert isinstance(decision, Keep)
+    return "signal", wf, None, wf

@@ -1,4 +1,5 @@
-"""The scheduler: fires durable timers (delayed steps and retry backoff) from the store.
+"""The scheduler: fires durable timers (delayed steps and retry backoff) from the store,
+and starts the workflows of schedules (``mgmt.schedule``) on their ticks.
 
 Timers are written by the coordinator together with its transition claim, so a timer
 exists exactly when its transition does. The scheduler leases due timers
@@ -6,6 +7,12 @@ exists exactly when its transition does. The scheduler leases due timers
 deletes them. Several schedulers may run: a lease hides a timer from the others, and
 a scheduler that dies holding one lets the lease run out so another fires it. A timer
 that fell due while no scheduler ran fires as soon as one starts.
+
+A schedule's tick starts a workflow whose id derives from the schedule and the tick
+(see :mod:`hms_bus._schedules`): every scheduler starts the same ids, and a start is
+idempotent by id, so each tick starts once. The last tick started is kept in the store;
+a scheduler that starts goes on from there, following each schedule's ``catchup``.
+Ticks are read off this process's clock (timers off the store's).
 """
 
 from __future__ import annotations
@@ -14,8 +21,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
+from .._client import launch
 from .._consume import retrying
+from .._errors import ConfigError
+from .._events import WorkflowStarted, utcnow
+from .._schedules import Schedule
 from ..store import Timer
 from ..transport import TopicPartition
 from . import RoleStats, Runtime
@@ -34,6 +46,9 @@ class Scheduler:
         self._rt = rt
         self._stopping = asyncio.Event()
         self.fired = 0
+        self.ticks = 0
+        """Schedule ticks this scheduler started a workflow for."""
+        self._last: dict[str, datetime] = {}  # schedule -> last tick started
 
     def stop(self) -> None:
         """Stop after the current round of timers."""
@@ -56,9 +71,24 @@ class Scheduler:
         return RoleStats(done=self.fired)
 
     async def run(self) -> None:
-        """Fire timers until stopped."""
+        """Fire timers and start schedules' ticks until stopped."""
         cfg = self._rt.settings.scheduler
+        schedules = self._rt.registry.schedules
+        if schedules and not await retrying(
+            "scheduler: read schedule ticks",
+            self._load_ticks,
+            self._stopping,
+            recovery=self._rt.recovery,
+        ):
+            return
         while not self._stopping.is_set():
+            if schedules and not await retrying(
+                "scheduler: start scheduled workflows",
+                self._start_due,
+                self._stopping,
+                recovery=self._rt.recovery,
+            ):
+                return
             due: list[Timer] = []
             claimed = await retrying(
                 "scheduler: claim timers",
@@ -71,7 +101,8 @@ class Scheduler:
             if due:
                 await self._fire(due)
                 continue
-            waiter = asyncio.ensure_future(self._rt.store.wait_for_timers(cfg.poll_interval))
+            wait = min(cfg.poll_interval, self._until_next_tick())
+            waiter = asyncio.ensure_future(self._rt.store.wait_for_timers(wait))
             stopper = asyncio.ensure_future(self._stopping.wait())
             try:
                 await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -112,3 +143,70 @@ class Scheduler:
         )
         self.fired += len(timers)
         log.debug("fired %d timer(s)", len(timers))
+
+    # -- schedules ------------------------------------------------------------------------
+
+    async def _load_ticks(self) -> None:
+        """The last tick of each schedule; a new schedule starts from now (no catch-up
+        of ticks from before it existed)."""
+        store = self._rt.store
+        schedules = self._rt.registry.schedules
+        stored = await store.schedule_ticks()
+        fresh = {name: utcnow() for name in schedules if name not in stored}
+        if fresh:
+            stored.update(await store.save_schedule_ticks(fresh, if_absent=True))
+        self._last = {name: stored[name] for name in schedules}
+
+    def _until_next_tick(self) -> float:
+        """Seconds until the next tick of any schedule (inf without schedules)."""
+        schedules = self._rt.registry.schedules
+        if not schedules or not self._last:
+            return float("inf")
+        now = utcnow()
+        nearest = min(s.next_after(self._last[name]) for name, s in schedules.items())
+        return max(0.0, (nearest - now).total_seconds())
+
+    async def _start_due(self) -> None:
+        """Start the workflows of the ticks that are due, then record the newest tick
+        passed of each schedule."""
+        now = utcnow()
+        grace = self._rt.settings.scheduler.misfire_grace
+        passed: dict[str, datetime] = {}
+        for name, schedule in self._rt.registry.schedules.items():
+            last = self._last[name]
+            ticks, newest = schedule.due(last, now, grace=grace)
+            if newest == last:
+                continue
+            for tick in ticks:
+                await self._start(schedule, tick)
+            missed = schedule.count_between(last, newest) - len(ticks)
+            if missed > 0:
+                log.warning(
+                    "schedule %r: %d tick(s) missed while no scheduler ran were skipped "
+                    "(catchup=%r)",
+                    name,
+                    missed,
+                    schedule.catchup,
+                )
+            passed[name] = newest
+        if passed:
+            self._last.update(await self._rt.store.save_schedule_ticks(passed))
+
+    async def _start(self, schedule: Schedule, tick: datetime) -> None:
+        rt = self._rt
+        wf = rt.registry.workflows[schedule.workflow]
+        event = WorkflowStarted(
+            workflow_id=schedule.workflow_id(tick),
+            workflow=schedule.workflow,
+            payload=rt.sealer.seal(schedule.payload),
+            service=rt.settings.service_name,
+            version=wf.version,
+        )
+        try:
+            result = await launch(rt.transport, rt.store, rt.topics, rt.telemetry, event)
+        except ConfigError as exc:  # the id is another workflow's: nothing to retry
+            log.error("schedule %r: tick %s not started: %s", schedule.name, tick, exc)
+            return
+        if result.created:
+            self.ticks += 1
+            log.info("schedule %r: started %s", schedule.name, event.workflow_id)

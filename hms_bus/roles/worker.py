@@ -20,15 +20,16 @@ import asyncio
 import logging
 import time
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 from opentelemetry.trace import Span, SpanKind
 
 from .._consume import CrashGuard, KeyedLoop, retrying
 from .._context import StepContext, StepLogger
-from .._definitions import StepDefinition, validate_payload
+from .._definitions import StepDefinition, WorkflowDefinition, validate_payload
 from .._errors import Fail, HmsBusError, PayloadValidationError, SerializationError
 from .._events import (
+    Directive,
     ErrorInfo,
     StepCommand,
     StepCompleted,
@@ -37,7 +38,7 @@ from .._events import (
     encode_line,
     utcnow,
 )
-from .._pii import mask_text
+from .._pii import Sealer, mask_text
 from .._results import normalize_result
 from .._telemetry import Attr, attach, detach, end_span
 from ..transport import Outgoing, Record, TopicPartition, oversized
@@ -285,7 +286,9 @@ class Worker:
         self, step: StepDefinition, cmd: StepCommand, started_at: Any, span: Span | None
     ) -> StepCompleted:
         assert step.handler is not None
-        wf = self._rt.registry.workflows[step.workflow]
+        registry = self._rt.registry
+        # The instance's own version of the definition, where this process has it.
+        wf = registry.version(step.workflow, cmd.version) or registry.workflows[step.workflow]
         where = f"step {step.qualname}"
         t0 = time.perf_counter()
         sealer = self._rt.sealer
@@ -303,6 +306,7 @@ class Worker:
                 idempotency_key=cmd.idempotency_key,
                 started_at=started_at,
                 error=cmd.error,
+                signal=sealer.open(cmd.signal, opened) if cmd.signal is not None else None,
                 log=StepLogger(
                     logging.getLogger(f"hms_bus.step.{step.qualname}"),
                     {
@@ -327,12 +331,7 @@ class Worker:
                 if token is not None:
                     detach(token)
             directive = normalize_result(value, cmd.payload)
-            if directive.kind == "next" and directive.step not in wf.steps:
-                raise HmsBusError(
-                    f"returned next step {directive.step!r}, which workflow "
-                    f"{wf.name!r} does not have (its steps: {', '.join(wf.steps)})",
-                    retriable=False,
-                )
+            _check_directive(wf, cmd, directive, self._rt.settings.coordinator.max_fanout)
         except asyncio.CancelledError:
             raise
         except PayloadValidationError as exc:
@@ -370,9 +369,7 @@ class Worker:
             cmd,
             started_at,
             outcome="succeeded",
-            directive=directive
-            if not sealer.active
-            else directive.model_copy(update={"data": sealer.seal(directive.data, opened)}),
+            directive=directive if not sealer.active else _sealed(sealer, directive, opened),
         )
 
     @staticmethod
@@ -392,6 +389,61 @@ class Worker:
         return _completed(cmd, started_at, outcome="failed", error=error)
 
 
+def _check_directive(
+    wf: WorkflowDefinition, cmd: StepCommand, directive: Directive, max_fanout: int
+) -> None:
+    """Refuse, as a non-retriable failure of the step, a return value that cannot be
+    routed: an unknown step or group, a branch that routes, too many items."""
+
+    def refuse(message: str) -> NoReturn:
+        raise HmsBusError(message, retriable=False)
+
+    kind = directive.kind
+    if cmd.branch is not None and kind != "default":
+        refuse(
+            f"step {cmd.step!r} is a branch of {cmd.branch.group!r}, so it must return data "
+            f"(or None), not a routing result ({kind}): the join decides where the workflow "
+            "goes"
+        )
+    targets = [directive.step]
+    if kind == "wait":
+        targets.append(directive.on_timeout)
+    for target in targets:
+        if target is None or wf.has_target(target):
+            continue
+        group = wf.group_of(target)
+        if group is not None:
+            refuse(
+                f"returned next step {target!r}, a branch of the parallel group "
+                f"{group.name!r}: route to the group instead"
+            )
+        known = ", ".join([*(s for s in wf.steps if wf.group_of(s) is None), *wf.groups])
+        refuse(
+            f"returned next step {target!r}, which workflow {wf.name!r} does not have "
+            f"(its steps: {known})"
+        )
+    if kind == "each":
+        name = directive.target or ""
+        if name not in wf.steps or wf.group_of(name) is not None:
+            refuse(
+                f"Each() names step {name!r}, which is "
+                + ("a parallel branch" if name in wf.steps else f"not a step of {wf.name!r}")
+            )
+        if len(directive.items or ()) > max_fanout:
+            refuse(
+                f"Each() got {len(directive.items or ())} items, over the limit of "
+                f"{max_fanout} (coordinator.max_fanout)"
+            )
+
+
+def _sealed(sealer: Sealer, directive: Directive, opened: list[str]) -> Directive:
+    """The directive with its data (and a fan-out's items) sealed."""
+    update: dict[str, Any] = {"data": sealer.seal(directive.data, opened)}
+    if directive.items is not None:
+        update["items"] = [sealer.seal(item, opened) for item in directive.items]
+    return directive.model_copy(update=update)
+
+
 def _completed(cmd: StepCommand, started_at: Any, **outcome: Any) -> StepCompleted:
     """The ``completeStep`` event of ``cmd``'s attempt, finished now."""
     return StepCompleted(
@@ -403,6 +455,10 @@ def _completed(cmd: StepCommand, started_at: Any, **outcome: Any) -> StepComplet
         payload=cmd.payload,
         started_at=started_at,
         finished_at=utcnow(),
+        version=cmd.version,
+        branch=cmd.branch,
+        cause=cmd.error,
+        signal=cmd.signal,
         **outcome,
     )
 

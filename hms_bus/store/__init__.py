@@ -6,12 +6,14 @@ A store holds four things (DESIGN §4):
   event id and monotonic (a late or duplicate event never moves a status backwards);
 - **the coordinator's transition ledger**, keyed by (workflow_id, transition), so a
   redelivered event never advances a workflow twice; a workflow that ended is *closed*
-  and every later transition for it is refused;
+  and every later transition for it is refused; with it, the workflow's *facts* that
+  later transitions read (a fork's results, a parked wait, a kept signal, a child);
 - **durable timers** (delays and retry backoff), claimed with a lease so that several
   schedulers fire each timer once;
 - **start records**, so ``start(workflow_id=…)`` is idempotent;
 - **worker starts** of the step commands a worker took over from one that was lost, so
-  a command that keeps killing its worker is quarantined (a crash loop).
+  a command that keeps killing its worker is quarantined (a crash loop);
+- **schedule ticks**: the last tick each schedule started.
 
 Backends are chosen by URL scheme: ``memory://`` (private), ``memory://name`` (shared
 in-process) and ``postgresql://…`` (asyncpg). A store is opened for one namespace
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -86,6 +88,10 @@ class TransitionClaim:
         timers: what to publish later; stored atomically with the claim.
         closes: the transition ends the workflow; pending timers of the workflow are
             dropped and every later claim for it is refused (``CLOSED``).
+        facts: small JSON values to keep for the workflow, by key, written when the
+            claim is ``NEW`` (None removes a fact); later transitions read them back.
+        reads: key prefixes of the workflow's facts to return with the answer (as they
+            are once the claim is applied), whatever its state.
     """
 
     workflow_id: str
@@ -93,6 +99,8 @@ class TransitionClaim:
     messages: tuple[Outgoing, ...] = ()
     timers: tuple[Timer, ...] = ()
     closes: bool = False
+    facts: tuple[tuple[str, JsonValue], ...] = ()
+    reads: tuple[str, ...] = ()
 
 
 class ClaimState(enum.Enum):
@@ -110,10 +118,12 @@ class ClaimState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
-    """The state of one claim and the messages (if any) to publish for it."""
+    """The state of one claim, the messages (if any) to publish for it, and the facts
+    it asked to read (:attr:`TransitionClaim.reads`)."""
 
     state: ClaimState
     messages: tuple[Outgoing, ...] = ()
+    facts: Mapping[str, JsonValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +267,18 @@ class StateStore(Protocol):
 
     async def count_start(self, command: RecordAt) -> int:
         """Count one more start of ``command``; return how many it has had."""
+        ...
+
+    async def schedule_ticks(self) -> dict[str, datetime]:
+        """The last tick each schedule of this namespace has started, by name."""
+        ...
+
+    async def save_schedule_ticks(
+        self, ticks: Mapping[str, datetime], *, if_absent: bool = False
+    ) -> dict[str, datetime]:
+        """Record each schedule's last tick started, keeping the later of the stored and
+        the given one (with ``if_absent``, only where none is stored); return what is
+        stored now for those schedules."""
         ...
 
     async def save_health(self, report: dict[str, JsonValue]) -> None:

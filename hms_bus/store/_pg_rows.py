@@ -55,6 +55,8 @@ async def load_fold(conn: asyncpg.Connection, ns: str, events: list[Any]) -> dic
             sla_breached=r["sla_breached"],
             start_event_id=r["start_event_id"],
             confirmed=r["confirmed"],
+            version=r["version"],
+            parent_id=r["parent_id"],
         )
         for r in await conn.fetch(SELECT_FOLD_WORKFLOWS, ns, wids)
     }
@@ -120,6 +122,11 @@ async def write_fold(
         [s.sla_breached for s in ss],
         channel,
         encode_changes(changes),
+        [r.version for r in rows],
+        [r.parent_id for r in rows],
+        [s.group for s in ss],
+        [s.waiting_for for s in ss],
+        [s.child_id for s in ss],
     )
 
 

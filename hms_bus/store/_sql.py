@@ -25,6 +25,8 @@ __all__ = [
     "DELETE_TIMERS",
     "FIRST_TIMER",
     "SAVE_HEALTH",
+    "SAVE_SCHEDULE_TICKS",
+    "SCHEDULE_TICKS",
     "LOAD_HEALTH",
     "HISTORY",
     "LOAD_STEPS",
@@ -92,11 +94,12 @@ def loads_text(text: str | None) -> Any:
 
 WORKFLOW_COLUMNS = (
     "workflow_id, workflow, status, payload::text AS payload, result::text AS result, error,"
-    " created_at, updated_at, finished_at, sla_breached, start_event_id, confirmed"
+    " created_at, updated_at, finished_at, sla_breached, start_event_id, confirmed, version,"
+    " parent_id"
 )
 STEP_COLUMNS = (
     "workflow_id, seq, step, status, attempts, scheduled_at, due_at, started_at, finished_at,"
-    " error, sla_breached"
+    " error, sla_breached, grp, waiting_for, child_id"
 )
 
 # -- the projection's statements (also what bench/postgres_projector.py measures) --------
@@ -125,7 +128,7 @@ SELECT_FOLD_WORKFLOWS = (
     # only sets while they are null and the upsert keeps (COALESCE).
     "SELECT x.* FROM unnest($2::text[]) AS k(w) CROSS JOIN LATERAL"
     " (SELECT workflow_id, workflow, status, error, created_at, updated_at, finished_at,"
-    "  sla_breached, start_event_id, confirmed FROM hms_workflows"
+    "  sla_breached, start_event_id, confirmed, version, parent_id FROM hms_workflows"
     "  WHERE namespace = $1 AND workflow_id = k.w OFFSET 0) AS x"
 )
 SELECT_FOLD_STEPS = (
@@ -140,28 +143,32 @@ WRITE_FOLD = (
     # fold (reading neither) only sets while they are null.
     "WITH wf AS (INSERT INTO hms_workflows AS w (namespace, workflow_id, workflow, status,"
     "  payload, result, error, created_at, updated_at, finished_at, sla_breached,"
-    "  start_event_id, confirmed)"
-    "  SELECT $1, i, n, s, p::jsonb, r::jsonb, e, c, u, f, b, se, cf FROM unnest("
+    "  start_event_id, confirmed, version, parent_id)"
+    "  SELECT $1, i, n, s, p::jsonb, r::jsonb, e, c, u, f, b, se, cf, v, pi FROM unnest("
     "  $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
     "  $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::bool[],"
-    "  $12::text[], $13::bool[]) AS x(i, n, s, p, r, e, c, u, f, b, se, cf)"
+    "  $12::text[], $13::bool[], $27::text[], $28::text[])"
+    "  AS x(i, n, s, p, r, e, c, u, f, b, se, cf, v, pi)"
     "  ON CONFLICT (namespace, workflow_id) DO UPDATE SET status = excluded.status,"
     "  payload = COALESCE(w.payload, excluded.payload),"
     "  result = COALESCE(excluded.result, w.result), error = excluded.error,"
     "  updated_at = excluded.updated_at, finished_at = excluded.finished_at,"
     "  sla_breached = excluded.sla_breached, confirmed = excluded.confirmed,"
     "  start_event_id = CASE WHEN w.start_event_id = '' THEN excluded.start_event_id"
-    "  ELSE w.start_event_id END),"
+    "  ELSE w.start_event_id END, version = COALESCE(excluded.version, w.version),"
+    "  parent_id = COALESCE(excluded.parent_id, w.parent_id)),"
     " st AS (INSERT INTO hms_steps (namespace, workflow_id, seq, step, status, attempts,"
-    "  scheduled_at, due_at, started_at, finished_at, error, sla_breached)"
+    "  scheduled_at, due_at, started_at, finished_at, error, sla_breached, grp,"
+    "  waiting_for, child_id)"
     "  SELECT $1, * FROM unnest($14::text[], $15::int[], $16::text[], $17::text[],"
     "  $18::int[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[],"
-    "  $22::timestamptz[], $23::text[], $24::bool[])"
+    "  $22::timestamptz[], $23::text[], $24::bool[], $29::text[], $30::text[], $31::text[])"
     "  ON CONFLICT (namespace, workflow_id, seq) DO UPDATE SET"
     "  status = excluded.status, attempts = excluded.attempts,"
     "  scheduled_at = excluded.scheduled_at, due_at = excluded.due_at,"
     "  started_at = excluded.started_at, finished_at = excluded.finished_at,"
-    "  error = excluded.error, sla_breached = excluded.sla_breached)"
+    "  error = excluded.error, sla_breached = excluded.sla_breached, grp = excluded.grp,"
+    "  waiting_for = excluded.waiting_for, child_id = excluded.child_id)"
     " SELECT pg_notify($25, p) FROM unnest($26::text[]) AS p"
 )
 
@@ -193,12 +200,16 @@ LOCK_LEDGER = (
     " FROM unnest($2::text[]) AS w ORDER BY w"
 )
 READ_LEDGER = (
-    # The claims' recorded transitions, and (transition_id null) which workflows closed.
-    "SELECT workflow_id, transition_id, published, messages FROM hms_transitions"
+    # The claims' recorded transitions (kind 0), which workflows closed (kind 1), and the
+    # facts under the prefixes the claims read (kind 2: transition_id is the key).
+    "SELECT 0 AS kind, workflow_id, transition_id, published, messages FROM hms_transitions"
     " WHERE namespace = $1 AND (workflow_id, transition_id) IN"
     " (SELECT * FROM unnest($2::text[], $3::text[]))"
-    " UNION ALL SELECT workflow_id, NULL, NULL, NULL FROM hms_closed"
+    " UNION ALL SELECT 1, workflow_id, NULL, NULL, NULL FROM hms_closed"
     " WHERE namespace = $1 AND workflow_id = ANY($4::text[])"
+    " UNION ALL SELECT 2, f.workflow_id, f.key, NULL, f.value"
+    " FROM unnest($5::text[], $6::text[]) AS r(w, p) JOIN hms_facts f"
+    " ON f.namespace = $1 AND f.workflow_id = r.w AND starts_with(f.key, r.p)"
 )
 WRITE_LEDGER = (
     # New transitions, their timers, closed workflows (dropping their stored timers;
@@ -211,7 +222,10 @@ WRITE_LEDGER = (
     "  DO NOTHING),"
     " c AS (INSERT INTO hms_closed (namespace, workflow_id)"
     "  SELECT $1, unnest($9::text[]) ON CONFLICT DO NOTHING),"
-    " d AS (DELETE FROM hms_timers WHERE namespace = $1 AND workflow_id = ANY($9::text[]))"
+    " d AS (DELETE FROM hms_timers WHERE namespace = $1 AND workflow_id = ANY($9::text[])),"
+    " f AS (INSERT INTO hms_facts (namespace, workflow_id, key, value)"
+    "  SELECT $1, * FROM unnest($12::text[], $13::text[], $14::bytea[])"
+    "  ON CONFLICT (namespace, workflow_id, key) DO UPDATE SET value = excluded.value)"
     " SELECT pg_notify($11, p) FROM unnest($10::text[]) AS p"
 )
 
@@ -230,6 +244,8 @@ def workflow_row(r: asyncpg.Record) -> WorkflowRow:
         sla_breached=r["sla_breached"],
         start_event_id=r["start_event_id"],
         confirmed=r["confirmed"],
+        version=r["version"],
+        parent_id=r["parent_id"],
     )
 
 
@@ -245,6 +261,9 @@ def step_row(r: asyncpg.Record) -> StepRow:
         finished_at=r["finished_at"],
         error=r["error"],
         sla_breached=r["sla_breached"],
+        group=r["grp"],
+        waiting_for=r["waiting_for"],
+        child_id=r["child_id"],
     )
 
 
@@ -294,6 +313,16 @@ SAVE_HEALTH = (
     " SET report = EXCLUDED.report, updated_at = EXCLUDED.updated_at"
 )
 LOAD_HEALTH = "SELECT report::text FROM hms_health WHERE namespace = $1"
+SCHEDULE_TICKS = "SELECT name, last_tick FROM hms_schedules WHERE namespace = $1"
+SAVE_SCHEDULE_TICKS = (
+    # $4: only where none is stored. Answers what is stored for the names given.
+    "WITH up AS (INSERT INTO hms_schedules AS s (namespace, name, last_tick)"
+    " SELECT $1, * FROM unnest($2::text[], $3::timestamptz[])"
+    " ON CONFLICT (namespace, name) DO UPDATE SET last_tick = excluded.last_tick"
+    " WHERE NOT $4 AND excluded.last_tick > s.last_tick RETURNING name, last_tick)"
+    " SELECT name, last_tick FROM up UNION ALL SELECT name, last_tick FROM hms_schedules"
+    " WHERE namespace = $1 AND name = ANY($2::text[]) AND name NOT IN (SELECT name FROM up)"
+)
 HISTORY = (
     "SELECT body::text AS body FROM hms_events"
     " WHERE namespace = $1 AND workflow_id = $2 ORDER BY id"

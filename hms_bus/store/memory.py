@@ -25,7 +25,7 @@ from pydantic import JsonValue
 
 from .._errors import ConfigError, StoreError
 from .._events import WorkflowEvent, decode_event, encode
-from .._ledger import plan_claims
+from .._ledger import plan_claims, reads_of
 from .._projection import WorkflowRow, fold
 from .._status import WorkflowPage, WorkflowStatus
 from ..transport import Outgoing, TopicPartition
@@ -59,6 +59,8 @@ class _State:
     history: dict[str, list[bytes]] = field(default_factory=dict)
     transitions: dict[tuple[str, str], _Transition] = field(default_factory=dict)
     closed: set[str] = field(default_factory=set)
+    facts: dict[str, dict[str, JsonValue]] = field(default_factory=dict)  # by workflow
+    ticks: dict[str, datetime] = field(default_factory=dict)  # schedule -> last tick
     timers: dict[str, Timer] = field(default_factory=dict)
     timers_by_workflow: dict[str, set[str]] = field(default_factory=dict)
     # (available_at as epoch seconds, timer_id); stale entries are skipped lazily
@@ -176,14 +178,23 @@ class MemoryStore:
         s = self._s
         keys = {(c.workflow_id, c.transition_id) for c in claims}
         known = {k: s.transitions[k] for k in keys if k in s.transitions}
+        facts = {
+            (wid, k): v
+            for wid, prefix in reads_of(claims)
+            for k, v in s.facts.get(wid, {}).items()
+            if k.startswith(prefix)
+        }
         plan = plan_claims(
             claims,
             {k: t.published for k, t in known.items()},
             lambda k: known[k].messages or (),
             {c.workflow_id for c in claims if c.workflow_id in s.closed},
+            facts,
         )
         for c in plan.new:
             s.transitions[(c.workflow_id, c.transition_id)] = _Transition(messages=c.messages)
+        for (wid, k), v in plan.facts.items():
+            s.facts.setdefault(wid, {})[k] = None if v is None else orjson.loads(orjson.dumps(v))
         for t in plan.timers:
             self._add_timer(t)
         for wid in plan.closing:
@@ -321,6 +332,21 @@ class MemoryStore:
         starts = self._s.worker_starts
         starts[command] = n = starts.get(command, 0) + 1
         return n
+
+    async def schedule_ticks(self) -> dict[str, datetime]:
+        """The last tick of each schedule."""
+        return dict(self._s.ticks)
+
+    async def save_schedule_ticks(
+        self, ticks: Mapping[str, datetime], *, if_absent: bool = False
+    ) -> dict[str, datetime]:
+        """Keep the later tick per schedule (only new ones with ``if_absent``)."""
+        stored = self._s.ticks
+        for name, tick in ticks.items():
+            before = stored.get(name)
+            if before is None or (not if_absent and tick > before):
+                stored[name] = tick
+        return {name: stored[name] for name in ticks}
 
     async def save_health(self, report: dict[str, JsonValue]) -> None:
         """Keep the monitor's health report."""

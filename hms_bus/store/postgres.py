@@ -40,7 +40,7 @@ from pydantic import JsonValue
 from .._backends import redact
 from .._errors import StoreError
 from .._events import WorkflowEvent, decode_event, encode
-from .._ledger import plan_claims
+from .._ledger import plan_claims, reads_of
 from .._outage import quiet
 from .._projection import StepRow, WorkflowRow, fold
 from .._status import WorkflowPage, WorkflowState, WorkflowStatus
@@ -73,6 +73,8 @@ from ._sql import (
     MARK_PUBLISHED,
     READ_LEDGER,
     SAVE_HEALTH,
+    SAVE_SCHEDULE_TICKS,
+    SCHEDULE_TICKS,
     TAKE_OVER_STARTS,
     WORKFLOW_COLUMNS,
     WRITE_LEDGER,
@@ -345,22 +347,33 @@ class PostgresStore:
             published: dict[tuple[str, str], bool] = {}
             messages: dict[tuple[str, str], bytes | None] = {}
             closed: set[str] = set()
+            facts: dict[tuple[str, str], JsonValue] = {}
+            reads = reads_of(claims)
             for r in await conn.fetch(
                 READ_LEDGER,
                 ns,
                 [c.workflow_id for c in claims],
                 [c.transition_id for c in claims],
                 wids,
+                [w for w, _ in reads],
+                [p for _, p in reads],
             ):
-                if r["transition_id"] is None:
+                kind = r["kind"]
+                if kind == 1:
                     closed.add(r["workflow_id"])
+                elif kind == 2:
+                    value = r["messages"]
+                    facts[(r["workflow_id"], r["transition_id"])] = (
+                        None if value is None else orjson.loads(value)
+                    )
                 else:
                     key = (r["workflow_id"], r["transition_id"])
                     published[key] = r["published"]
                     messages[key] = r["messages"]
-            plan = plan_claims(claims, published, lambda k: unpack(messages[k]), closed)
+            plan = plan_claims(claims, published, lambda k: unpack(messages[k]), closed, facts)
             if plan.new or plan.closing:
                 timers = plan.timers
+                written = list(plan.facts.items())
                 await conn.execute(
                     WRITE_LEDGER,
                     ns,
@@ -375,6 +388,9 @@ class PostgresStore:
                     # Schedulers in other processes wake when this commits.
                     encode_changes((), timers=True) if timers else [],
                     self._channel,
+                    [w for (w, _), _ in written],
+                    [k for (_, k), _ in written],
+                    [None if v is None else orjson.dumps(v) for _, v in written],
                 )
                 if timers:
                     self._timer_added.set()  # and this process's at once
@@ -513,6 +529,26 @@ class PostgresStore:
         async with connection(self._p(), "count_start") as conn:
             n: int = await conn.fetchval(COUNT_START, self._ns, *command)
         return n
+
+    async def schedule_ticks(self) -> dict[str, datetime]:
+        """The last tick of each schedule of the namespace."""
+        async with connection(self._p(), "schedule_ticks") as conn:
+            rows = await conn.fetch(SCHEDULE_TICKS, self._ns)
+        return {r["name"]: r["last_tick"] for r in rows}
+
+    async def save_schedule_ticks(
+        self, ticks: Mapping[str, datetime], *, if_absent: bool = False
+    ) -> dict[str, datetime]:
+        """Keep the later tick per schedule (only new ones with ``if_absent``), in one
+        statement that answers what is stored."""
+        if not ticks:
+            return {}
+        names = list(ticks)
+        async with connection(self._p(), "save_schedule_ticks") as conn:
+            rows = await conn.fetch(
+                SAVE_SCHEDULE_TICKS, self._ns, names, [ticks[n] for n in names], if_absent
+            )
+        return {r["name"]: r["last_tick"] for r in rows}
 
     async def save_health(self, report: dict[str, JsonValue]) -> None:
         """Replace the namespace's health report (one row, one statement)."""

@@ -555,6 +555,80 @@ class StoreContract:
         ]
         assert [t.timer_id for t in timers] == ["w2-a"]
 
+    async def test_a_new_claim_writes_its_facts_and_every_claim_reads_them_after(
+        self, make_store: MakeStore
+    ) -> None:
+        async with make_store() as store:
+            first = await store.claim_transitions(
+                [
+                    TransitionClaim(
+                        "w1", "a:2:1", facts=(("join:2:0", {"data": [1, "x"]}),), reads=("join:2:",)
+                    ),
+                    # Later in the batch: sees the fact written before it.
+                    TransitionClaim(
+                        "w1", "b:3:1", facts=(("join:2:1", {"data": None}),), reads=("join:2:",)
+                    ),
+                    TransitionClaim("w2", "a:2:1", reads=("join:2:",)),  # another workflow's
+                ]
+            )
+            # A redelivered claim writes nothing new but still reads.
+            again = await store.claim_transitions(
+                [TransitionClaim("w1", "a:2:1", facts=(("join:2:0", "changed"),), reads=("join:",))]
+            )
+            # None removes a fact; a prefix reads only its keys.
+            gone = await store.claim_transitions(
+                [
+                    TransitionClaim(
+                        "w1",
+                        "wake:4",
+                        facts=(("join:2:1", None), ("wait:report", {"seq": 4})),
+                        reads=("join:", "wait:rep"),
+                    )
+                ]
+            )
+        assert first[0].facts == {"join:2:0": {"data": [1, "x"]}}
+        assert first[1].facts == {"join:2:0": {"data": [1, "x"]}, "join:2:1": {"data": None}}
+        assert first[2].facts == {}
+        assert again[0].state is ClaimState.UNPUBLISHED
+        assert again[0].facts == {"join:2:0": {"data": [1, "x"]}, "join:2:1": {"data": None}}
+        assert gone[0].facts == {"join:2:0": {"data": [1, "x"]}, "wait:report": {"seq": 4}}
+
+    async def test_a_closed_workflow_writes_no_facts_but_reads_them(
+        self, make_store: MakeStore
+    ) -> None:
+        async with make_store() as store:
+            await store.claim_transitions(
+                [
+                    TransitionClaim("w1", "start", facts=(("parent", {"id": "p"}),)),
+                    TransitionClaim("w1", "a:1:1", closes=True, reads=("parent", "child:")),
+                ]
+            )
+            late = await store.claim_transitions(
+                [TransitionClaim("w1", "b:2:1", facts=(("child:2", "c"),), reads=("child:",))]
+            )
+            reread = await store.claim_transitions(
+                [TransitionClaim("w1", "a:1:1", closes=True, reads=("parent", "child:"))]
+            )
+        assert late == [ClaimResult(ClaimState.CLOSED)]
+        assert reread[0].facts == {"parent": {"id": "p"}}
+
+    # -- schedules --------------------------------------------------------------------
+
+    async def test_schedule_ticks_only_move_forward(self, make_store: MakeStore) -> None:
+        t0 = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+        async with make_store() as store:
+            assert await store.schedule_ticks() == {}
+            assert await store.save_schedule_ticks({}) == {}
+            first = await store.save_schedule_ticks({"a": t0}, if_absent=True)
+            kept = await store.save_schedule_ticks({"a": t0 + timedelta(days=1)}, if_absent=True)
+            later = await store.save_schedule_ticks({"a": t0 + timedelta(days=2), "b": t0})
+            back = await store.save_schedule_ticks({"a": t0})
+            stored = await store.schedule_ticks()
+        assert first == kept == {"a": t0}
+        assert later == {"a": t0 + timedelta(days=2), "b": t0}
+        assert back == {"a": t0 + timedelta(days=2)}
+        assert stored == {"a": t0 + timedelta(days=2), "b": t0}
+
     # -- timers -----------------------------------------------------------------------
 
     async def test_without_now_timers_are_due_by_the_stores_own_clock(

@@ -1,0 +1,111 @@
+"""``hms-bus signal`` and ``hms-bus schedules``, as separate processes on Kafka and Postgres,
+against roles running in this test: what an operator types at a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FAST, eventually
+from kafka_broker import Broker
+
+from hms_bus.cli import load_app
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+APP = """
+import hms_bus
+
+mgmt = hms_bus.init("signals")
+mgmt.define_workflow("permit", ["request", "issue"])
+mgmt.schedule("nightly", "permit", cron="0 2 * * *", timezone="Europe/Paris")
+
+
+@mgmt.on_step("permit.request")
+async def request(ctx):
+    return hms_bus.WaitFor("approval")
+
+
+@mgmt.on_step("permit.issue")
+async def issue(ctx):
+    return {"approved_by": ctx.signal["by"]}
+"""
+
+
+async def test_signal_and_schedules_from_the_command_line(
+    tmp_path: Path, kafka_broker: Broker, pg_schema: str
+) -> None:
+    (tmp_path / "signal_app.py").write_text(APP)
+    ns = f"cli{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "HMS_BUS_URL": kafka_broker.url,
+        "HMS_STORE_URL": pg_schema,
+        "HMS_NAMESPACE": ns,
+        "HMS_TRANSPORT__FETCH_MAX_WAIT": "0.01",
+        "NO_COLOR": "1",
+    }
+
+    def hms(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hms_bus", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=env,
+        )
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        mgmt = load_app("signal_app:mgmt")
+    finally:
+        sys.path.remove(str(tmp_path))
+    mgmt.configure(bus=kafka_broker.url, store=pg_schema, namespace=ns, **FAST)
+    async with mgmt:
+        started = await mgmt.start("permit", {}, workflow_id="P-1")
+
+        async def waits() -> bool:
+            st = await mgmt.status("P-1")
+            step = st.step("request") if st is not None else None
+            return step is not None and step.waiting_for == "approval"
+
+        await eventually(waits, within=20, what="the wait")
+        shown = await asyncio.to_thread(hms, "status", "P-1")
+        assert "waiting for signal 'approval'" in shown.stdout, shown.stdout + shown.stderr
+
+        sent = await asyncio.to_thread(
+            hms, "signal", "signal_app:mgmt", "P-1", "approval", '{"by": "inspector 7"}'
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert "signal 'approval' recorded for P-1" in sent.stdout
+        final = await started.wait(timeout=20)
+        assert final.result == {"approved_by": "inspector 7"}
+
+        late = await asyncio.to_thread(hms, "signal", "signal_app:mgmt", "P-1", "approval")
+        assert late.returncode == 1 and "already ended" in late.stdout
+        missing = await asyncio.to_thread(hms, "signal", "signal_app:mgmt", "P-404", "approval")
+        assert missing.returncode == 2 and "no workflow 'P-404'" in missing.stderr
+        bad = await asyncio.to_thread(hms, "signal", "signal_app:mgmt", "P-1", "approval", "{x")
+        assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+
+        listed = await asyncio.to_thread(hms, "schedules", "signal_app:mgmt", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows: list[dict[str, Any]] = json.loads(listed.stdout)
+        assert [(r["name"], r["workflow"], r["rule"]) for r in rows] == [
+            ("nightly", "permit", "0 2 * * * (Europe/Paris)")
+        ]
+        assert rows[0]["last_tick"] is not None  # the scheduler role recorded where it is
+        assert rows[0]["next_tick"].endswith(("T01:00:00+00:00", "T00:00:00+00:00"))
+        table = await asyncio.to_thread(hms, "schedules", "signal_app:mgmt")
+        assert "nightly" in table.stdout and "NEXT TICK" in table.stdout
