@@ -25,8 +25,11 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
+# The suite in two processes, then the tests that time processes, restarts and outages
+# on their own (marked serial). Plain `pytest` runs everything in one process.
 unit: $(VENV)/.dev
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 -m "not serial"
+	$(BIN)/pytest -m serial
 
 # Everything CI runs: lint, types, the whole test suite.
 test: lint typecheck unit

@@ -109,9 +109,13 @@ class Schedule:
 
     def workflow_id(self, tick: datetime) -> str:
         """The id of the workflow ``tick`` starts: the same in every scheduler. The tick
-        in UTC, to the second, or to the millisecond for an interval under a second."""
+        in UTC, to the second, or to the millisecond for an interval of a fraction of a
+        second."""
         t = tick.astimezone(UTC)
-        frac = f".{t.microsecond // 1000:03d}" if t.microsecond else ""
+        # Milliseconds for every tick of a schedule that has any (an interval that is not
+        # whole seconds), so that its ids sort in tick order.
+        fine = self.every is not None and self.every != int(self.every)
+        frac = f".{t.microsecond // 1000:03d}" if fine else ""
         return f"{self.name}@{t:%Y-%m-%dT%H:%M:%S}{frac}Z"
 
 

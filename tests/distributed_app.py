@@ -35,6 +35,9 @@ def make() -> hms_bus.Management:
     mgmt.define_workflow("slow", ["nap"])
     mgmt.define_workflow("fragile", ["crunch", "report"])
     mgmt.define_workflow("fanout", [hms_bus.parallel("left", "right"), "joined"])
+    if os.environ.get("HMS_TEST_TICK"):  # a schedule, for the tests of several schedulers
+        every = float(os.environ["HMS_TEST_TICK"])
+        mgmt.schedule("tick", "order", every=every, payload={"n": 0}, catchup="all")
 
     @mgmt.on_step("fragile.crunch")
     async def crunch(ctx: hms_bus.StepContext) -> Any:

@@ -10,14 +10,16 @@ lines to a shared ledger file, the side-effect counter the assertions read.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -29,7 +31,7 @@ from kafka_broker import Broker
 import hms_bus
 from hms_bus._events import split_lines
 
-pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow, pytest.mark.serial]
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "distributed_app:mgmt"
@@ -413,3 +415,26 @@ async def test_a_coordinator_killed_while_groups_join_joins_each_once(
         assert f.result == {"left": {"n": n, "last": "left"}, "right": {"n": n, "last": "right"}}
         assert [s.step for s in f.steps] == ["left", "right", "joined"], f.steps
     assert {wid: len(j) for wid, j in joins.items() if len(j) != 1} == {}
+
+
+@pytest.mark.timeout(120)
+async def test_two_scheduler_processes_start_each_tick_once(deployment: Deployment) -> None:
+    """Two scheduler processes and a schedule ticking every half second: each tick's
+    workflow is started once (one id, one run of its first step), none is skipped."""
+    d = deployment
+    d.spawn("run", APP, "--roles", "coordinator,projector", HMS_TEST_TICK="0.5")
+    d.spawn("worker", APP, HMS_TEST_TICK="0.5")
+    d.spawn("scheduler", APP, HMS_TEST_TICK="0.5")
+    d.spawn("scheduler", APP, HMS_TEST_TICK="0.5")
+    await asyncio.sleep(4.0)
+    client = _client(d)
+    async with client:
+        page = await client.list(workflow="order", limit=200)
+        ticks = sorted(w.workflow_id for w in page.items if w.workflow_id.startswith("tick@"))
+        ended = await _ended(client, set(ticks), within=30)
+    assert len(ticks) >= 5, ticks
+    assert set(ended.values()) == {"workflowCompleted"}
+    firsts = Counter(wid for wid, step, _, what in d.lines() if step == "s1" and what == "begin")
+    assert {t: firsts[t] for t in ticks if firsts[t] != 1} == {}
+    at = sorted(datetime.fromisoformat(t.split("@", 1)[1]) for t in ticks)
+    assert all((b - a).total_seconds() == 0.5 for a, b in itertools.pairwise(at)), ticks

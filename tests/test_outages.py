@@ -32,7 +32,7 @@ from private_postgres import PrivatePostgres, pg_bin
 import hms_bus
 from hms_bus import cli
 
-pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow, pytest.mark.serial]
 
 ROOT = Path(__file__).resolve().parents[1]
 GRACE, CLOSE = 1.0, 2.0

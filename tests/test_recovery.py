@@ -70,6 +70,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
 
 @pytest.mark.postgres
 @pytest.mark.slow
+@pytest.mark.serial
 async def test_a_timer_due_during_a_postgres_restart_fires_soon_after_it(
     private_pg: PrivatePostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:

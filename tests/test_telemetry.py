@@ -383,9 +383,10 @@ def test_otel_environment_variables_configure_export_in_a_cli_process() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
+    # Over the programme's maximum: rejected at once (an approval waits for an inspector).
     application = {
         "applicationId": "GR-OTEL-1",
-        "amount": "1000.00",
+        "amount": "500000.00",
         "applicant": {"name": "Acme", "taxId": "12-3456789"},
         "bankAccount": {"routingNumber": "011000015", "accountNumber": "4401923377"},
     }
@@ -415,7 +416,8 @@ def test_otel_environment_variables_configure_export_in_a_cli_process() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert '"name": "start grantApproval"' in proc.stdout
-    assert '"name": "process grantApproval.finalize"' in proc.stdout
+    assert '"name": "process grantApproval.eligibilityCheck"' in proc.stdout
+    assert '"name": "process grantApproval.reject"' in proc.stdout
     assert '"service.name": "hms-otel-test"' in proc.stdout
     assert "4401923377" not in proc.stdout + proc.stderr, "no account number in spans or logs"
     bad = subprocess.run(
