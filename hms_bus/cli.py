@@ -10,6 +10,7 @@
     hms-bus cancel [--app APP] WORKFLOW_ID
     hms-bus signal APP WORKFLOW_ID NAME [PAYLOAD] [--id SIGNAL_ID]   wake a waiting workflow
     hms-bus schedules APP [--json]                 the app's schedules and their next ticks
+    hms-bus diagram APP [WORKFLOW]                 mermaid flowcharts of the definitions
     hms-bus worker APP [--steps wf.a,wf.b] [--concurrency N]
     hms-bus coordinator|projector|scheduler|monitor APP
     hms-bus run APP [--roles coordinator,projector]   every role (or those) in one process
@@ -78,6 +79,7 @@ from ._cli_base import (
     run,
 )
 from ._cli_roles import add_role_commands
+from ._diagram import mermaid
 from ._errors import NotFoundError
 from ._management import Management, init
 from ._render import (
@@ -318,6 +320,25 @@ async def cmd_signal(
         print(f"workflow {workflow_id} has already ended: signal {name!r} not delivered")
         return EXIT_WORKFLOW_FAILED
     print(f"signal {name!r} recorded for {workflow_id}")
+    return EXIT_OK
+
+
+@command(
+    cli,
+    "diagram",
+    "print the mermaid diagram of an app's workflows",
+    app_argument(),
+    click.Argument(["workflow"], help="only this workflow", required=False),
+    common=False,
+)
+async def cmd_diagram(c: Common, *, app: str, workflow: str | None) -> int:
+    """Print each workflow's definition (or one) as a mermaid flowchart, for docs."""
+    mgmt = load_app(app)
+    if workflow is not None and workflow not in mgmt.workflows:
+        known = ", ".join(mgmt.workflows) or "none"
+        raise UsageError(f"unknown workflow {workflow!r} (defined: {known})")
+    chosen = [mgmt.workflows[workflow]] if workflow else list(mgmt.workflows.values())
+    print("\n".join(mermaid(wf) for wf in chosen), end="")
     return EXIT_OK
 
 

@@ -50,3 +50,25 @@ def test_readme_starts_with_the_two_commands() -> None:
     commands = lines[fence + 1 : lines.index("```", fence)]
     assert [c.split("#")[0].strip() for c in commands] == ["make demo", "make test"]
     assert fence < 5
+
+
+def test_the_diagrams_of_the_reference_workflows_are_current() -> None:
+    text = README.read_text(encoding="utf-8")
+    block = re.search(
+        r"<!-- hms-bus diagram (\S+) -->\n(.*?)<!-- end of hms-bus diagram -->", text, re.S
+    )
+    assert block is not None, "README lost its generated diagrams"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hms_bus", "diagram", block.group(1)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=README.parent,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(README.parent)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    drawn = re.findall(r"```mermaid\n(.*?)```", block.group(2), re.S)
+    # One diagram per workflow, a blank line between them.
+    assert [d.strip() for d in drawn] == [d.strip() for d in proc.stdout.split("\n\n")], (
+        f"README's diagrams are stale: run `hms-bus diagram {block.group(1)}` and paste them"
+    )
