@@ -178,7 +178,7 @@ class Client:
             )
         try:
             result = await launch(
-                transport, self._store(), self._topics, self._node.telemetry, event
+                transport, self._store(), self._topics, self._node.telemetry, event, record
             )
         except (StoreError, TransportError) as exc:
             if not exc.retriable:
@@ -362,13 +362,15 @@ async def launch(
     topics: Topics,
     telemetry: Telemetry | None,
     event: WorkflowStarted,
+    record: Outgoing | None = None,
 ) -> StartResult:
     """Register ``event``'s workflow in the store, then publish its start (the second
     half of :meth:`Client.start`, also how the scheduler starts a schedule's tick).
 
     A workflow id is registered once: a repeat finds it (``created`` False) and publishes
     nothing, unless the first call stopped between the two, when it publishes the start
-    on record again (the coordinator decides it once).
+    on record again (the coordinator decides it once). ``record`` is ``event`` already
+    encoded for the coordinator's topic, if the caller has it.
 
     Raises:
         ConfigError: the id belongs to a workflow of another name.
@@ -386,7 +388,10 @@ async def launch(
             event = event.model_copy(
                 update={"event_id": result.start_event_id, "payload": result.payload}
             )
-        await _publish_start(transport, telemetry, event, _coordinator_record(topics, event))
+            record = None
+        if record is None:
+            record = _coordinator_record(topics, event)
+        await _publish_start(transport, telemetry, event, record)
     return result
 
 

@@ -201,6 +201,8 @@ class WorkflowDefinition:
 
     def group_of(self, step: str) -> Parallel | None:
         """The parallel group ``step`` is a branch of, if any."""
+        if not self.groups:
+            return None
         for group in self.groups.values():
             if step in group.branches:
                 return group
@@ -209,10 +211,11 @@ class WorkflowDefinition:
     def next_after(self, name: str) -> str | None:
         """The main-path entry after ``name`` (a step, a group, or a branch's group);
         None after the last one or an error step."""
-        if name in self.steps:
-            if self.steps[name].error_step:
+        step = self.steps.get(name)
+        if step is not None:
+            if step.error_step:
                 return None
-            group = self.group_of(name)
+            group = self.group_of(name) if self.groups else None
             if group is not None:
                 name = group.name
         i = self.main_path.index(name)

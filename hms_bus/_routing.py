@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ._definitions import Registry, WorkflowDefinition
@@ -385,11 +386,12 @@ def _succeeded(wf: WorkflowDefinition, ev: StepCompleted, max_fanout: int) -> De
     seq = ev.seq + 1
     if d is None:  # passes its payload on to the next entry in order
         return _enter(wf, wf.next_after(ev.step), seq, ev.payload, max_fanout=max_fanout)
-    if d.kind == "complete":
+    kind = d.kind
+    if kind == "default":  # the definition's own next entry: nothing to check
+        return _enter(wf, wf.next_after(ev.step), seq, d.data, max_fanout=max_fanout)
+    if kind == "complete":
         return Finish(d.data)
     target = d.step if d.step is not None else wf.next_after(ev.step)
-    if d.kind == "default":
-        target = wf.next_after(ev.step)
     bad = _check_target(wf, ev.step, target)
     if bad is not None:
         return bad
@@ -660,16 +662,19 @@ def _wake(
     )
 
 
-def facts_written(decision: Decision, *, at: str) -> dict[str, Any]:
+def facts_written(decision: Decision, *, at: datetime) -> dict[str, Any]:
     """The facts a first claim of ``decision`` writes (``at``: when the input was made,
     which orders kept signals)."""
+    if isinstance(decision, (Schedule, Finish, Retry)):  # the straight line: none
+        return {}
     if isinstance(decision, Contribute):
         b = decision.branch
         return {_join_key(b.seq, b.index): {"step": decision.step, "data": decision.data}}
     if isinstance(decision, Park):
         return {f"wait:{decision.signal}": _wait_fact(decision)}
     if isinstance(decision, Keep):
-        return {f"signal:{decision.signal}:{decision.signal_id}": {"data": decision.data, "at": at}}
+        key = f"signal:{decision.signal}:{decision.signal_id}"
+        return {key: {"data": decision.data, "at": at.isoformat()}}
     if isinstance(decision, Spawn):
         return {f"child:{decision.seq}": {"id": decision.child_id, "workflow": decision.workflow}}
     return {}
@@ -677,6 +682,8 @@ def facts_written(decision: Decision, *, at: str) -> dict[str, Any]:
 
 def facts_read(decision: Decision) -> tuple[str, ...]:
     """The fact prefixes :func:`follow_up` needs after a claim of ``decision``."""
+    if isinstance(decision, (Schedule, Retry)):  # the straight line: none
+        return ()
     if isinstance(decision, Contribute):
         return (f"join:{decision.branch.seq}:",)
     if isinstance(decision, Park):

@@ -8,7 +8,7 @@ it happen once).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -111,7 +111,7 @@ def test_the_branch_that_completes_the_set_joins_once_whatever_the_order(
     for i in order:
         d = decide(r, branches[i])
         assert isinstance(d, Contribute)
-        facts.update(facts_written(d, at="t"))
+        facts.update(facts_written(d, at=NOW))
         assert facts_read(d) == ("join:2:",)
         joins.append(follow_up(r, "grant", d, facts))
     assert joins[0] is None
@@ -153,7 +153,7 @@ def test_each_forks_over_its_items_and_joins_a_list() -> None:
         assert x.branch is not None
         c = decide(r, done("score", x.seq, data=x.payload * 2, branch=x.branch))
         assert isinstance(c, Contribute)
-        facts.update(facts_written(c, at="t"))
+        facts.update(facts_written(c, at=NOW))
     nxt = follow_up(r, "grant", c, facts)
     assert nxt is not None and isinstance(nxt.decision, Fork)
     assert [x.payload for x in nxt.decision.runs] == [[10, 12], [10, 12]]
@@ -177,16 +177,16 @@ def test_a_wait_and_its_signal_meet_in_one_wake_whichever_comes_first() -> None:
     assert transition_of(signal) == "signal:s1"
 
     # The wait first, then the signal.
-    facts = facts_written(park, at="t0")
+    facts = facts_written(park, at=NOW)
     assert follow_up(r, "grant", park, {}) is None
-    facts.update(facts_written(keep, at="t1"))
+    facts.update(facts_written(keep, at=NOW + timedelta(seconds=1)))
     woke = follow_up(r, "grant", keep, facts)
     assert woke is not None and woke.transition_id == "wake:4"
     assert woke.decision == Schedule("finalize", 5, {"x": 1}, signal=9)
     assert woke.facts == {"wait:report": None, "signal:report:s1": None}
 
     # The signal first, then the wait: the same wake.
-    facts = facts_written(keep, at="t1")
+    facts = facts_written(keep, at=NOW + timedelta(seconds=1))
     assert follow_up(r, "grant", keep, facts) is None
     again = follow_up(r, "grant", park, facts)
     assert again is not None and (again.transition_id, again.decision) == (
@@ -226,7 +226,7 @@ def test_a_child_is_named_by_its_step_execution_and_its_end_wakes_the_parent() -
     spawn = decide(r, done("finalize", 6, kind="child", data={"amt": 5}, dkw={"target": "payment"}))
     assert isinstance(spawn, Spawn)
     assert spawn.child_id == child_id("G-1", "finalize", 6) == "G-1/finalize-6"
-    assert facts_written(spawn, at="t") == {
+    assert facts_written(spawn, at=NOW) == {
         "child:6": {"id": "G-1/finalize-6", "workflow": "payment"}
     }
     assert len(child_id("x" * 200, "step", 1)) <= 200

@@ -493,11 +493,12 @@ class Coordinator(BatchRole):
         wid = ev.workflow_id
         key = wid.encode()
         version = version or _version(ev, self._rt)
-        written = dict(facts or {})
-        written.update(facts_written(decision, at=ev.ts.isoformat()))
+        written = facts_written(decision, at=ev.ts)
+        if facts:
+            written = {**facts, **written}
         if isinstance(ev, ChildEnded):
             written[f"child:{ev.seq}"] = None  # no longer running
-        if isinstance(ev, WorkflowStarted) and ev.parent is not None:
+        elif isinstance(ev, WorkflowStarted) and ev.parent is not None:
             written["parent"] = ev.parent.model_dump(mode="json")
 
         def event(e: Any) -> Outgoing:
@@ -644,7 +645,7 @@ class Coordinator(BatchRole):
             tuple(messages),
             tuple(timers),
             closes=closing,
-            facts=tuple(written.items()),
+            facts=tuple(written.items()) if written else (),
             reads=facts_read(decision),
         )
 

@@ -174,11 +174,14 @@ class Listener:
             ) from exc
         try:
             await conn.add_listener(self._channel, self._notified)
-        except _FAILED as exc:
+        except BaseException as exc:
+            # Failed, or cancelled (the store is closing): this connection is nobody's.
             conn.terminate()
-            raise StoreError(
-                f"cannot listen for changes: {type(exc).__name__}: {exc}", retriable=True
-            ) from exc
+            if isinstance(exc, _FAILED):
+                raise StoreError(
+                    f"cannot listen for changes: {type(exc).__name__}: {exc}", retriable=True
+                ) from exc
+            raise
         conn.add_termination_listener(self._terminated)
         self._lost.clear()
         self._conn = conn

@@ -161,9 +161,16 @@ class PostgresStore:
         async with errors(f"migrating the store at {self._url}"):
             conn = await asyncpg.connect(self._dsn, timeout=self._command_timeout)
             try:
-                return await migrate(conn, self.schema)
-            finally:
+                applied = await migrate(conn, self.schema)
+            except BaseException:
+                conn.terminate()  # failed or cancelled: do not wait on a polite close
+                raise
+            try:
                 await conn.close()
+            except BaseException:
+                conn.terminate()
+                raise
+            return applied
 
     async def __aenter__(self) -> Self:
         if self._migrate:
