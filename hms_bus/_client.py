@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind
 
-from ._definitions import Registry, check_name, validate_payload
+from ._definitions import Registry, WorkflowDefinition, check_name, validate_payload
 from ._errors import ConfigError, HmsBusError, NotFoundError, StoreError, TransportError
 from ._events import (
     CancelRequested,
+    RedriveRequested,
     SignalSent,
+    StepCompleted,
     WorkflowEvent,
+    WorkflowFailed,
     WorkflowStarted,
     encode_line,
     new_id,
@@ -31,7 +34,7 @@ from ._events import (
 from ._pii import Sealer
 from ._results import to_jsonable
 from ._settings import Settings
-from ._status import WorkflowPage, WorkflowState, WorkflowStatus
+from ._status import StepState, WorkflowPage, WorkflowState, WorkflowStatus
 from ._telemetry import Attr, Telemetry, end_span
 from ._topics import Topics
 from ._waiting import Waiters
@@ -186,7 +189,9 @@ class Client:
             raise _ambiguous(exc, workflow, workflow_id) from (exc.__cause__ or exc)
         return Started(workflow_id, workflow, result.created, self)
 
-    def _record(self, event: WorkflowStarted | CancelRequested | SignalSent) -> Outgoing:
+    def _record(
+        self, event: WorkflowStarted | CancelRequested | SignalSent | RedriveRequested
+    ) -> Outgoing:
         """A record for the coordinator's input topic."""
         return _coordinator_record(self._topics, event)
 
@@ -308,6 +313,38 @@ class Client:
         await transport.publish([self._record(event)])
         return True
 
+    # -- redriving -------------------------------------------------------------------------
+
+    async def redrive(
+        self, workflow_id: str, from_step: str | None = None, *, timeout: float = 30.0
+    ) -> bool:
+        """Resume a failed or cancelled workflow (see :meth:`Management.redrive`)."""
+        transport = self._bus()
+        store = self._store()
+        status = await store.get_workflow(workflow_id)
+        if status is None:
+            raise NotFoundError(f"no workflow {workflow_id!r}")
+        if status.status not in (WorkflowState.FAILED, WorkflowState.CANCELLED):
+            return False
+        wf = self._registry.version(status.workflow, status.version)
+        if wf is None:
+            wf = self._registry.workflow(status.workflow)
+        history = await store.history(workflow_id)
+        entry, payload = _resume_point(wf, status, history, from_step)
+        event = RedriveRequested(
+            workflow_id=workflow_id,
+            workflow=status.workflow,
+            redrive=1 + sum(1 for e in history if e.type == "workflowRedriven"),
+            step=entry,
+            seq=1 + max((s.seq for s in status.steps), default=0),
+            payload=payload,
+            version=status.version,
+        )
+        await transport.publish([self._record(event)])
+        waiters = await self._waiting()
+        await waiters.wait(workflow_id, timeout=timeout, until_running=True)
+        return True
+
     # -- signalling ------------------------------------------------------------------------
 
     async def signal(
@@ -349,8 +386,69 @@ class Client:
         return True
 
 
+def _resume_point(
+    wf: WorkflowDefinition,
+    status: WorkflowStatus,
+    history: list[WorkflowEvent],
+    from_step: str | None,
+) -> tuple[str, Any]:
+    """Where a redrive of ``status`` resumes: (step or group name, payload on record)."""
+    wid = status.workflow_id
+    if from_step is None:
+        # The step its failure names (a step may fail without its own row failing: its
+        # child failed, its signal never came); else the last failed or unfinished one.
+        ended = [e for e in history if isinstance(e, WorkflowFailed) and e.error.step]
+        failed = [s.step for s in status.steps if s.status is StepState.FAILED]
+        unfinished = [s.step for s in status.steps if s.status is not StepState.SUCCEEDED]
+        candidates = [e.error.step for e in ended[-1:] if e.error.step] or failed or unfinished
+        if not candidates:
+            raise ConfigError(
+                f"workflow {wid!r} has no failed or unfinished step to resume: name one "
+                "with from_step="
+            )
+        from_step = candidates[-1]
+    if from_step not in wf.steps and from_step not in wf.groups:
+        raise ConfigError(
+            f"workflow {status.workflow!r} has no step {from_step!r} "
+            f"(its steps: {', '.join(wf.steps)})"
+        )
+    steps = wf.groups[from_step].branches if from_step in wf.groups else (from_step,)
+    group = wf.group_of(steps[0])
+    executions = [s for s in status.steps if s.step in steps]
+    if any(s.group == steps[0] for s in executions):
+        raise ConfigError(
+            f"step {from_step!r} ran as the items of a fan-out (Each) in workflow {wid!r}: "
+            "redrive from the step that fanned out"
+        )
+    # The payload its latest execution ran with, from its completeStep.
+    entry = group.name if group is not None else from_step
+    seqs = {s.seq for s in executions}
+    ran = [e for e in history if isinstance(e, StepCompleted) and e.seq in seqs]
+    if ran:
+        return entry, ran[-1].payload
+    # Never finished an attempt: what it was given, by the start or by the step before.
+    latest = max(seqs, default=0)
+    if latest == 1 or (not seqs and wf.first_step == entry):
+        started = [e for e in history if isinstance(e, WorkflowStarted)]
+        if started:
+            return entry, started[0].payload
+    before = [
+        e
+        for e in history
+        if isinstance(e, StepCompleted) and e.seq == latest - 1 and e.outcome == "succeeded"
+    ]
+    if latest > 1 and before:
+        given = before[-1]
+        directive = given.directive
+        return entry, given.payload if directive is None else directive.data
+    raise ConfigError(
+        f"step {from_step!r} has no payload on record in workflow {wid!r} (it never ran): "
+        "redrive from a step that did"
+    )
+
+
 def _coordinator_record(
-    topics: Topics, event: WorkflowStarted | CancelRequested | SignalSent
+    topics: Topics, event: WorkflowStarted | CancelRequested | SignalSent | RedriveRequested
 ) -> Outgoing:
     """A record for the coordinator's input topic."""
     return Outgoing(topics.coordinator, encode_line(event), key=event.workflow_id.encode())

@@ -11,7 +11,8 @@ Topics (see :mod:`hms_bus._topics`):
 - ``hms.coordinator``: what the coordinator decides on — ``workflowStarted``,
   ``completeStep`` (with the ``stepStarted`` of a quick step before it),
   ``cancelRequested``, ``signalSent`` (a client's signal), ``waitExpired`` (a signal's
-  timeout, from a timer) and ``childEnded`` (a child workflow's end, for its parent).
+  timeout, from a timer), ``childEnded`` (a child workflow's end, for its parent) and
+  ``redriveRequested`` (resume a failed or cancelled workflow).
   Read by the coordinator alone.
 - ``hms.events``: the workflows' history. The coordinator writes each input it decided,
   together with what it decided (``stepScheduled``, ``retryScheduled``, the workflow's
@@ -54,6 +55,7 @@ __all__ = [
     "ParentRef",
     "ProcessDown",
     "ProcessFacts",
+    "RedriveRequested",
     "RetryScheduled",
     "SignalSent",
     "SlaBreached",
@@ -69,6 +71,7 @@ __all__ = [
     "WorkflowCompleted",
     "WorkflowEvent",
     "WorkflowFailed",
+    "WorkflowRedriven",
     "WorkflowStarted",
     "decode_command",
     "decode_event",
@@ -407,6 +410,29 @@ class ChildEnded(_WorkflowEnvelope):
     version: str | None = None
 
 
+class RedriveRequested(_WorkflowEnvelope):
+    """A client asked to resume a failed or cancelled workflow (``mgmt.redrive``): it is
+    the ``redrive``-th resumption of the workflow (which names its transition, so two
+    callers asking at once resume it once), at ``step`` (a step, or a parallel group)
+    as execution ``seq`` with ``payload``, the payload on record for that step."""
+
+    type: Literal["redriveRequested"] = "redriveRequested"
+    redrive: int
+    step: str
+    seq: int
+    payload: Any = None
+    version: str | None = None
+
+
+class WorkflowRedriven(_WorkflowEnvelope):
+    """The workflow, which had failed or was cancelled, runs again from ``step``."""
+
+    type: Literal["workflowRedriven"] = "workflowRedriven"
+    redrive: int
+    step: str
+    seq: int
+
+
 class SlaBreached(_WorkflowEnvelope):
     """A step (``step`` set) or the whole workflow ran past its ``sla`` seconds."""
 
@@ -445,7 +471,9 @@ WorkflowEvent = Annotated[
     | WaitExpired
     | WaitEnded
     | ChildStarted
-    | ChildEnded,
+    | ChildEnded
+    | RedriveRequested
+    | WorkflowRedriven,
     Field(discriminator="type"),
 ]
 
@@ -469,6 +497,8 @@ EVENT_TYPES: frozenset[str] = frozenset(
         WaitEnded,
         ChildStarted,
         ChildEnded,
+        RedriveRequested,
+        WorkflowRedriven,
     )
 )
 """The ``type`` of every workflow event this version knows."""
@@ -481,6 +511,7 @@ DECIDED: frozenset[str] = frozenset(
         "signalSent",
         "waitExpired",
         "childEnded",
+        "redriveRequested",
     }
 )
 """The event types the coordinator decides a transition on (its inputs)."""

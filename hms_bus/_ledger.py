@@ -15,6 +15,8 @@ The rules:
   of an earlier claim of the batch is ``UNPUBLISHED`` with that claim's messages.
 - A ``NEW`` claim writes its facts (None removes one); every claim, whatever its state,
   is answered with the facts under its ``reads`` prefixes as they are after it.
+- A claim that ``reopens`` (a redrive) is decided even when its workflow is closed, and
+  opens it again; one whose workflow is not closed does nothing (``DONE``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class LedgerPlan:
         timers: the timers to store (none of a workflow that closes in this batch).
         closing: the workflows to close (their stored timers are dropped).
         facts: the facts to write, by (workflow_id, key); None removes one.
+        reopening: the closed workflows to open again.
     """
 
     results: list[ClaimResult] = field(default_factory=list)
@@ -50,6 +53,7 @@ class LedgerPlan:
     timers: list[Timer] = field(default_factory=list)
     closing: list[str] = field(default_factory=list)
     facts: dict[Key, JsonValue] = field(default_factory=dict)
+    reopening: list[str] = field(default_factory=list)
 
 
 def plan_claims(
@@ -91,11 +95,21 @@ def plan_claims(
                 else ClaimResult(ClaimState.UNPUBLISHED, recorded(key), _read(known, c))
             )
             continue
-        if c.workflow_id in shut:
+        if c.workflow_id in shut and not c.reopens:
             plan.results.append(ClaimResult(ClaimState.CLOSED, (), _read(known, c)))
+            continue
+        if c.reopens and c.workflow_id not in shut:
+            # Nothing to reopen (it runs: another redrive came first): nothing to do.
+            plan.results.append(ClaimResult(ClaimState.DONE, (), _read(known, c)))
             continue
         batch[key] = c
         plan.new.append(c)
+        if c.reopens and c.workflow_id in shut:
+            shut.discard(c.workflow_id)
+            if c.workflow_id in plan.closing:  # closed earlier in this very batch
+                plan.closing.remove(c.workflow_id)
+            else:
+                plan.reopening.append(c.workflow_id)
         for fact, value in c.facts:
             known.setdefault(c.workflow_id, {})[fact] = value
             plan.facts[(c.workflow_id, fact)] = value

@@ -466,6 +466,28 @@ class Management:
         """
         return await self._client.cancel(workflow_id, reason)
 
+    async def redrive(
+        self, workflow_id: str, from_step: str | None = None, *, timeout: float = 30.0
+    ) -> bool:
+        """Resume a failed or cancelled workflow, after what failed it was fixed.
+
+        It runs again from its failed step (or, for a cancelled one, its last unfinished
+        step), or from ``from_step``, with the payload that step ran with, as a new step
+        execution; a parallel branch resumes its whole group. Two redrives at once
+        resume it once. Returns once the workflow shows ``running`` again.
+
+        Returns:
+            True once it runs again; False for a workflow that is running or completed.
+
+        Raises:
+            NotFoundError: the store does not know ``workflow_id``.
+            ConfigError: ``from_step`` is not a step of the workflow, or has no payload on
+                record (it never finished an attempt).
+            WaitTimeoutError: it was not running again within ``timeout`` seconds (no
+                coordinator took the redrive).
+        """
+        return await self._client.redrive(workflow_id, from_step, timeout=timeout)
+
     async def signal(
         self, workflow_id: str, name: str, data: Any = None, *, signal_id: str | None = None
     ) -> bool:

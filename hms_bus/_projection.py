@@ -3,7 +3,8 @@
 The rules, which every store follows:
 
 - A workflow is created ``running`` by its start; a terminal status (completed,
-  failed, cancelled) is final: later events never change it.
+  failed, cancelled) is final: later events never change it, but for a redrive
+  (``workflowRedriven``), which makes a failed or cancelled workflow ``running`` again.
 - A step execution (workflow_id, seq) moves forward only. Its position is the pair
   (attempt, phase) with phase pending < running < finished; an event whose position is
   not beyond the current one is ignored, so a late ``stepStarted`` cannot undo a
@@ -29,6 +30,7 @@ from ._events import (
     WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
+    WorkflowRedriven,
     WorkflowStarted,
 )
 from ._status import StepState, StepStatus, WorkflowState, WorkflowStatus
@@ -184,6 +186,10 @@ def apply_event(row: WorkflowRow, event: Any) -> bool:
     elif isinstance(event, WorkflowCancelled):
         if changed := row._finish(WorkflowState.CANCELLED, event.ts):
             row.error = event.reason or "cancelled"
+    elif isinstance(event, WorkflowRedriven):
+        changed = row.status in (WorkflowState.FAILED, WorkflowState.CANCELLED)
+        if changed:
+            row.status, row.finished_at, row.error = WorkflowState.RUNNING, None, None
     elif isinstance(event, StepWaiting):
         s = row._step(event.step, event.seq)
         changed = s.waiting_for != event.signal

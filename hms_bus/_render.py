@@ -35,6 +35,7 @@ __all__ = [
     "View",
     "health_view",
     "history_view",
+    "letters_view",
     "page_view",
     "schedules_view",
     "settings_view",
@@ -336,3 +337,20 @@ def schedules_view(doc: Sequence[Item]) -> list[Block]:
     if not doc:
         return [Text("no schedules")]
     return [grid(doc, _SCHEDULES)]
+
+
+_LETTERS: Sequence[Column] = (
+    ("ID", lambda x: x["id"]),
+    ("TIME", lambda x: when(x["ts"])),
+    ("SOURCE", lambda x: x["source_topic"]),
+    ("WORKFLOW", lambda x: x.get("workflow_id") or "-"),
+    ("STEP", lambda x: x.get("step") or "-"),
+    ("REASON", lambda x: x["reason"]),
+)
+
+
+def letters_view(doc: Sequence[Item]) -> list[Block]:
+    """Dead letters (``dead-letters list``): where each came from and why."""
+    if not doc:
+        return [Text("no dead letters")]
+    return [grid(doc, _LETTERS)]

@@ -32,6 +32,8 @@ The rules:
 - A child's end is the transition ``wake:<seq>`` of its parent: the next entry with its
   result, or the parent step's error path.
 - A cancellation ends the workflow.
+- A redrive (``redrive:<n>``, the n-th of the workflow) opens a failed or cancelled
+  workflow again and runs the step (or group) it names as a new execution.
 
 Facts are small JSON values the ledger keeps per workflow, written by a transition
 when it is first claimed and read back by later ones: ``join:<seq>:<index>`` (a
@@ -55,6 +57,7 @@ from ._events import (
     ChildEnded,
     ErrorInfo,
     ParentRef,
+    RedriveRequested,
     SignalSent,
     StepCompleted,
     WaitExpired,
@@ -72,6 +75,7 @@ __all__ = [
     "Input",
     "Keep",
     "Park",
+    "Reopen",
     "Retry",
     "Schedule",
     "Spawn",
@@ -82,7 +86,15 @@ __all__ = [
     "transition_of",
 ]
 
-Input = WorkflowStarted | StepCompleted | CancelRequested | SignalSent | WaitExpired | ChildEnded
+Input = (
+    WorkflowStarted
+    | StepCompleted
+    | CancelRequested
+    | SignalSent
+    | WaitExpired
+    | ChildEnded
+    | RedriveRequested
+)
 
 Facts = Mapping[str, Any]
 
@@ -223,8 +235,27 @@ class Spawn:
     parent: ParentRef
 
 
+@dataclass(frozen=True, slots=True)
+class Reopen:
+    """Open the ended workflow again (its ``redrive``-th time) and run ``runs``."""
+
+    redrive: int
+    runs: Schedule | Fork
+
+
 Decision = (
-    Schedule | Fork | Retry | Finish | Fail | Cancel | Contribute | Abandon | Park | Keep | Spawn
+    Schedule
+    | Fork
+    | Retry
+    | Finish
+    | Fail
+    | Cancel
+    | Contribute
+    | Abandon
+    | Park
+    | Keep
+    | Spawn
+    | Reopen
 )
 """What a transition does. :class:`Finish`, :class:`Fail` and :class:`Cancel` close the
 workflow: the ledger refuses every later transition of it."""
@@ -245,7 +276,7 @@ class FollowUp:
 
 def transition_of(event: Input) -> str:
     """The ledger's key for the transition an input makes: ``start``, ``cancel``,
-    ``<step>:<seq>:<attempt>``, ``signal:<id>`` or ``wake:<seq>``."""
+    ``<step>:<seq>:<attempt>``, ``signal:<id>``, ``wake:<seq>`` or ``redrive:<n>``."""
     if isinstance(event, WorkflowStarted):
         return "start"
     if isinstance(event, CancelRequested):
@@ -254,6 +285,8 @@ def transition_of(event: Input) -> str:
         return f"signal:{event.signal_id}"
     if isinstance(event, (WaitExpired, ChildEnded)):
         return f"wake:{event.seq}"
+    if isinstance(event, RedriveRequested):
+        return f"redrive:{event.redrive}"
     return f"{event.step}:{event.seq}:{event.attempt}"
 
 
@@ -310,6 +343,12 @@ def decide(registry: Registry, event: Input, *, max_fanout: int = 1000) -> Decis
         return _expired(wf, event)
     if isinstance(event, ChildEnded):
         return _child_ended(wf, event)
+    if isinstance(event, RedriveRequested):
+        if not wf.has_target(event.step):
+            return _unroutable(f"redrive of unknown step {event.workflow}.{event.step}", None)
+        entered = _enter(wf, event.step, event.seq, event.payload)
+        assert isinstance(entered, (Schedule, Fork))
+        return Reopen(event.redrive, entered)
     if event.step not in wf.steps:
         return _unroutable(f"unknown step {event.workflow}.{event.step}", event.step)
     if event.outcome == "succeeded":

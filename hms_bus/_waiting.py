@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from ._errors import HmsBusError, NotFoundError, WaitTimeoutError
-from ._status import StepState, WorkflowStatus
+from ._status import StepState, WorkflowState, WorkflowStatus
 from .store import Change
 
 __all__ = ["Waiters"]
@@ -43,8 +43,11 @@ class _Waiter:
     until_step: str | None
     future: asyncio.Future[WorkflowStatus]
     last: WorkflowStatus | None = field(default=None)
+    until_running: bool = False
 
     def satisfied(self, status: WorkflowStatus) -> bool:
+        if self.until_running:
+            return status.status is WorkflowState.RUNNING
         if status.terminal:
             return True
         step = self.until_step
@@ -105,9 +108,15 @@ class Waiters:
         self.fail(HmsBusError("the Management was closed while waiting"))
 
     async def wait(
-        self, workflow_id: str, *, until_step: str | None = None, timeout: float | None = None
+        self,
+        workflow_id: str,
+        *,
+        until_step: str | None = None,
+        timeout: float | None = None,
+        until_running: bool = False,
     ) -> WorkflowStatus:
-        """Return the workflow's status once it is terminal (or ``until_step`` succeeded).
+        """Return the workflow's status once it is terminal (or ``until_step`` succeeded;
+        or, with ``until_running``, once it is running: after a redrive).
 
         Raises:
             NotFoundError: the store does not know ``workflow_id``.
@@ -116,6 +125,7 @@ class Waiters:
         if self._failure is not None:
             raise self._failure
         w = _Waiter(until_step, asyncio.get_running_loop().create_future())
+        w.until_running = until_running
         self._by_id.setdefault(workflow_id, []).append(w)
         self._due[workflow_id] = None
         self._kick()
@@ -127,6 +137,8 @@ class Waiters:
                 return w.future.result()  # answered just as the time ran out
             now = w.last.status.value if w.last is not None else "running"
             step = f" and step {until_step!r} has not succeeded" if until_step else ""
+            if until_running:
+                now = w.last.status.value if w.last is not None else "not running"
             raise WaitTimeoutError(
                 f"workflow {workflow_id!r} is still {now}{step} after {timeout}s"
             ) from None

@@ -11,6 +11,8 @@
     hms-bus signal APP WORKFLOW_ID NAME [PAYLOAD] [--id SIGNAL_ID]   wake a waiting workflow
     hms-bus schedules APP [--json]                 the app's schedules and their next ticks
     hms-bus diagram APP [WORKFLOW]                 mermaid flowcharts of the definitions
+    hms-bus redrive APP WORKFLOW_ID [--from-step S]   resume a failed or cancelled workflow
+    hms-bus dead-letters list|show|redrive [--app APP] [--reason R] [--since 2h]
     hms-bus worker APP [--steps wf.a,wf.b] [--concurrency N]
     hms-bus coordinator|projector|scheduler|monitor APP
     hms-bus run APP [--roles coordinator,projector]   every role (or those) in one process
@@ -47,6 +49,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -79,12 +82,15 @@ from ._cli_base import (
     run,
 )
 from ._cli_roles import add_role_commands
+from ._dead_letters import letters, redrive_letter
 from ._diagram import mermaid
 from ._errors import NotFoundError
+from ._events import utcnow
 from ._management import Management, init
 from ._render import (
     health_view,
     history_view,
+    letters_view,
     page_view,
     schedules_view,
     topics_view,
@@ -440,6 +446,127 @@ async def cmd_migrate(c: Common, *, app: str | None) -> int:
     else:
         print(f"{where} is up to date")
     return EXIT_OK
+
+
+@command(
+    cli,
+    "redrive",
+    "resume a failed or cancelled workflow",
+    app_argument(),
+    click.Argument(["workflow_id"], help="the workflow"),
+    option("--from-step", help="the step to resume at (default: the failed one)"),
+    option("--timeout", type=float, default=30.0, help="seconds to wait for it to run (30)"),
+)
+async def cmd_redrive(
+    c: Common, *, app: str, workflow_id: str, from_step: str | None, timeout: float
+) -> int:
+    """Resume a failed or cancelled workflow at its failed step (or ``--from-step``),
+    with the payload that step ran with. Exits 1 when it is running or completed."""
+    mgmt = _client(c, app)
+    async with mgmt:
+        resumed = await mgmt.redrive(workflow_id, from_step, timeout=timeout)
+    if not resumed:
+        print(f"workflow {workflow_id} is not failed or cancelled: nothing to redrive")
+        return EXIT_WORKFLOW_FAILED
+    print(f"workflow {workflow_id} runs again" + (f" from step {from_step!r}" if from_step else ""))
+    return EXIT_OK
+
+
+def _since(text: str | None) -> datetime | None:
+    """``--since``: an ISO time, or a duration back from now (``30m``, ``2h``, ``7d``)."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return utcnow() - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r} is neither a time (2026-12-07T10:00) nor a duration "
+            "back from now (30m, 2h, 7d)"
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+@cli.group("dead-letters", cls=Group, help="what could not be processed, and sending it back")
+def dead_letters() -> None:
+    """The dead-letter topic."""
+
+
+_REASON = option("--reason", help="only letters whose reason contains this text")
+_SINCE = option("--since", help="only letters since a time or a duration back (2h, 7d)")
+
+
+@command(dead_letters, "list", "list dead letters, oldest first", _app(), _REASON, _SINCE, _json())
+async def cmd_dead_letters_list(
+    c: Common, *, app: str | None, reason: str | None, since: str | None, as_json: bool
+) -> int:
+    """List the namespace's dead letters: id, time, source, workflow and reason."""
+    after = _since(since)
+    mgmt = _client(c, app)
+    async with mgmt:
+        found = await letters(mgmt, reason=reason, since=after)
+    c.screen().show([x.summary() for x in found], letters_view, as_json=as_json)
+    return EXIT_OK
+
+
+@command(
+    dead_letters,
+    "show",
+    "show one dead letter, with its original record",
+    click.Argument(["letter_id"], help="<partition>:<offset>, as listed"),
+    _app(),
+)
+async def cmd_dead_letters_show(c: Common, *, letter_id: str, app: str | None) -> int:
+    """Print one letter as JSON (its original holds sealed values only)."""
+    mgmt = _client(c, app)
+    async with mgmt:
+        found = await letters(mgmt, ids=frozenset({letter_id}))
+    if not found:
+        raise NotFoundError(f"no dead letter {letter_id!r}")
+    print(json.dumps(found[0].summary(), indent=2))
+    return EXIT_OK
+
+
+@command(
+    dead_letters,
+    "redrive",
+    "send dead letters back once their cause is fixed",
+    click.Argument(["letter_ids"], nargs=-1, required=False),
+    option("--app", required=True, help="module:attribute of the app (its workflows)"),
+    _REASON,
+    _SINCE,
+)
+async def cmd_dead_letters_redrive(
+    c: Common,
+    *,
+    letter_ids: tuple[str, ...],
+    app: str,
+    reason: str | None,
+    since: str | None,
+) -> int:
+    """Redrive the letters named, or those matching ``--reason``/``--since``: a failed
+    workflow's letter redrives the workflow; any other is published again to its source.
+    Exits 1 if any could not be sent back."""
+    if not (letter_ids or reason or since):
+        raise UsageError("name the letters to redrive, or select them with --reason/--since")
+    after = _since(since)
+    mgmt = _client(c, app)
+    failures = 0
+    async with mgmt:
+        found = await letters(mgmt, reason=reason, since=after, ids=frozenset(letter_ids))
+        missing = set(letter_ids) - {x.id for x in found}
+        for lid in sorted(missing):
+            err(f"{lid}: no such dead letter")
+            failures += 1
+        for item in found:
+            done, what = await redrive_letter(mgmt, item)
+            failures += not done
+            print(f"{item.id}: {what}")
+    if not found and not missing:
+        print("no dead letters match")
+    return EXIT_OK if not failures else EXIT_WORKFLOW_FAILED
 
 
 @cli.group("schemas", cls=Group, no_args_is_help=False, help="JSON Schema of payload models")

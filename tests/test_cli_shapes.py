@@ -109,3 +109,85 @@ async def test_signal_and_schedules_from_the_command_line(
         assert rows[0]["next_tick"].endswith(("T01:00:00+00:00", "T00:00:00+00:00"))
         table = await asyncio.to_thread(hms, "schedules", "signal_app:mgmt")
         assert "nightly" in table.stdout and "NEXT TICK" in table.stdout
+
+
+FAILING_APP = """
+import os
+
+import hms_bus
+
+mgmt = hms_bus.init("redrive-cli")
+mgmt.define_workflow("pay", ["transfer"])
+
+
+@mgmt.on_step("pay.transfer", retry=hms_bus.RetryPolicy(max_attempts=1))
+async def transfer(ctx):
+    if not os.path.exists(os.environ["BANK_OPEN"]):
+        raise RuntimeError("the bank interface is closed")
+    return {"paid": ctx.payload["amount"]}
+"""
+
+
+async def test_redrive_and_dead_letters_from_the_command_line(
+    tmp_path: Path, kafka_broker: Broker, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "failing_app.py").write_text(FAILING_APP)
+    opened = tmp_path / "bank-open"
+    monkeypatch.setenv("BANK_OPEN", str(opened))
+    ns = f"cli{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "HMS_BUS_URL": kafka_broker.url,
+        "HMS_STORE_URL": pg_schema,
+        "HMS_NAMESPACE": ns,
+        "NO_COLOR": "1",
+    }
+
+    def hms(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hms_bus", *args],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=tmp_path,
+            env=env,
+        )
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        mgmt = load_app("failing_app:mgmt")
+    finally:
+        sys.path.remove(str(tmp_path))
+    mgmt.configure(bus=kafka_broker.url, store=pg_schema, namespace=ns, **FAST)
+    async with mgmt:
+        for wid in ("PAY-1", "PAY-2"):
+            failed = await mgmt.run("pay", {"amount": 10}, workflow_id=wid, timeout=20)
+            assert failed.status == "failed"
+
+        listed = await asyncio.to_thread(hms, "dead-letters", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)
+        assert {r["workflow_id"] for r in rows} == {"PAY-1", "PAY-2"}
+        assert all("the bank interface is closed" in r["reason"] for r in rows)
+        one = next(r["id"] for r in rows if r["workflow_id"] == "PAY-1")
+        shown = await asyncio.to_thread(hms, "dead-letters", "show", one)
+        assert shown.returncode == 0 and json.loads(shown.stdout)["workflow_id"] == "PAY-1"
+        table = await asyncio.to_thread(hms, "dead-letters", "list", "--since", "1h")
+        assert "PAY-2" in table.stdout and "REASON" in table.stdout
+
+        opened.touch()  # the fix
+        again = await asyncio.to_thread(hms, "redrive", "failing_app:mgmt", "PAY-1")
+        assert again.returncode == 0, again.stderr
+        assert "workflow PAY-1 runs again" in again.stdout
+        assert (await mgmt.wait("PAY-1", timeout=20)).result == {"paid": 10}
+        done = await asyncio.to_thread(hms, "redrive", "failing_app:mgmt", "PAY-1")
+        assert done.returncode == 1 and "nothing to redrive" in done.stdout
+
+        sent = await asyncio.to_thread(
+            hms, "dead-letters", "redrive", "--app", "failing_app:mgmt", "--reason", "bank"
+        )
+        assert "workflow PAY-2 redriven from step 'transfer'" in sent.stdout, sent.stderr
+        assert "PAY-1 is completed: nothing to redrive" in sent.stdout
+        assert sent.returncode == 1  # one of the two was not sent back
+        assert (await mgmt.wait("PAY-2", timeout=20)).status == "completed"

@@ -61,6 +61,7 @@ from .._events import (
     WorkflowCancelled,
     WorkflowCompleted,
     WorkflowFailed,
+    WorkflowRedriven,
     WorkflowStarted,
     decode_event,
     encode,
@@ -81,6 +82,7 @@ from .._routing import (
     Input,
     Keep,
     Park,
+    Reopen,
     Retry,
     Schedule,
     Spawn,
@@ -543,6 +545,13 @@ class Coordinator(BatchRole):
         closing = closes(decision)
         if isinstance(decision, Abandon):
             decision_now: Decision | None = None  # the fork's outcome is the join's
+        elif isinstance(decision, Reopen):
+            entry = decision.runs.runs[0] if isinstance(decision.runs, Fork) else decision.runs
+            redriven = WorkflowRedriven(
+                **ids, redrive=decision.redrive, step=entry.step, seq=entry.seq
+            )
+            messages.append(event(redriven))
+            decision_now = decision.runs
         else:
             decision_now = decision
         if isinstance(decision_now, Schedule):
@@ -647,6 +656,7 @@ class Coordinator(BatchRole):
             closes=closing,
             facts=tuple(written.items()) if written else (),
             reads=facts_read(decision),
+            reopens=isinstance(decision, Reopen),
         )
 
     def _letter(self, ev: Input, decision: Fail, headers: Headers) -> Outgoing:
@@ -675,7 +685,7 @@ class Coordinator(BatchRole):
         )
 
 
-_ONCE = frozenset({"signalSent", "waitExpired", "childEnded"})
+_ONCE = frozenset({"signalSent", "waitExpired", "childEnded", "redriveRequested"})
 """Inputs whose line goes to the history only when their transition is new."""
 
 
@@ -762,5 +772,7 @@ def _operation(decision: Decision, ev: Input, topics: Topics) -> tuple[str, str,
         return "start", decision.workflow, decision.step, wf
     if isinstance(decision, (Contribute, Abandon)):
         return "join", wf, decision.branch.group, wf
+    if isinstance(decision, Reopen):
+        return "redrive", wf, None, wf
     assert isinstance(decision, Keep)
     return "signal", wf, None, wf

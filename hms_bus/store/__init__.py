@@ -92,6 +92,8 @@ class TransitionClaim:
             claim is ``NEW`` (None removes a fact); later transitions read them back.
         reads: key prefixes of the workflow's facts to return with the answer (as they
             are once the claim is applied), whatever its state.
+        reopens: the transition resumes a workflow that ended (a redrive): it is decided
+            even though the workflow is closed, and opens it again.
     """
 
     workflow_id: str
@@ -101,6 +103,7 @@ class TransitionClaim:
     closes: bool = False
     facts: tuple[tuple[str, JsonValue], ...] = ()
     reads: tuple[str, ...] = ()
+    reopens: bool = False
 
 
 class ClaimState(enum.Enum):

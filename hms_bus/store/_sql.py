@@ -225,7 +225,8 @@ WRITE_LEDGER = (
     " d AS (DELETE FROM hms_timers WHERE namespace = $1 AND workflow_id = ANY($9::text[])),"
     " f AS (INSERT INTO hms_facts (namespace, workflow_id, key, value)"
     "  SELECT $1, * FROM unnest($12::text[], $13::text[], $14::bytea[])"
-    "  ON CONFLICT (namespace, workflow_id, key) DO UPDATE SET value = excluded.value)"
+    "  ON CONFLICT (namespace, workflow_id, key) DO UPDATE SET value = excluded.value),"
+    " r AS (DELETE FROM hms_closed WHERE namespace = $1 AND workflow_id = ANY($15::text[]))"
     " SELECT pg_notify($11, p) FROM unnest($10::text[]) AS p"
 )
 

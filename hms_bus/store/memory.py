@@ -197,6 +197,8 @@ class MemoryStore:
             s.facts.setdefault(wid, {})[k] = None if v is None else orjson.loads(orjson.dumps(v))
         for t in plan.timers:
             self._add_timer(t)
+        for wid in plan.reopening:
+            s.closed.discard(wid)
         for wid in plan.closing:
             s.closed.add(wid)
             for tid in s.timers_by_workflow.pop(wid, set()):

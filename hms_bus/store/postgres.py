@@ -378,7 +378,7 @@ class PostgresStore:
                     published[key] = r["published"]
                     messages[key] = r["messages"]
             plan = plan_claims(claims, published, lambda k: unpack(messages[k]), closed, facts)
-            if plan.new or plan.closing:
+            if plan.new or plan.closing or plan.reopening:
                 timers = plan.timers
                 written = list(plan.facts.items())
                 await conn.execute(
@@ -398,6 +398,7 @@ class PostgresStore:
                     [w for (w, _), _ in written],
                     [k for (_, k), _ in written],
                     [None if v is None else orjson.dumps(v) for _, v in written],
+                    plan.reopening,
                 )
                 if timers:
                     self._timer_added.set()  # and this process's at once
