@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit chaos soak bench bench-e2e bench-peers bench-postgres bench-telemetry clean
+.PHONY: demo test lint typecheck unit chaos soak bench bench-e2e bench-peers bench-postgres bench-prune bench-telemetry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench-peers: $(VENV)/.dev
 # The projector's writes into Postgres (HMS_TEST_PG_URL or the local server) vs raw asyncpg.
 bench-postgres: $(VENV)/.dev
 	$(BIN)/python bench/postgres_projector.py
+
+# The projector's throughput while retention deletes a million history rows.
+bench-prune: $(VENV)/.dev
+	$(BIN)/python bench/prune.py
 
 # What tracing and metrics cost on the memory benchmark (off vs metrics vs traces).
 bench-telemetry: $(VENV)/.dev

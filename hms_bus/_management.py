@@ -135,7 +135,15 @@ class Management:
         if self.connected:
             raise HmsBusError("configure() must be called before 'async with mgmt'")
         current = self._settings.model_dump()
-        sections = ("worker", "coordinator", "scheduler", "monitor", "transport", "postgres")
+        sections = (
+            "worker",
+            "coordinator",
+            "scheduler",
+            "retention",
+            "monitor",
+            "transport",
+            "postgres",
+        )
         for section in (*sections, "telemetry", "pii"):
             if isinstance(settings.get(section), dict):
                 settings[section] = {**current[section], **settings[section]}

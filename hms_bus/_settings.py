@@ -40,6 +40,7 @@ __all__ = [
     "MonitorSettings",
     "PiiSettings",
     "PostgresSettings",
+    "RetentionSettings",
     "SchedulerSettings",
     "Settings",
     "TelemetrySettings",
@@ -121,6 +122,26 @@ class SchedulerSettings(_Section):
     lease: float = Field(30.0, gt=0)
     batch_size: int = Field(500, ge=1)
     misfire_grace: float = Field(60.0, gt=0)
+
+
+class RetentionSettings(_Section):
+    """How long finished workflows are kept (the scheduler prunes them; ``hms-bus prune``
+    does it by hand).
+
+    Attributes:
+        older_than: seconds after it finished that a workflow (completed, failed or
+            cancelled) is deleted with its steps, history and ledger; None keeps
+            everything. Running workflows are never touched.
+        interval: seconds between the scheduler's prunes.
+        batch_size: workflows deleted per transaction.
+        duty: the share of the time a prune deletes (it pauses in between), so that
+            the store's other work keeps the rest; 1 deletes without pausing.
+    """
+
+    older_than: float | None = Field(None, gt=0)
+    interval: float = Field(3600.0, gt=0)
+    batch_size: int = Field(500, ge=1)
+    duty: float = Field(0.1, gt=0, le=1)
 
 
 class MonitorSettings(_Section):
@@ -295,6 +316,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     coordinator: CoordinatorSettings = CoordinatorSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    retention: RetentionSettings = RetentionSettings()
     monitor: MonitorSettings = MonitorSettings()
     transport: TransportSettings = TransportSettings()
     postgres: PostgresSettings = PostgresSettings()

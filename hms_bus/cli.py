@@ -13,6 +13,7 @@
     hms-bus diagram APP [WORKFLOW]                 mermaid flowcharts of the definitions
     hms-bus redrive APP WORKFLOW_ID [--from-step S]   resume a failed or cancelled workflow
     hms-bus dead-letters list|show|redrive [--app APP] [--reason R] [--since 2h]
+    hms-bus prune --older-than 30d [--dry-run]     delete workflows finished long ago
     hms-bus worker APP [--steps wf.a,wf.b] [--concurrency N]
     hms-bus coordinator|projector|scheduler|monitor APP
     hms-bus run APP [--roles coordinator,projector]   every role (or those) in one process
@@ -47,6 +48,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -96,7 +98,9 @@ from ._render import (
     topics_view,
     workflow_view,
 )
+from ._retention import prune
 from ._settings import ALL_ROLES
+from .store import Pruned
 
 __all__ = ["cli", "load_app", "main"]
 
@@ -487,6 +491,76 @@ def _since(text: str | None) -> datetime | None:
             "back from now (30m, 2h, 7d)"
         ) from None
     return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _duration(text: str, what: str) -> float:
+    """A duration such as ``30d``, ``12h``, ``90m`` or ``45s``, in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number = text[:-1]
+    if text[-1:] in units and number.replace(".", "", 1).isdigit() and float(number) > 0:
+        return float(number) * units[text[-1]]
+    raise UsageError(f"{what} {text!r} is not a duration such as 30d, 12h, 90m or 45s")
+
+
+@command(
+    cli,
+    "prune",
+    "delete workflows that finished long ago, with their history",
+    option("--older-than", required=True, help="finished longer ago than this (30d, 12h)"),
+    option("--dry-run", is_flag=True, help="count what would be deleted; delete nothing"),
+    option("--batch-size", type=int, default=500, help="workflows per transaction (500)"),
+    option(
+        "--duty",
+        type=float,
+        default=0.1,
+        help="share of the time spent deleting, pausing in between (0.1; 1: no pauses)",
+    ),
+    _app(),
+)
+async def cmd_prune(
+    c: Common,
+    *,
+    older_than: str,
+    dry_run: bool,
+    batch_size: int,
+    duty: float,
+    app: str | None,
+) -> int:
+    """Delete finished workflows (completed, failed, cancelled) older than ``--older-than``
+    with their steps, history, ledger and facts, a batch at a time; running ones are never
+    touched."""
+    seconds = _duration(older_than, "--older-than")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if not 0 < duty <= 1:
+        raise UsageError("--duty must be above 0 and at most 1")
+    before = utcnow() - timedelta(seconds=seconds)
+    mgmt = _client(c, app)
+    async with mgmt:
+        _memory_note(mgmt, "prune")
+        store = mgmt._st
+        if dry_run:
+            found = await store.prune(before, limit=batch_size, dry_run=True)
+            print(
+                f"would delete {found.workflows} workflow(s) and {found.events} history "
+                f"event(s) finished before {before.isoformat(timespec='seconds')}"
+            )
+            return EXIT_OK
+        last_said = time.monotonic()
+
+        def report(so_far: Pruned) -> None:
+            nonlocal last_said
+            if time.monotonic() - last_said >= 2.0:
+                err(f"… {so_far.workflows} workflow(s), {so_far.events} event(s) so far")
+                last_said = time.monotonic()
+
+        total = await prune(store, before, batch_size=batch_size, duty=duty, progress=report)
+        workflows, events = total.workflows, total.events
+    print(
+        f"deleted {workflows} workflow(s) and {events} history event(s) finished before "
+        f"{before.isoformat(timespec='seconds')}"
+    )
+    return EXIT_OK
 
 
 @cli.group("dead-letters", cls=Group, help="what could not be processed, and sending it back")

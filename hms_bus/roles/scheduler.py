@@ -13,6 +13,10 @@ A schedule's tick starts a workflow whose id derives from the schedule and the t
 idempotent by id, so each tick starts once. The last tick started is kept in the store;
 a scheduler that starts goes on from there, following each schedule's ``catchup``.
 Ticks are read off this process's clock (timers off the store's).
+
+With a ``retention`` setting it also deletes, every ``retention.interval``, the
+workflows that finished more than ``retention.older_than`` ago, in batches of one short
+transaction each (several schedulers skip each other's rows).
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .._client import launch
 from .._consume import retrying
 from .._errors import ConfigError
 from .._events import WorkflowStarted, utcnow
+from .._outage import Outage
+from .._retention import prune
 from .._schedules import Schedule
-from ..store import Timer
+from ..store import Pruned, Timer
 from ..transport import TopicPartition
 from . import RoleStats, Runtime
 
@@ -48,6 +54,8 @@ class Scheduler:
         self.fired = 0
         self.ticks = 0
         """Schedule ticks this scheduler started a workflow for."""
+        self.pruned = 0
+        """Finished workflows this scheduler deleted (``retention``)."""
         self._last: dict[str, datetime] = {}  # schedule -> last tick started
 
     def stop(self) -> None:
@@ -71,7 +79,19 @@ class Scheduler:
         return RoleStats(done=self.fired)
 
     async def run(self) -> None:
-        """Fire timers and start schedules' ticks until stopped."""
+        """Fire timers, start schedules' ticks and prune old workflows until stopped."""
+        pruning = None
+        if self._rt.settings.retention.older_than is not None:
+            pruning = asyncio.create_task(self._retention(), name="hms-retention")
+        try:
+            await self._run()
+        finally:
+            if pruning is not None:
+                pruning.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pruning
+
+    async def _run(self) -> None:
         cfg = self._rt.settings.scheduler
         schedules = self._rt.registry.schedules
         if schedules and not await retrying(
@@ -210,3 +230,43 @@ class Scheduler:
         if result.created:
             self.ticks += 1
             log.info("schedule %r: started %s", schedule.name, event.workflow_id)
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def _retention(self) -> None:
+        """Every ``retention.interval``, delete the workflows that finished more than
+        ``retention.older_than`` ago, a batch (one short transaction) at a time."""
+        cfg = self._rt.settings.retention
+        assert cfg.older_than is not None
+        outage = Outage("scheduler: prune finished workflows", log)
+        while not self._stopping.is_set():
+            before = utcnow() - timedelta(seconds=cfg.older_than)
+            total = Pruned()
+
+            def tally(so_far: Pruned) -> None:
+                nonlocal total
+                total = so_far
+
+            try:
+                await prune(
+                    self._rt.store,
+                    before,
+                    batch_size=cfg.batch_size,
+                    duty=cfg.duty,
+                    stopping=self._stopping,
+                    progress=tally,
+                )
+            except Exception as exc:
+                outage.failed(exc)
+            else:
+                outage.ok()
+            if total.workflows:
+                self.pruned += total.workflows
+                log.info(
+                    "retention: pruned %d workflow(s) and %d event(s) finished before %s",
+                    total.workflows,
+                    total.events,
+                    before.isoformat(timespec="seconds"),
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), cfg.interval)

@@ -15,6 +15,9 @@ A store holds four things (DESIGN §4):
   a command that keeps killing its worker is quarantined (a crash loop);
 - **schedule ticks**: the last tick each schedule started.
 
+Finished workflows are kept until pruned (:meth:`StateStore.prune`: ``hms-bus prune``
+and the ``retention`` setting).
+
 Backends are chosen by URL scheme: ``memory://`` (private), ``memory://name`` (shared
 in-process) and ``postgresql://…`` (asyncpg). A store is opened for one namespace
 (``create_store(url, namespace=…)``) and sees only that namespace's data, just as the
@@ -39,6 +42,7 @@ from ..transport import Outgoing, TopicPartition
 
 __all__ = [
     "Change",
+    "Pruned",
     "ChangeCallback",
     "ClaimResult",
     "ClaimState",
@@ -158,6 +162,19 @@ class ListQuery:
     until: datetime | None = None
     limit: int = 50
     cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one :meth:`StateStore.prune` call removed (or, dry, would remove).
+
+    Attributes:
+        workflows: finished workflows, with their steps, ledger, facts and timers.
+        events: their history events.
+    """
+
+    workflows: int = 0
+    events: int = 0
 
 
 @runtime_checkable
@@ -282,6 +299,14 @@ class StateStore(Protocol):
         """Record each schedule's last tick started, keeping the later of the stored and
         the given one (with ``if_absent``, only where none is stored); return what is
         stored now for those schedules."""
+        ...
+
+    async def prune(self, before: datetime, *, limit: int, dry_run: bool = False) -> Pruned:
+        """Delete up to ``limit`` workflows that finished before ``before`` (completed,
+        failed or cancelled; never a running one), oldest first, with their steps,
+        history, ledger, facts and timers, in one short transaction. Call it again until
+        it removes nothing. With ``dry_run``, count what it would delete (every match,
+        not one batch) and delete nothing."""
         ...
 
     async def save_health(self, report: dict[str, JsonValue]) -> None:

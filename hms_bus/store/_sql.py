@@ -24,6 +24,8 @@ __all__ = [
     "COUNT_START",
     "DELETE_TIMERS",
     "FIRST_TIMER",
+    "PRUNE",
+    "PRUNE_COUNT",
     "SAVE_HEALTH",
     "SAVE_SCHEDULE_TICKS",
     "SCHEDULE_TICKS",
@@ -315,6 +317,35 @@ SAVE_HEALTH = (
 )
 LOAD_HEALTH = "SELECT report::text FROM hms_health WHERE namespace = $1"
 SCHEDULE_TICKS = "SELECT name, last_tick FROM hms_schedules WHERE namespace = $1"
+# Retention: up to $3 workflows finished before $2, oldest first (the partial index on
+# finished_at), locked so a concurrent prune takes others; everything of theirs goes.
+PRUNE = (
+    "WITH v AS (SELECT workflow_id FROM hms_workflows"
+    "  WHERE namespace = $1 AND finished_at IS NOT NULL AND finished_at < $2"
+    "  AND status IN ('completed', 'failed', 'cancelled')"
+    "  ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED),"
+    " e AS (DELETE FROM hms_events WHERE namespace = $1"
+    "  AND workflow_id IN (SELECT workflow_id FROM v) RETURNING 1),"
+    " s AS (DELETE FROM hms_steps WHERE namespace = $1"
+    "  AND workflow_id IN (SELECT workflow_id FROM v)),"
+    " t AS (DELETE FROM hms_transitions WHERE namespace = $1"
+    "  AND workflow_id IN (SELECT workflow_id FROM v)),"
+    " c AS (DELETE FROM hms_closed WHERE namespace = $1"
+    "  AND workflow_id IN (SELECT workflow_id FROM v)),"
+    " f AS (DELETE FROM hms_facts WHERE namespace = $1"
+    "  AND workflow_id IN (SELECT workflow_id FROM v)),"
+    " tm AS (DELETE FROM hms_timers WHERE namespace = $1"
+    "  AND workflow_id IN (SELECT workflow_id FROM v)),"
+    " w AS (DELETE FROM hms_workflows WHERE namespace = $1"
+    "  AND workflow_id IN (SELECT workflow_id FROM v) RETURNING 1)"
+    " SELECT (SELECT count(*) FROM w)::int AS workflows, (SELECT count(*) FROM e)::int AS events"
+)
+PRUNE_COUNT = (
+    "SELECT count(*)::int AS workflows, coalesce(sum((SELECT count(*) FROM hms_events e"
+    "  WHERE e.namespace = $1 AND e.workflow_id = w.workflow_id)), 0)::int AS events"
+    " FROM hms_workflows w WHERE w.namespace = $1 AND w.finished_at IS NOT NULL"
+    " AND w.finished_at < $2 AND w.status IN ('completed', 'failed', 'cancelled')"
+)
 SAVE_SCHEDULE_TICKS = (
     # $4: only where none is stored. Answers what is stored for the names given.
     "WITH up AS (INSERT INTO hms_schedules AS s (namespace, name, last_tick)"

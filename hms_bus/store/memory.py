@@ -33,6 +33,7 @@ from . import (
     ChangeCallback,
     ClaimResult,
     ListQuery,
+    Pruned,
     RecordAt,
     StartResult,
     Timer,
@@ -334,6 +335,34 @@ class MemoryStore:
         starts = self._s.worker_starts
         starts[command] = n = starts.get(command, 0) + 1
         return n
+
+    async def prune(self, before: datetime, *, limit: int, dry_run: bool = False) -> Pruned:
+        """Forget finished workflows (see the Protocol), oldest first."""
+        s = self._s
+        done = [
+            row
+            for row in s.workflows.values()
+            if row.status.terminal and row.finished_at is not None and row.finished_at < before
+        ]
+        done.sort(key=lambda r: r.finished_at or before)
+        if not dry_run:
+            done = done[:limit]
+        events = sum(len(s.history.get(r.workflow_id, ())) for r in done)
+        if dry_run:
+            return Pruned(len(done), events)
+        gone = {r.workflow_id for r in done}
+        for wid in gone:
+            del s.workflows[wid]
+            for body in s.history.pop(wid, ()):
+                s.seen.discard(orjson.loads(body)["event_id"])
+            s.facts.pop(wid, None)
+            s.closed.discard(wid)
+            for tid in s.timers_by_workflow.pop(wid, set()):
+                s.timers.pop(tid, None)
+        s.order = [w for w in s.order if w not in gone]
+        for key in [k for k in s.transitions if k[0] in gone]:
+            del s.transitions[key]
+        return Pruned(len(gone), events)
 
     async def schedule_ticks(self) -> dict[str, datetime]:
         """The last tick of each schedule."""

@@ -50,6 +50,7 @@ from . import (
     ChangeCallback,
     ClaimResult,
     ListQuery,
+    Pruned,
     RecordAt,
     StartResult,
     Timer,
@@ -71,6 +72,8 @@ from ._sql import (
     LOAD_HEALTH,
     LOCK_LEDGER,
     MARK_PUBLISHED,
+    PRUNE,
+    PRUNE_COUNT,
     READ_LEDGER,
     SAVE_HEALTH,
     SAVE_SCHEDULE_TICKS,
@@ -537,6 +540,18 @@ class PostgresStore:
         async with connection(self._p(), "count_start") as conn:
             n: int = await conn.fetchval(COUNT_START, self._ns, *command)
         return n
+
+    async def prune(self, before: datetime, *, limit: int, dry_run: bool = False) -> Pruned:
+        """Delete one batch of finished workflows and all of theirs (see the Protocol),
+        in one statement and one short transaction: the rows it locks are finished
+        workflows, which no role writes any more."""
+        async with connection(self._p(), "prune") as conn:
+            if dry_run:
+                row = await conn.fetchrow(PRUNE_COUNT, self._ns, before)
+            else:
+                row = await conn.fetchrow(PRUNE, self._ns, before, limit)
+        assert row is not None
+        return Pruned(row["workflows"], row["events"])
 
     async def schedule_ticks(self) -> dict[str, datetime]:
         """The last tick of each schedule of the namespace."""

@@ -1,5 +1,5 @@
 -- hms-bus state store, version 5: what parallel groups, signals, child workflows,
--- schedules and pinned versions need.
+-- schedules and pinned versions need, and what retention prunes by.
 
 -- Facts the coordinator's transitions keep per workflow and read back (a fork's
 -- branch results, a parked wait, a kept signal, a running child, a child's parent).
@@ -27,3 +27,7 @@ CREATE TABLE hms_schedules (
     last_tick  timestamptz NOT NULL,
     PRIMARY KEY (namespace, name)
 );
+
+-- Retention (hms-bus prune, the retention setting): finished workflows, oldest first.
+CREATE INDEX hms_workflows_finished ON hms_workflows (namespace, finished_at)
+    WHERE finished_at IS NOT NULL;
