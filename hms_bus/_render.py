@@ -40,6 +40,7 @@ __all__ = [
     "schedules_view",
     "settings_view",
     "topics_view",
+    "why_view",
     "workflow_view",
 ]
 
@@ -354,3 +355,12 @@ def letters_view(doc: Sequence[Item]) -> list[Block]:
     if not doc:
         return [Text("no dead letters")]
     return [grid(doc, _LETTERS)]
+
+
+def why_view(doc: Sequence[Item]) -> list[Block]:
+    """Why a workflow is where it is (``why``): each reason, and what unblocks it."""
+    blocks: list[Block] = []
+    for reason in doc:
+        blocks.append(Text.assemble(("● ", "bold"), reason["text"]))
+        blocks.append(Text(f"  → {reason['action']}"))
+    return blocks or [Text("nothing to explain")]

@@ -14,6 +14,7 @@
     hms-bus redrive APP WORKFLOW_ID [--from-step S]   resume a failed or cancelled workflow
     hms-bus dead-letters list|show|redrive [--app APP] [--reason R] [--since 2h]
     hms-bus prune --older-than 30d [--dry-run]     delete workflows finished long ago
+    hms-bus why APP WORKFLOW_ID [--json]           what a workflow waits for, and the fix
     hms-bus worker APP [--steps wf.a,wf.b] [--concurrency N]
     hms-bus coordinator|projector|scheduler|monitor APP
     hms-bus run APP [--roles coordinator,projector]   every role (or those) in one process
@@ -96,10 +97,12 @@ from ._render import (
     page_view,
     schedules_view,
     topics_view,
+    why_view,
     workflow_view,
 )
 from ._retention import prune
 from ._settings import ALL_ROLES
+from ._why import explain
 from .store import Pruned
 
 __all__ = ["cli", "load_app", "main"]
@@ -491,6 +494,26 @@ def _since(text: str | None) -> datetime | None:
             "back from now (30m, 2h, 7d)"
         ) from None
     return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+@command(
+    cli,
+    "why",
+    "say what a workflow waits for, and what unblocks it",
+    app_argument(),
+    click.Argument(["workflow_id"], help="the workflow"),
+    _json(),
+)
+async def cmd_why(c: Common, *, app: str, workflow_id: str, as_json: bool) -> int:
+    """Explain where a workflow is: a signal or child it waits for, a timer, a step no
+    worker serves or queued behind others, a step running (on which worker, alive or
+    not), a dead letter; each with the action that unblocks it."""
+    mgmt = _client(c, app)
+    async with mgmt:
+        _memory_note(mgmt, "why")
+        found = await explain(mgmt, workflow_id, app=app)
+    c.screen().show([r.as_dict() for r in found], why_view, as_json=as_json)
+    return EXIT_OK
 
 
 def _duration(text: str, what: str) -> float:

@@ -153,6 +153,13 @@ class Transport(Protocol):
         """Every topic the bus has, with its partition count."""
         ...
 
+    async def group_lag(self, group: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
+        """How many records of ``topics`` consumer group ``group`` has not committed yet,
+        per partition: the partition's end offset minus the group's committed one (from
+        its start where the group never committed). Topics that do not exist are left
+        out. For operators (``hms-bus why``, the console), not for the hot path."""
+        ...
+
     async def send(self, messages: Sequence[Outgoing]) -> Awaitable[None]:
         """Hand ``messages`` to the bus, in order, and return an awaitable that completes
         once every one is durably stored (or raises TransportError).

@@ -27,15 +27,16 @@ from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import unquote
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from aiokafka.structs import TopicPartition as AIOTopicPartition
 
 from .._backends import redact
 from .._errors import ConfigError, TransportError
 from .._outage import quiet
-from . import Outgoing, RevokeCallback, check_sizes
+from . import Outgoing, RevokeCallback, TopicPartition, check_sizes
 from ._kafka_common import RECORD_OVERHEAD, error
 from ._kafka_consumer import KafkaConsumer
 
@@ -344,6 +345,45 @@ class KafkaTransport:
             for t in described
             if not t.get("is_internal") and not t["topic"].startswith("__")
         }
+
+    async def group_lag(self, group: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
+        """End offsets minus the group's committed offsets, per partition of ``topics``.
+
+        Read by a consumer started for the call under the group's id that never
+        subscribes, so it reads the group's offsets without joining it (the group is not
+        rebalanced). The admin client's ``list_consumer_group_offsets`` would do, but
+        its OffsetFetch version is not one every Kafka-compatible broker answers.
+        """
+        self._open()
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=group,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            request_timeout_ms=int(self._opts["request_timeout"] * 1000),
+            **self._security,
+        )
+        out: dict[TopicPartition, int] = {}
+        try:
+            # Every topic, rather than those asked for: asking a broker about a topic
+            # that does not exist may create it.
+            existing = await self.list_topics() if topics else {}
+            wanted = [
+                AIOTopicPartition(t, p)
+                for t in dict.fromkeys(topics)
+                if t in existing
+                for p in range(existing[t])
+            ]
+            await probe.start()
+            ends = await probe.end_offsets(wanted) if wanted else {}
+            for tp, end in ends.items():
+                done = await probe.committed(tp)
+                out[(tp.topic, tp.partition)] = max(0, end - (done or 0))
+        except KafkaError as exc:
+            raise error(f"reading the lag of group {group!r} failed", exc) from exc
+        finally:
+            await probe.stop()
+        return out
 
     async def ping(self) -> None:
         """Ask the cluster for its brokers (within ``request_timeout``, at most 5 s)."""

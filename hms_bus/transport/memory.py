@@ -478,6 +478,21 @@ class MemoryTransport:
         self._check_open()
         return self.topics()
 
+    async def group_lag(self, group: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
+        """Records of ``topics`` the group has not committed, per partition."""
+        self._check_open()
+        g = self._broker.groups.get(group)
+        committed = g.committed if g is not None else {}
+        out: dict[TopicPartition, int] = {}
+        for topic in topics:
+            t = self._broker.topics.get(topic)
+            if t is None:
+                continue
+            for part, log in enumerate(t.logs):
+                end = log[-1].offset + 1 if log else 0
+                out[(topic, part)] = max(0, end - committed.get((topic, part), 0))
+        return out
+
     async def ping(self) -> None:
         """The broker is in this process: it always answers while open."""
         self._check_open()
