@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit chaos soak bench bench-e2e bench-peers bench-postgres bench-prune bench-telemetry clean
+.PHONY: demo test lint typecheck unit browser chaos soak bench bench-e2e bench-peers bench-postgres bench-prune bench-telemetry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,17 @@ typecheck: $(VENV)/.dev
 
 # The suite in two processes, then the tests that time processes, restarts and outages
 # on their own (marked serial). Plain `pytest` runs everything in one process.
-unit: $(VENV)/.dev
+unit: $(VENV)/.dev browser
 	$(BIN)/pytest -n 2 -m "not serial"
 	$(BIN)/pytest -m serial
+
+# The console's browser tests drive Debian's chromium (through Playwright's
+# executable_path); install it when it is missing.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing chromium (Debian's package) for the console's browser tests"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 # Everything CI runs: lint, types, the whole test suite.
 test: lint typecheck unit

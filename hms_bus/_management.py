@@ -144,7 +144,7 @@ class Management:
             "transport",
             "postgres",
         )
-        for section in (*sections, "telemetry", "pii"):
+        for section in (*sections, "telemetry", "ui", "pii"):
             if isinstance(settings.get(section), dict):
                 settings[section] = {**current[section], **settings[section]}
         renamed = {"bus": "bus_url", "store": "store_url"}

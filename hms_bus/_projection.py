@@ -35,7 +35,12 @@ from ._events import (
 )
 from ._status import StepState, StepStatus, WorkflowState, WorkflowStatus
 
-__all__ = ["Fold", "StepRow", "WorkflowRow", "apply_event", "fold", "phase"]
+__all__ = ["ANY_CHANGE", "Fold", "StepRow", "WorkflowRow", "apply_event", "fold", "phase"]
+
+ANY_CHANGE: tuple[str, None] = ("*", None)
+"""The change that ends the changes of every projected batch that changed any row: what
+watches everything (the console) learns of a step that started, or a workflow that
+appeared; the waiters of a workflow ignore it (no workflow is called ``*``)."""
 
 _PHASE = {StepState.PENDING: 0, StepState.RUNNING: 1, StepState.SUCCEEDED: 2, StepState.FAILED: 2}
 
@@ -226,7 +231,8 @@ class Fold:
         changed: the workflows whose row changed, or was created.
         steps: the step executions that changed, by (workflow_id, seq).
         changes: what waiters are told (see :data:`hms_bus.store.Change`): a workflow
-            whose status changed, a step execution that succeeded.
+            whose status changed, a step execution that succeeded, and
+            :data:`ANY_CHANGE` when any row changed.
     """
 
     changed: set[str] = field(default_factory=set)
@@ -268,4 +274,6 @@ def fold(rows: MutableMapping[str, WorkflowRow], events: Iterable[Any]) -> Fold:
     out.changes.extend(
         (wid, None) for wid, status in before.items() if rows[wid].status is not status
     )
+    if out.changed:
+        out.changes.append(ANY_CHANGE)
     return out

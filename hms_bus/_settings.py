@@ -45,6 +45,7 @@ __all__ = [
     "Settings",
     "TelemetrySettings",
     "TransportSettings",
+    "UiSettings",
     "WorkerSettings",
     "build_settings",
 ]
@@ -273,6 +274,22 @@ class TelemetrySettings(_Section):
     http_host: str = "0.0.0.0"
 
 
+class UiSettings(_Section):
+    """The operator's console (``hms-bus ui``).
+
+    Attributes:
+        token: enables the console's actions (cancel, redrive, signal, dead-letter
+            redrive), and every action request must carry it; without it the console is
+            read-only.
+        host: the address the console listens on.
+        port: its port.
+    """
+
+    token: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
 class PiiSettings(_Section):
     """Sensitive fields (see :mod:`hms_bus._pii`).
 
@@ -321,6 +338,7 @@ class Settings(BaseSettings):
     transport: TransportSettings = TransportSettings()
     postgres: PostgresSettings = PostgresSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    ui: UiSettings = UiSettings()
     pii: PiiSettings = PiiSettings()
 
     @field_validator("roles", mode="before")

@@ -15,6 +15,7 @@
     hms-bus dead-letters list|show|redrive [--app APP] [--reason R] [--since 2h]
     hms-bus prune --older-than 30d [--dry-run]     delete workflows finished long ago
     hms-bus why APP WORKFLOW_ID [--json]           what a workflow waits for, and the fix
+    hms-bus ui APP [--port 8080]                   the operator's console in the browser
     hms-bus worker APP [--steps wf.a,wf.b] [--concurrency N]
     hms-bus coordinator|projector|scheduler|monitor APP
     hms-bus run APP [--roles coordinator,projector]   every role (or those) in one process
@@ -46,8 +47,11 @@ How commands are declared and run is in ``_cli_base``; the role commands are in
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -104,6 +108,7 @@ from ._retention import prune
 from ._settings import ALL_ROLES
 from ._why import explain
 from .store import Pruned
+from .ui import console_server
 
 __all__ = ["cli", "load_app", "main"]
 
@@ -513,6 +518,43 @@ async def cmd_why(c: Common, *, app: str, workflow_id: str, as_json: bool) -> in
         _memory_note(mgmt, "why")
         found = await explain(mgmt, workflow_id, app=app)
     c.screen().show([r.as_dict() for r in found], why_view, as_json=as_json)
+    return EXIT_OK
+
+
+@command(
+    cli,
+    "ui",
+    "serve the operator's console",
+    app_argument(),
+    option("--port", type=int, help="port (HMS_UI__PORT, default 8080)"),
+    option("--host", help="address (HMS_UI__HOST, default 127.0.0.1)"),
+)
+async def cmd_ui(c: Common, *, app: str, port: int | None, host: str | None) -> int:
+    """Serve the console over the app's store and bus until Ctrl-C or SIGTERM. It is
+    read-only unless HMS_UI__TOKEN is set; its actions then need that token."""
+    mgmt = _client(c, app)
+    ui = mgmt.settings.ui
+    token = ui.token.get_secret_value() if ui.token is not None else None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, mgmt.request_stop)
+    async with mgmt:
+        _memory_note(mgmt, "the console")
+        server = console_server(
+            mgmt,
+            host=host or ui.host,
+            port=ui.port if port is None else port,
+            token=token,
+        )
+        async with server:
+            mode = "actions enabled (HMS_UI__TOKEN)" if token else "read-only"
+            err(
+                f"hms-bus ui: console on http://{host or ui.host}:{server.port} ({mode}), "
+                f"{redact(mgmt.settings.store_url)}. Ctrl-C or SIGTERM to stop."
+            )
+            await mgmt.serve()
+    err("stopped")
     return EXIT_OK
 
 

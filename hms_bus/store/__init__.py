@@ -58,7 +58,8 @@ __all__ = [
 
 Change = tuple[str, str | None]
 """What the projection changed: (workflow_id, None) when the workflow's status changed,
-(workflow_id, step) when a step execution of that name succeeded."""
+(workflow_id, step) when a step execution of that name succeeded; ("*", None) once per
+projected batch that changed anything at all."""
 
 ChangeCallback = Callable[[Sequence[Change] | None], None]
 """Called with the changes of each projected batch, once they are durable; with None
@@ -268,6 +269,10 @@ class StateStore(Protocol):
 
     async def list_workflows(self, query: ListQuery) -> WorkflowPage:
         """Workflows matching ``query``, newest first, one page (without steps)."""
+        ...
+
+    async def count_workflows(self, workflow: str | None = None) -> dict[str, int]:
+        """How many workflows (of ``workflow``, or all) are in each status, by status."""
         ...
 
     async def history(self, workflow_id: str) -> list[WorkflowEvent]:

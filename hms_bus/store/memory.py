@@ -285,6 +285,14 @@ class MemoryStore:
         self._s.watchers.append(on_change)
         self._watching.append(on_change)
 
+    async def count_workflows(self, workflow: str | None = None) -> dict[str, int]:
+        """Workflows by status."""
+        counts: dict[str, int] = {}
+        for row in self._s.workflows.values():
+            if workflow is None or row.workflow == workflow:
+                counts[row.status.value] = counts.get(row.status.value, 0) + 1
+        return counts
+
     async def list_workflows(self, query: ListQuery) -> WorkflowPage:
         """Newest first by (created_at, workflow_id), filtered, keyset-paged."""
         s = self._s

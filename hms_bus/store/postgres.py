@@ -484,6 +484,18 @@ class PostgresStore:
                 out.update((w, row.freeze()) for w, row in rows.items())
         return out
 
+    async def count_workflows(self, workflow: str | None = None) -> dict[str, int]:
+        """Workflows by status (the status index), on the clients' pool."""
+        sql = (
+            "SELECT status, count(*)::int AS n FROM hms_workflows WHERE namespace = $1"
+            + (" AND workflow = $2" if workflow is not None else "")
+            + " GROUP BY status"
+        )
+        args = [self._ns] if workflow is None else [self._ns, workflow]
+        async with connection(self._c(), "count_workflows") as conn:
+            rows = await conn.fetch(sql, *args)
+        return {r["status"]: r["n"] for r in rows}
+
     async def list_workflows(self, query: ListQuery) -> WorkflowPage:
         """Newest first by (created_at, workflow_id), filtered, keyset-paged."""
         where = ["namespace = $1"]

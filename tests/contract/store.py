@@ -396,6 +396,22 @@ class StoreContract:
             for calls in watchers:
                 await eventually(lambda calls=calls: told(calls, "mark"), what="the mark told")
                 assert told(calls, "w1") == set()
+            # A batch that changes rows but no status and no step's success is told as
+            # the one change "*" (what the console watches).
+            await asyncio.sleep(0.3)
+            for calls in watchers:
+                calls.clear()
+            other_flow = Flow("w2")
+            await store.apply_events([other_flow.started()])
+            await asyncio.sleep(0.3)
+            for calls in watchers:
+                calls.clear()
+            await store.apply_events([other_flow.scheduled("a", 1), other_flow.running("a", 1)])
+            for calls in watchers:
+                await eventually(
+                    lambda calls=calls: told(calls, "*") == {("*", None)}, what="the '*' change"
+                )
+                assert told(calls, "w2") == set()
 
     # -- queries ----------------------------------------------------------------------
 
@@ -473,6 +489,18 @@ class StoreContract:
         assert [wid for p in pages for wid in p] == newest_first
         assert [wid for p in good_pages for wid in p] == [w.workflow_id for w in goods.items]
         assert [len(p) for p in good_pages] == [3, 3]
+
+    async def test_workflows_are_counted_by_status(self, make_store: MakeStore) -> None:
+        async with make_store() as store:
+            assert await store.count_workflows() == {}
+            for wid, wf in (("w1", "a"), ("w2", "a"), ("w3", "b")):
+                await store.register_start(wid, wf, {}, f"e-{wid}", utcnow())
+            await store.apply_events(
+                [WorkflowCompleted(workflow_id="w2", workflow="a", result=None)]
+            )
+            assert await store.count_workflows() == {"running": 2, "completed": 1}
+            assert await store.count_workflows("a") == {"running": 1, "completed": 1}
+            assert await store.count_workflows("nope") == {}
 
     # -- the coordinator's ledger -----------------------------------------------------
 
