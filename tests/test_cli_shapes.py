@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import FAST, eventually
 from kafka_broker import Broker
@@ -191,3 +192,67 @@ async def test_redrive_and_dead_letters_from_the_command_line(
         assert "PAY-1 is completed: nothing to redrive" in sent.stdout
         assert sent.returncode == 1  # one of the two was not sent back
         assert (await mgmt.wait("PAY-2", timeout=20)).status == "completed"
+
+
+async def test_the_console_from_the_command_line(
+    tmp_path: Path, kafka_broker: Broker, pg_schema: str
+) -> None:
+    """``hms-bus ui`` serves the console on the port it prints, takes actions only with
+    HMS_UI__TOKEN, and stops on SIGTERM with exit 0."""
+    (tmp_path / "signal_app.py").write_text(APP)
+    ns = f"cli{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "HMS_BUS_URL": kafka_broker.url,
+        "HMS_STORE_URL": pg_schema,
+        "HMS_NAMESPACE": ns,
+        "HMS_UI__TOKEN": "sesame",
+        "NO_COLOR": "1",
+    }
+    sys.path.insert(0, str(tmp_path))
+    try:
+        mgmt = load_app("signal_app:mgmt")
+    finally:
+        sys.path.remove(str(tmp_path))
+    mgmt.configure(bus=kafka_broker.url, store=pg_schema, namespace=ns, **FAST)
+    async with mgmt:
+        started = await mgmt.start("permit", {}, workflow_id="P-7")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "hms_bus", "ui", "signal_app:mgmt", "--port", "0"),
+            cwd=tmp_path,
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        try:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            assert "actions enabled (HMS_UI__TOKEN)" in line, line
+            base = line.split(" on ", 1)[1].split(" ", 1)[0]
+            async with httpx.AsyncClient(base_url=base) as http:
+                home = await http.get("/")
+                assert home.status_code == 200 and "P-7" in home.text
+                refused = await http.post("/api/actions/cancel", json={"workflow_id": "P-7"})
+                assert refused.status_code == 403
+                await eventually(lambda: waiting_for(mgmt, "P-7"), within=20, what="the wait")
+                sent = await http.post(
+                    "/api/actions/signal",
+                    json={"workflow_id": "P-7", "name": "approval", "data": '{"by": "ui"}'},
+                    headers={"X-HMS-Token": "sesame"},
+                )
+                assert sent.status_code == 200 and sent.json()["ok"], sent.text
+            assert (await started.wait(timeout=20)).result == {"approved_by": "ui"}
+            proc.terminate()
+            rest = (await asyncio.wait_for(proc.stderr.read(), 30)).decode()
+            assert await proc.wait() == 0, rest
+            assert "stopped" in rest
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def waiting_for(mgmt: Any, workflow_id: str) -> bool:
+    st = await mgmt.status(workflow_id)
+    return st is not None and any(s.waiting_for for s in st.steps)
