@@ -1,5 +1,6 @@
-"""``hms-bus signal`` and ``hms-bus schedules``, as separate processes on Kafka and Postgres,
-against roles running in this test: what an operator types at a shell."""
+"""``hms-bus signal``, ``schedules``, ``redrive``, ``dead-letters`` and ``ui``, as separate
+processes on Kafka and Postgres, against roles running in this test: what an operator
+types at a shell."""
 
 from __future__ import annotations
 
@@ -42,37 +43,51 @@ async def issue(ctx):
 """
 
 
-async def test_signal_and_schedules_from_the_command_line(
-    tmp_path: Path, kafka_broker: Broker, pg_schema: str
-) -> None:
-    (tmp_path / "signal_app.py").write_text(APP)
-    ns = f"cli{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
-        "HMS_BUS_URL": kafka_broker.url,
-        "HMS_STORE_URL": pg_schema,
-        "HMS_NAMESPACE": ns,
-        "HMS_TRANSPORT__FETCH_MAX_WAIT": "0.01",
-        "NO_COLOR": "1",
-    }
+class Shell:
+    """An app written to ``tmp_path``, loaded here with roles on Kafka and Postgres in a
+    namespace of its own, and ``hms-bus`` commands run against it as separate processes."""
 
-    def hms(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+    def __init__(
+        self, tmp_path: Path, module: str, source: str, broker: Broker, store: str, **env: str
+    ) -> None:
+        (tmp_path / f"{module}.py").write_text(source)
+        ns = f"cli{uuid.uuid4().hex[:8]}"
+        self.cwd = tmp_path
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+            "HMS_BUS_URL": broker.url,
+            "HMS_STORE_URL": store,
+            "HMS_NAMESPACE": ns,
+            "NO_COLOR": "1",
+            **env,
+        }
+        sys.path.insert(0, str(tmp_path))
+        try:
+            self.mgmt = load_app(f"{module}:mgmt")
+        finally:
+            sys.path.remove(str(tmp_path))
+        self.mgmt.configure(bus=broker.url, store=store, namespace=ns, **FAST)
+
+    async def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "hms_bus", *args],
             capture_output=True,
             text=True,
-            timeout=60,
-            cwd=tmp_path,
-            env=env,
+            timeout=90,
+            cwd=self.cwd,
+            env=self.env,
         )
 
-    sys.path.insert(0, str(tmp_path))
-    try:
-        mgmt = load_app("signal_app:mgmt")
-    finally:
-        sys.path.remove(str(tmp_path))
-    mgmt.configure(bus=kafka_broker.url, store=pg_schema, namespace=ns, **FAST)
+
+async def test_signal_and_schedules_from_the_command_line(
+    tmp_path: Path, kafka_broker: Broker, pg_schema: str
+) -> None:
+    sh = Shell(
+        tmp_path, "signal_app", APP, kafka_broker, pg_schema, HMS_TRANSPORT__FETCH_MAX_WAIT="0.01"
+    )
+    mgmt, hms = sh.mgmt, sh.run
     async with mgmt:
         started = await mgmt.start("permit", {}, workflow_id="P-1")
 
@@ -82,25 +97,23 @@ async def test_signal_and_schedules_from_the_command_line(
             return step is not None and step.waiting_for == "approval"
 
         await eventually(waits, within=20, what="the wait")
-        shown = await asyncio.to_thread(hms, "status", "P-1")
+        shown = await hms("status", "P-1")
         assert "waiting for signal 'approval'" in shown.stdout, shown.stdout + shown.stderr
 
-        sent = await asyncio.to_thread(
-            hms, "signal", "signal_app:mgmt", "P-1", "approval", '{"by": "inspector 7"}'
-        )
+        sent = await hms("signal", "signal_app:mgmt", "P-1", "approval", '{"by": "inspector 7"}')
         assert sent.returncode == 0, sent.stderr
         assert "signal 'approval' recorded for P-1" in sent.stdout
         final = await started.wait(timeout=20)
         assert final.result == {"approved_by": "inspector 7"}
 
-        late = await asyncio.to_thread(hms, "signal", "signal_app:mgmt", "P-1", "approval")
+        late = await hms("signal", "signal_app:mgmt", "P-1", "approval")
         assert late.returncode == 1 and "already ended" in late.stdout
-        missing = await asyncio.to_thread(hms, "signal", "signal_app:mgmt", "P-404", "approval")
+        missing = await hms("signal", "signal_app:mgmt", "P-404", "approval")
         assert missing.returncode == 2 and "no workflow 'P-404'" in missing.stderr
-        bad = await asyncio.to_thread(hms, "signal", "signal_app:mgmt", "P-1", "approval", "{x")
+        bad = await hms("signal", "signal_app:mgmt", "P-1", "approval", "{x")
         assert bad.returncode == 2 and "not valid JSON" in bad.stderr
 
-        listed = await asyncio.to_thread(hms, "schedules", "signal_app:mgmt", "--json")
+        listed = await hms("schedules", "signal_app:mgmt", "--json")
         assert listed.returncode == 0, listed.stderr
         rows: list[dict[str, Any]] = json.loads(listed.stdout)
         assert [(r["name"], r["workflow"], r["rule"]) for r in rows] == [
@@ -108,7 +121,7 @@ async def test_signal_and_schedules_from_the_command_line(
         ]
         assert rows[0]["last_tick"] is not None  # the scheduler role recorded where it is
         assert rows[0]["next_tick"].endswith(("T01:00:00+00:00", "T00:00:00+00:00"))
-        table = await asyncio.to_thread(hms, "schedules", "signal_app:mgmt")
+        table = await hms("schedules", "signal_app:mgmt")
         assert "nightly" in table.stdout and "NEXT TICK" in table.stdout
 
 
@@ -132,62 +145,35 @@ async def transfer(ctx):
 async def test_redrive_and_dead_letters_from_the_command_line(
     tmp_path: Path, kafka_broker: Broker, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "failing_app.py").write_text(FAILING_APP)
     opened = tmp_path / "bank-open"
     monkeypatch.setenv("BANK_OPEN", str(opened))
-    ns = f"cli{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
-        "HMS_BUS_URL": kafka_broker.url,
-        "HMS_STORE_URL": pg_schema,
-        "HMS_NAMESPACE": ns,
-        "NO_COLOR": "1",
-    }
-
-    def hms(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hms_bus", *args],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            cwd=tmp_path,
-            env=env,
-        )
-
-    sys.path.insert(0, str(tmp_path))
-    try:
-        mgmt = load_app("failing_app:mgmt")
-    finally:
-        sys.path.remove(str(tmp_path))
-    mgmt.configure(bus=kafka_broker.url, store=pg_schema, namespace=ns, **FAST)
+    sh = Shell(tmp_path, "failing_app", FAILING_APP, kafka_broker, pg_schema)
+    mgmt, hms = sh.mgmt, sh.run
     async with mgmt:
         for wid in ("PAY-1", "PAY-2"):
             failed = await mgmt.run("pay", {"amount": 10}, workflow_id=wid, timeout=20)
             assert failed.status == "failed"
 
-        listed = await asyncio.to_thread(hms, "dead-letters", "list", "--json")
+        listed = await hms("dead-letters", "list", "--json")
         assert listed.returncode == 0, listed.stderr
         rows = json.loads(listed.stdout)
         assert {r["workflow_id"] for r in rows} == {"PAY-1", "PAY-2"}
         assert all("the bank interface is closed" in r["reason"] for r in rows)
         one = next(r["id"] for r in rows if r["workflow_id"] == "PAY-1")
-        shown = await asyncio.to_thread(hms, "dead-letters", "show", one)
+        shown = await hms("dead-letters", "show", one)
         assert shown.returncode == 0 and json.loads(shown.stdout)["workflow_id"] == "PAY-1"
-        table = await asyncio.to_thread(hms, "dead-letters", "list", "--since", "1h")
+        table = await hms("dead-letters", "list", "--since", "1h")
         assert "PAY-2" in table.stdout and "REASON" in table.stdout
 
         opened.touch()  # the fix
-        again = await asyncio.to_thread(hms, "redrive", "failing_app:mgmt", "PAY-1")
+        again = await hms("redrive", "failing_app:mgmt", "PAY-1")
         assert again.returncode == 0, again.stderr
         assert "workflow PAY-1 runs again" in again.stdout
         assert (await mgmt.wait("PAY-1", timeout=20)).result == {"paid": 10}
-        done = await asyncio.to_thread(hms, "redrive", "failing_app:mgmt", "PAY-1")
+        done = await hms("redrive", "failing_app:mgmt", "PAY-1")
         assert done.returncode == 1 and "nothing to redrive" in done.stdout
 
-        sent = await asyncio.to_thread(
-            hms, "dead-letters", "redrive", "--app", "failing_app:mgmt", "--reason", "bank"
-        )
+        sent = await hms("dead-letters", "redrive", "--app", "failing_app:mgmt", "--reason", "bank")
         assert "workflow PAY-2 redriven from step 'transfer'" in sent.stdout, sent.stderr
         assert "PAY-1 is completed: nothing to redrive" in sent.stdout
         assert sent.returncode == 1  # one of the two was not sent back
@@ -199,30 +185,15 @@ async def test_the_console_from_the_command_line(
 ) -> None:
     """``hms-bus ui`` serves the console on the port it prints, takes actions only with
     HMS_UI__TOKEN, and stops on SIGTERM with exit 0."""
-    (tmp_path / "signal_app.py").write_text(APP)
-    ns = f"cli{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
-        "HMS_BUS_URL": kafka_broker.url,
-        "HMS_STORE_URL": pg_schema,
-        "HMS_NAMESPACE": ns,
-        "HMS_UI__TOKEN": "sesame",
-        "NO_COLOR": "1",
-    }
-    sys.path.insert(0, str(tmp_path))
-    try:
-        mgmt = load_app("signal_app:mgmt")
-    finally:
-        sys.path.remove(str(tmp_path))
-    mgmt.configure(bus=kafka_broker.url, store=pg_schema, namespace=ns, **FAST)
+    sh = Shell(tmp_path, "signal_app", APP, kafka_broker, pg_schema, HMS_UI__TOKEN="sesame")
+    mgmt = sh.mgmt
     async with mgmt:
         started = await mgmt.start("permit", {}, workflow_id="P-7")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             *("-m", "hms_bus", "ui", "signal_app:mgmt", "--port", "0"),
-            cwd=tmp_path,
-            env=env,
+            cwd=sh.cwd,
+            env=sh.env,
             stderr=asyncio.subprocess.PIPE,
         )
         assert proc.stderr is not None
