@@ -139,6 +139,7 @@ def _pg_restart() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # restarts the one server every other test uses
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not Path("/etc/postgresql").is_dir(), reason="no local Postgres cluster")
 async def test_postgres_restarted_mid_run_loses_no_status(pg_schema: str) -> None:
