@@ -243,8 +243,9 @@ class Scheduler:
             before = utcnow() - timedelta(seconds=cfg.older_than)
             total = Pruned()
 
-            def tally(so_far: Pruned) -> None:
+            def tally(so_far: Pruned) -> None:  # after each batch, so the count is live
                 nonlocal total
+                self.pruned += so_far.workflows - total.workflows
                 total = so_far
 
             try:
@@ -261,7 +262,6 @@ class Scheduler:
             else:
                 outage.ok()
             if total.workflows:
-                self.pruned += total.workflows
                 log.info(
                     "retention: pruned %d workflow(s) and %d event(s) finished before %s",
                     total.workflows,
