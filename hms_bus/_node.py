@@ -22,6 +22,7 @@ from typing import Any
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
 
+from . import _gc
 from ._backends import in_process, open_bus, open_store, private, redact, scheme_of
 from ._definitions import Registry, StepDefinition
 from ._errors import ConfigError, HmsBusError
@@ -82,6 +83,7 @@ class Node:
         self.sealer: Sealer | None = None
         self.roles: dict[str, Role] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._gc_held = False  # a hold on the collector's threshold (see _gc)
         self._server: Any = None
         self._stop = asyncio.Event()
         self.failure: BaseException | None = None
@@ -153,6 +155,8 @@ class Node:
                     log.warning("worker role: no step handlers registered; not consuming")
                     continue
                 self.roles[name] = factories[name]()
+            if self.roles:
+                self._gc_held = _gc.hold(s.gc_threshold)
             for role in self.roles.values():
                 self._tasks.append(self._spawn(role))
             self._observe(telemetry)
@@ -227,6 +231,9 @@ class Node:
         self.clean = clean
         self._tasks.clear()
         self.roles.clear()
+        if self._gc_held:
+            self._gc_held = False
+            _gc.release()
         if self._server is not None:
             await self._server.close()
             self._server = None

@@ -11,6 +11,7 @@ setting (``init`` keyword)     environment variable            default
 ``store``                      ``HMS_STORE_URL``               ``memory://``
 ``namespace``                  ``HMS_NAMESPACE``               (empty)
 ``roles``                      ``HMS_ROLES`` (comma list)      ``all``
+``gc_threshold``               ``HMS_GC_THRESHOLD``            10000 (0: leave alone)
 ``worker.concurrency``         ``HMS_WORKER__CONCURRENCY``     64
 ``worker.steps``               ``HMS_WORKER__STEPS``           all steps
 ``worker.shutdown_grace``      ``HMS_WORKER__SHUTDOWN_GRACE``  30 s
@@ -330,6 +331,10 @@ class Settings(BaseSettings):
     store_url: str = "memory://"
     namespace: str = Field("", pattern=r"^[A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
     roles: Annotated[tuple[str, ...], NoDecode] = ALL_ROLES
+    gc_threshold: int = Field(10_000, ge=0)
+    """While this process runs roles, the first threshold of Python's cyclic garbage
+    collector is at least this (the interpreter's default is 700); 0 leaves the
+    thresholds alone. See :mod:`hms_bus._gc`."""
     worker: WorkerSettings = WorkerSettings()
     coordinator: CoordinatorSettings = CoordinatorSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
