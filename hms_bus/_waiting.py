@@ -124,8 +124,9 @@ class Waiters:
         """
         if self._failure is not None:
             raise self._failure
-        w = _Waiter(until_step, asyncio.get_running_loop().create_future())
-        w.until_running = until_running
+        w = _Waiter(
+            until_step, asyncio.get_running_loop().create_future(), until_running=until_running
+        )
         self._by_id.setdefault(workflow_id, []).append(w)
         self._due[workflow_id] = None
         self._kick()
@@ -135,10 +136,11 @@ class Waiters:
         except TimeoutError:
             if w.future.done() and not w.future.cancelled() and w.future.exception() is None:
                 return w.future.result()  # answered just as the time ran out
-            now = w.last.status.value if w.last is not None else "running"
+            if w.last is not None:
+                now = w.last.status.value
+            else:
+                now = "not running" if until_running else "running"
             step = f" and step {until_step!r} has not succeeded" if until_step else ""
-            if until_running:
-                now = w.last.status.value if w.last is not None else "not running"
             raise WaitTimeoutError(
                 f"workflow {workflow_id!r} is still {now}{step} after {timeout}s"
             ) from None

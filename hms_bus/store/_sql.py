@@ -22,6 +22,8 @@ __all__ = [
     "MARK_PUBLISHED",
     "CLAIM_TIMERS",
     "COUNT_START",
+    "COUNT_WORKFLOWS",
+    "COUNT_WORKFLOWS_OF",
     "DELETE_TIMERS",
     "FIRST_TIMER",
     "PRUNE",
@@ -316,6 +318,13 @@ SAVE_HEALTH = (
     " SET report = EXCLUDED.report, updated_at = EXCLUDED.updated_at"
 )
 LOAD_HEALTH = "SELECT report::text FROM hms_health WHERE namespace = $1"
+COUNT_WORKFLOWS = (
+    "SELECT status, count(*)::int AS n FROM hms_workflows WHERE namespace = $1 GROUP BY status"
+)
+COUNT_WORKFLOWS_OF = (
+    "SELECT status, count(*)::int AS n FROM hms_workflows"
+    " WHERE namespace = $1 AND workflow = $2 GROUP BY status"
+)
 SCHEDULE_TICKS = "SELECT name, last_tick FROM hms_schedules WHERE namespace = $1"
 # Retention: up to $3 workflows finished before $2, oldest first (the partial index on
 # finished_at), locked so a concurrent prune takes others; everything of theirs goes.

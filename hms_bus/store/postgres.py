@@ -65,6 +65,8 @@ from ._pg_rows import Start
 from ._sql import (
     CLAIM_TIMERS,
     COUNT_START,
+    COUNT_WORKFLOWS,
+    COUNT_WORKFLOWS_OF,
     DELETE_TIMERS,
     FIRST_TIMER,
     HISTORY,
@@ -165,13 +167,9 @@ class PostgresStore:
             conn = await asyncpg.connect(self._dsn, timeout=self._command_timeout)
             try:
                 applied = await migrate(conn, self.schema)
-            except BaseException:
-                conn.terminate()  # failed or cancelled: do not wait on a polite close
-                raise
-            try:
                 await conn.close()
             except BaseException:
-                conn.terminate()
+                conn.terminate()  # failed or cancelled: do not wait on a polite close
                 raise
             return applied
 
@@ -486,14 +484,11 @@ class PostgresStore:
 
     async def count_workflows(self, workflow: str | None = None) -> dict[str, int]:
         """Workflows by status (the status index), on the clients' pool."""
-        sql = (
-            "SELECT status, count(*)::int AS n FROM hms_workflows WHERE namespace = $1"
-            + (" AND workflow = $2" if workflow is not None else "")
-            + " GROUP BY status"
-        )
-        args = [self._ns] if workflow is None else [self._ns, workflow]
         async with connection(self._c(), "count_workflows") as conn:
-            rows = await conn.fetch(sql, *args)
+            if workflow is None:
+                rows = await conn.fetch(COUNT_WORKFLOWS, self._ns)
+            else:
+                rows = await conn.fetch(COUNT_WORKFLOWS_OF, self._ns, workflow)
         return {r["status"]: r["n"] for r in rows}
 
     async def list_workflows(self, query: ListQuery) -> WorkflowPage:
