@@ -3,7 +3,8 @@
 A lost broker or database makes every loop of every process fail the same way, several
 times a second. :class:`Outage` reports one loop's failures as one outage;
 :class:`Repeats` holds back a library's own per-attempt warnings (aiokafka's, asyncpg's)
-the same way.
+the same way. :func:`retrying` is how a loop rides one out: it backs off and tries
+again, woken early by a :class:`Recovery` once the backends answer.
 """
 
 from __future__ import annotations
@@ -13,12 +14,24 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ._errors import HmsBusError
 from ._retry import RetryPolicy
 
-__all__ = ["OUTAGE", "RECOVERY_PROBE", "SAY_AGAIN", "Outage", "Recovery", "Repeats", "quiet"]
+__all__ = [
+    "OUTAGE",
+    "RECOVERY_PROBE",
+    "SAY_AGAIN",
+    "Outage",
+    "Recovery",
+    "Repeats",
+    "quiet",
+    "retrying",
+]
+
+log = logging.getLogger("hms_bus.consume")
+"""Where :func:`retrying` logs its outages (the consumer loops' logger, as it always was)."""
 
 OUTAGE = RetryPolicy(max_attempts=1, initial_delay=0.1, max_delay=30.0, jitter=0.5)
 """How roles back off while the bus or the store is away: from 0.1 s, doubling, up to
@@ -108,10 +121,10 @@ class Outage:
 class Recovery:
     """Wakes the loops that back off through an outage as soon as the backends answer.
 
-    A loop that retries (:func:`~hms_bus._consume.retrying`) backs off exponentially, up
-    to 30 s, so without help its next attempt after an outage could come up to half a
-    minute after the bus or the store is back: a durable timer would fire that late, a
-    step would wait that long. Each failing loop says so (:meth:`failed`); the node's
+    A loop that retries (:func:`retrying`) backs off exponentially, up to 30 s, so
+    without help its next attempt after an outage could come up to half a minute after
+    the bus or the store is back: a durable timer would fire that late, a step would
+    wait that long. Each failing loop says so (:meth:`failed`); the node's
     probe then pings the bus and the store every :data:`RECOVERY_PROBE` seconds, and when
     a ping that had failed answers again (:meth:`recovered`) every loop waiting in
     :meth:`wait` tries again at once. A loop whose failure is not an outage (the pings
@@ -147,6 +160,51 @@ class Recovery:
                 with contextlib.suppress(asyncio.CancelledError):
                     await w
         return woken.is_set()
+
+
+async def retrying(
+    what: str,
+    op: Callable[[], Awaitable[None]],
+    stopping: asyncio.Event,
+    *,
+    backoff: RetryPolicy | None = None,
+    recovery: Recovery | None = None,
+) -> bool:
+    """Run ``op`` until it succeeds, backing off after each failure (``backoff``, by
+    default :data:`~hms_bus._outage.OUTAGE`).
+
+    Used where giving up would lose data (the store or the bus is down): the loop
+    waits and tries again. The failures are one :class:`~hms_bus._outage.Outage` in
+    the log: when it starts, at most once a minute while it lasts, and when it ends.
+    With a ``recovery``, a wait ends early once the backends answer again after an
+    outage (see :class:`~hms_bus._outage.Recovery`). Returns False if ``stopping`` was
+    set before ``op`` succeeded.
+    """
+    outage = Outage(what, log)
+    backed_off = 0  # failures since the last recovery: the backoff's exponent
+    while True:
+        try:
+            await op()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            backed_off += 1
+            delay = (backoff or OUTAGE).delay(backed_off)
+            outage.failed(exc, retry_in=delay)
+        else:
+            outage.ok()
+            return True
+        if stopping.is_set():
+            return False
+        if recovery is not None:
+            recovery.failed()
+            if await recovery.wait(delay, stopping):
+                # The backend is back: start the backoff again from its shortest wait,
+                # in case the first attempt meets a connection the outage broke.
+                backed_off = 0
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
 
 
 class Repeats(logging.Filter):

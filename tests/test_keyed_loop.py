@@ -16,7 +16,7 @@ from typing import Self
 
 import pytest
 
-from hms_bus._consume import CrashGuard, KeyedLoop
+from hms_bus._keyed_loop import CrashGuard, KeyedLoop
 from hms_bus.store import RecordAt
 from hms_bus.store.memory import MemoryStore
 from hms_bus.transport import Record, TopicPartition

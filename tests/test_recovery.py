@@ -20,10 +20,9 @@ from conftest import FAST
 from private_postgres import PrivatePostgres
 
 import hms_bus
-from hms_bus import _consume
-from hms_bus._consume import retrying
+from hms_bus import _outage
 from hms_bus._errors import StoreError
-from hms_bus._outage import Recovery
+from hms_bus._outage import Recovery, retrying
 from hms_bus._retry import RetryPolicy
 
 # Backoff that is sure to outlast the outage: 0.1 s, then 10 s, then 60 s.
@@ -76,7 +75,7 @@ async def test_a_timer_due_during_a_postgres_restart_fires_soon_after_it(
 ) -> None:
     # Without the probe's wake, the scheduler's next claim would come 10 s after the
     # outage began, and the projector's and coordinator's alike.
-    monkeypatch.setattr(_consume, "OUTAGE", STEEP)
+    monkeypatch.setattr(_outage, "OUTAGE", STEEP)
     mgmt = hms_bus.init(
         "recovery",
         bus="memory://",

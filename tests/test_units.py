@@ -12,7 +12,6 @@ from pydantic import BaseModel
 
 import hms_bus
 from hms_bus._backends import redact
-from hms_bus._consume import OffsetTracker
 from hms_bus._events import (
     ErrorInfo,
     RetryScheduled,
@@ -27,6 +26,7 @@ from hms_bus._events import (
     decode_event,
     encode,
 )
+from hms_bus._offsets import OffsetTracker
 from hms_bus._projection import WorkflowRow, apply_event
 from hms_bus._results import Directive, normalize_result
 from hms_bus._settings import ALL_ROLES

@@ -42,7 +42,6 @@ from typing import Any
 import orjson
 from opentelemetry.trace import Span, SpanKind
 
-from .._consume import retrying
 from .._definitions import Registry
 from .._errors import SerializationError
 from .._events import (
@@ -71,6 +70,7 @@ from .._events import (
     split_lines,
     utcnow,
 )
+from .._outage import retrying
 from .._routing import (
     Abandon,
     Cancel,

@@ -28,10 +28,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from .._client import launch
-from .._consume import retrying
 from .._errors import ConfigError
 from .._events import WorkflowStarted, utcnow
-from .._outage import Outage
+from .._outage import Outage, retrying
 from .._retention import prune
 from .._schedules import Schedule
 from ..store import Pruned, Timer

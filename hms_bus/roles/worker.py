@@ -7,7 +7,7 @@ publishes ``completeStep`` with the outcome. The command's offset is committed o
 after ``completeStep`` is published. Commands that cannot be read (not JSON, not an
 envelope, an unknown workflow or step) go to ``hms.dead-letter`` with the reason, and
 so does a command that keeps killing its worker process (a crash loop, see
-:class:`~hms_bus._consume.CrashGuard`), whose attempt then fails as ``CrashLoop``.
+:class:`~hms_bus._keyed_loop.CrashGuard`), whose attempt then fails as ``CrashLoop``.
 
 Failures are classified here: ``Fail``, invalid input, an invalid return value and
 ``HmsBusError(retriable=False)`` are not retriable; anything else (including the
@@ -24,7 +24,6 @@ from typing import Any, NoReturn
 
 from opentelemetry.trace import Span, SpanKind
 
-from .._consume import CrashGuard, KeyedLoop, retrying
 from .._context import StepContext, StepLogger
 from .._definitions import StepDefinition, WorkflowDefinition, validate_payload
 from .._errors import Fail, HmsBusError, PayloadValidationError, SerializationError
@@ -38,6 +37,8 @@ from .._events import (
     encode_line,
     utcnow,
 )
+from .._keyed_loop import CrashGuard, KeyedLoop
+from .._outage import retrying
 from .._pii import Sealer, mask_text
 from .._results import normalize_result
 from .._telemetry import Attr, attach, detach, end_span
