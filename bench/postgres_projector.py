@@ -81,11 +81,12 @@ store's name for it (``INSERT_EVENTS``, with the locks; ``SELECT_FOLD_WORKFLOWS`
 ``SELECT_FOLD_STEPS``; ``WRITE_FOLD``, with the notifications), BEGIN, COMMIT, and the
 pool's acquire and release. A statement's time includes asyncpg encoding its arguments
 and decoding its result, the round trip and the server's work. It also times
-``apply_event``, and the store's ``_load_fold`` and ``_write_fold``: their time less
-their statements' is *py: decode rows* and *py: write arguments*. *py: other* is what
-is left: decoding the bodies to text, the rest of the method and the proxy's own
-calls. The baseline runs through the same proxy. The proxy adds a little time; the
-hms_bus.phases total is printed next to the plain run's.
+``apply_event``, and the store's ``load_fold`` and ``write_fold``
+(``hms_bus.store._pg_projection``): their time less their statements' is *py: decode
+rows* and *py: write arguments*. *py: other* is what is left: decoding the bodies to
+text, the rest of the method and the proxy's own calls. The baseline runs through the
+same proxy. The proxy adds a little time; the hms_bus.phases total is printed next to the
+plain run's.
 
 How to read the output
 ----------------------
@@ -139,7 +140,7 @@ from hms_bus._events import (
     new_id,
 )
 from hms_bus._projection import StepRow, WorkflowRow, apply_event
-from hms_bus.store import Change
+from hms_bus.store import _pg_projection as fold_io
 from hms_bus.store._notify import channel_name
 from hms_bus.store._sql import (
     INSERT_EVENTS,
@@ -726,30 +727,37 @@ class PhasedStore(PostgresStore):
     ) -> int:
         t0 = time.perf_counter()
         try:
-            with _timed_apply_event(self.phases):
+            with _timed_apply_event(self.phases), _timed_fold_io(self.phases):
                 return await super().apply_events(events, bodies)
         finally:
             self.phases["total"] += time.perf_counter() - t0
 
-    async def _load_fold(self, conn: Any, events: list[Any]) -> dict[str, WorkflowRow]:
-        t0 = time.perf_counter()
-        try:
-            return await super()._load_fold(conn, events)
-        finally:
-            self.phases["_load_fold"] += time.perf_counter() - t0
 
-    async def _write_fold(
-        self,
-        conn: Any,
-        rows: list[WorkflowRow],
-        steps: dict[tuple[str, int], StepRow],
-        changes: list[Change],
-    ) -> None:
-        t0 = time.perf_counter()
+@contextlib.contextmanager
+def _timed_fold_io(phases: dict[str, float]) -> Iterator[None]:
+    """Swap the store's ``load_fold`` and ``write_fold`` (what its ``apply_events`` calls,
+    in ``hms_bus.store._pg_projection``) for timed wrappers."""
+    load, write, clock = fold_io.load_fold, fold_io.write_fold, time.perf_counter
+
+    async def timed_load(*args: Any) -> dict[str, WorkflowRow]:
+        t0 = clock()
         try:
-            await super()._write_fold(conn, rows, steps, changes)
+            return await load(*args)
         finally:
-            self.phases["_write_fold"] += time.perf_counter() - t0
+            phases["load_fold"] += clock() - t0
+
+    async def timed_write(*args: Any) -> None:
+        t0 = clock()
+        try:
+            await write(*args)
+        finally:
+            phases["write_fold"] += clock() - t0
+
+    fold_io.load_fold, fold_io.write_fold = timed_load, timed_write
+    try:
+        yield
+    finally:
+        fold_io.load_fold, fold_io.write_fold = load, write
 
 
 @contextlib.contextmanager
@@ -772,16 +780,16 @@ def _timed_apply_event(phases: dict[str, float]) -> Iterator[None]:
 
 
 def phase_table(raw: dict[str, float]) -> dict[str, float]:
-    """Seconds per phase: what the proxy timed; the time of ``_load_fold`` and
-    ``_write_fold`` less their statements'; the rest of the total as ``py: other``."""
+    """Seconds per phase: what the proxy timed; the time of ``load_fold`` and
+    ``write_fold`` less their statements'; the rest of the total as ``py: other``."""
     p = defaultdict(float, raw)
     out = {k: p[k] for k in PHASES}
-    if "_load_fold" in raw:  # the baseline has neither
+    if "load_fold" in raw:  # the baseline has neither
         out["py: decode rows"] = (
-            p["_load_fold"] - p["sql: SELECT_FOLD_WORKFLOWS"] - p["sql: SELECT_FOLD_STEPS"]
+            p["load_fold"] - p["sql: SELECT_FOLD_WORKFLOWS"] - p["sql: SELECT_FOLD_STEPS"]
         )
-    if "_write_fold" in raw:
-        out["py: write arguments"] = p["_write_fold"] - p["sql: WRITE_FOLD"]
+    if "write_fold" in raw:
+        out["py: write arguments"] = p["write_fold"] - p["sql: WRITE_FOLD"]
     out["py: other"] = p["total"] - sum(out.values())
     out["total"] = p["total"]
     return out

@@ -1,5 +1,7 @@
-"""What the Postgres store reads and writes, row by row: the statements of
-:mod:`hms_bus.store._sql` with their arguments built and their rows decoded.
+"""What the Postgres store's clients read and register, row by row: workflows with their
+steps, and new starts. The statements of :mod:`hms_bus.store._sql` with their arguments
+built and their rows decoded; the projector's reads and writes are in
+:mod:`hms_bus.store._pg_projection`.
 
 Each function runs on a connection it is given, in whatever transaction the caller
 holds; :class:`~hms_bus.store.postgres.PostgresStore` owns the pools, transactions and
@@ -14,61 +16,24 @@ from typing import Any
 import asyncpg
 
 from .._errors import StoreError
-from .._projection import StepRow, WorkflowRow
-from .._status import WorkflowState
-from . import Change, StartResult
-from ._notify import encode_changes
+from .._projection import WorkflowRow
+from . import StartResult
 from ._sql import (
     LOAD_STEPS,
     LOAD_WORKFLOWS,
     READ_STARTS,
     REGISTER_STARTS,
-    SELECT_FOLD_STEPS,
-    SELECT_FOLD_WORKFLOWS,
-    WRITE_FOLD,
     json_text,
     loads_text,
     step_row,
     workflow_row,
 )
 
-__all__ = ["Start", "load", "load_fold", "register_starts", "write_fold"]
+__all__ = ["Start", "load", "register_starts"]
 
 Start = tuple[str, str, Any, str, datetime]
 """What ``register_start`` was called with: (workflow_id, workflow, payload,
 start_event_id, now)."""
-
-
-async def load_fold(conn: asyncpg.Connection, ns: str, events: list[Any]) -> dict[str, WorkflowRow]:
-    """What the fold of ``events`` reads: their workflows (without payload and
-    result) and the step executions they name."""
-    wids = sorted({e.workflow_id for e in events})
-    rows = {
-        r["workflow_id"]: WorkflowRow(
-            workflow_id=r["workflow_id"],
-            workflow=r["workflow"],
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
-            status=WorkflowState(r["status"]),
-            error=r["error"],
-            finished_at=r["finished_at"],
-            sla_breached=r["sla_breached"],
-            start_event_id=r["start_event_id"],
-            confirmed=r["confirmed"],
-            version=r["version"],
-            parent_id=r["parent_id"],
-        )
-        for r in await conn.fetch(SELECT_FOLD_WORKFLOWS, ns, wids)
-    }
-    keys = sorted({(e.workflow_id, e.seq) for e in events if getattr(e, "seq", None) is not None})
-    if keys:
-        for r in await conn.fetch(
-            SELECT_FOLD_STEPS, ns, [k[0] for k in keys], [k[1] for k in keys]
-        ):
-            row = rows.get(r["workflow_id"])
-            if row is not None:
-                row.steps[r["seq"]] = step_row(r)
-    return rows
 
 
 async def load(conn: asyncpg.Connection, ns: str, wids: list[str]) -> dict[str, WorkflowRow]:
@@ -82,52 +47,6 @@ async def load(conn: asyncpg.Connection, ns: str, wids: list[str]) -> dict[str, 
         if row is not None:
             row.steps[r["seq"]] = step_row(r)
     return rows
-
-
-async def write_fold(
-    conn: asyncpg.Connection,
-    ns: str,
-    channel: str,
-    rows: list[WorkflowRow],
-    steps: dict[tuple[str, int], StepRow],
-    changes: list[Change],
-) -> None:
-    keys = sorted(steps)
-    ss = [steps[k] for k in keys]
-    await conn.execute(
-        WRITE_FOLD,
-        ns,
-        [r.workflow_id for r in rows],
-        [r.workflow for r in rows],
-        [r.status.value for r in rows],
-        [json_text(r.payload) for r in rows],
-        [json_text(r.result) for r in rows],
-        [r.error for r in rows],
-        [r.created_at for r in rows],
-        [r.updated_at for r in rows],
-        [r.finished_at for r in rows],
-        [r.sla_breached for r in rows],
-        [r.start_event_id for r in rows],
-        [r.confirmed for r in rows],
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [s.step for s in ss],
-        [s.status.value for s in ss],
-        [s.attempts for s in ss],
-        [s.scheduled_at for s in ss],
-        [s.due_at for s in ss],
-        [s.started_at for s in ss],
-        [s.finished_at for s in ss],
-        [s.error for s in ss],
-        [s.sla_breached for s in ss],
-        channel,
-        encode_changes(changes),
-        [r.version for r in rows],
-        [r.parent_id for r in rows],
-        [s.group for s in ss],
-        [s.waiting_for for s in ss],
-        [s.child_id for s in ss],
-    )
 
 
 async def register_starts(

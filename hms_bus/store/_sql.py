@@ -2,7 +2,9 @@
 
 Every statement the store sends is a constant here, named for what it does, so that a
 benchmark (``bench/postgres_projector.py``) runs the store's own SQL rather than a
-copy, and a reader finds the SQL of an operation in one place.
+copy, and a reader finds the SQL of an operation in one place. The one whose text
+depends on its filters, a page of ``list_workflows``, is built by
+:func:`list_workflows_sql`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import orjson
 from .._projection import StepRow, WorkflowRow
 from .._status import StepState, WorkflowState
 from ..transport import Outgoing
+from . import ListQuery
+from ._cursor import parse_cursor
 
 __all__ = [
     "MARK_PUBLISHED",
@@ -49,6 +53,7 @@ __all__ = [
     "WRITE_LEDGER",
     "b64",
     "json_text",
+    "list_workflows_sql",
     "loads_text",
     "pack",
     "step_row",
@@ -286,6 +291,35 @@ LOAD_STEPS = (
     f" (SELECT {STEP_COLUMNS} FROM hms_steps"
     "  WHERE namespace = $1 AND workflow_id = k.w OFFSET 0) AS x"
 )
+
+
+def list_workflows_sql(ns: str, query: ListQuery) -> tuple[str, list[Any]]:
+    """The statement of a page of ``list_workflows`` and its arguments: newest first by
+    (created_at, workflow_id), filtered, keyset-paged, one row more than the page."""
+    where = ["namespace = $1"]
+    args: list[Any] = [ns]
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if query.cursor:
+        created, wid = parse_cursor(query.cursor)
+        where.append(f"(created_at, workflow_id) < ({arg(created)}, {arg(wid)})")
+    if query.workflow is not None:
+        where.append(f"workflow = {arg(query.workflow)}")
+    if query.status is not None:
+        where.append(f"status = {arg(WorkflowState(query.status).value)}")
+    if query.since is not None:
+        where.append(f"created_at >= {arg(query.since)}")
+    if query.until is not None:
+        where.append(f"created_at < {arg(query.until)}")
+    sql = (
+        f"SELECT {WORKFLOW_COLUMNS} FROM hms_workflows WHERE {' AND '.join(where)}"
+        f" ORDER BY created_at DESC, workflow_id DESC LIMIT {arg(query.limit + 1)}"
+    )
+    return sql, args
+
 
 # -- the rest ------------------------------------------------------------------------
 

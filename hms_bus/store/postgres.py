@@ -7,16 +7,18 @@ by ``hms-bus migrate``). Every table is keyed by namespace first. The schema is
 documented in ``docs/postgres-schema.md``.
 
 Every operation is one transaction of a few statements whatever the batch size
-(``unnest`` arrays, no per-row round trips):
+(``unnest`` arrays, no per-row round trips). :class:`PostgresStore` owns the pools, the
+transactions and the change notifications; what each operation reads and writes is in a
+module named for it:
 
-- :meth:`PostgresStore.apply_events` inserts the events into the history (skipping
-  event ids already there), locks the affected workflows, folds the new events into
-  their rows with the same rules as every store (:mod:`hms_bus._projection`) and writes
-  the changed rows back.
-- :meth:`PostgresStore.claim_transitions` records each decision once per
-  (workflow, transition), with its timers, and closes ended workflows.
-- :meth:`PostgresStore.claim_due_timers` leases due timers with ``FOR UPDATE SKIP
-  LOCKED``, so schedulers racing for them each get different ones.
+- :mod:`~hms_bus.store._pg_projection`: ``apply_events`` inserts the events into the
+  history, locks the affected workflows, folds the new events into their rows with the
+  same rules as every store (:mod:`hms_bus._projection`) and writes the changed rows back.
+- :mod:`~hms_bus.store._pg_ledger`: ``claim_transitions`` records each decision once per
+  (workflow, transition), with its timers, and closes ended workflows; due timers are
+  leased with ``FOR UPDATE SKIP LOCKED``, so schedulers racing for them get different ones.
+- :mod:`~hms_bus.store._pg_rows`: the clients' reads and starts; :mod:`~hms_bus.store._pg_ops`:
+  crash-loop counts, schedule ticks, health and retention; :mod:`~hms_bus.store._sql`: the SQL.
 
 Connection failures (the database restarting) raise :class:`StoreError` with
 ``retriable=True``; the roles back off and retry without committing what they could
@@ -34,16 +36,13 @@ from types import TracebackType
 from typing import Any, Self
 
 import asyncpg
-import orjson
 from pydantic import JsonValue
 
 from .._backends import redact
 from .._errors import StoreError
-from .._events import WorkflowEvent, decode_event, encode
-from .._ledger import plan_claims, reads_of
+from .._events import WorkflowEvent, decode_event
 from .._outage import quiet
-from .._projection import StepRow, WorkflowRow, fold
-from .._status import WorkflowPage, WorkflowState, WorkflowStatus
+from .._status import WorkflowPage, WorkflowStatus
 from ..transport import TopicPartition
 from . import (
     Change,
@@ -56,35 +55,20 @@ from . import (
     Timer,
     TransitionClaim,
 )
+from . import _pg_ledger as ledger_io
+from . import _pg_ops as ops
+from . import _pg_projection as projection_io
 from . import _pg_rows as rows_io
 from ._batching import Batcher
-from ._cursor import encode_cursor, parse_cursor
-from ._notify import Listener, channel_name, encode_changes
+from ._cursor import encode_cursor
+from ._notify import Listener, channel_name
 from ._pg_conn import close_pool, connection, create_pool, errors, split_schema
 from ._pg_rows import Start
 from ._sql import (
-    CLAIM_TIMERS,
-    COUNT_START,
     COUNT_WORKFLOWS,
     COUNT_WORKFLOWS_OF,
-    DELETE_TIMERS,
-    FIRST_TIMER,
     HISTORY,
-    INSERT_EVENTS,
-    LOAD_HEALTH,
-    LOCK_LEDGER,
-    MARK_PUBLISHED,
-    PRUNE,
-    PRUNE_COUNT,
-    READ_LEDGER,
-    SAVE_HEALTH,
-    SAVE_SCHEDULE_TICKS,
-    SCHEDULE_TICKS,
-    TAKE_OVER_STARTS,
-    WORKFLOW_COLUMNS,
-    WRITE_LEDGER,
-    pack,
-    unpack,
+    list_workflows_sql,
     workflow_row,
 )
 from .migrations import MIGRATIONS, migrate
@@ -288,134 +272,40 @@ class PostgresStore:
         self, events: Sequence[WorkflowEvent], bodies: Sequence[bytes] | None = None
     ) -> int:
         """Fold events into workflow status in one transaction and notify the changes;
-        return how many were new."""
+        return how many were new (see :mod:`hms_bus.store._pg_projection`)."""
         if not events:
             return 0
-        ns = self._ns
-        texts = (
-            [b.decode() for b in bodies]
-            if bodies is not None
-            else [encode(e).decode() for e in events]
-        )
+        texts = projection_io.texts_of(events, bodies)
         async with connection(self._p(), "apply_events") as conn, conn.transaction():
-            got = await conn.fetchrow(
-                INSERT_EVENTS,
-                ns,
-                [e.event_id for e in events],
-                [e.workflow_id for e in events],
-                [e.type for e in events],
-                [e.ts for e in events],
-                texts,
-            )
-            if not got["n"]:
-                return 0
-            fresh = None if got["ids"] is None else set(got["ids"])
-            todo: dict[str, Any] = {}
-            for e in events:  # a duplicate within the batch: the first one counts
-                if fresh is None or e.event_id in fresh:
-                    todo.setdefault(e.event_id, e)
-            rows = await self._load_fold(conn, list(todo.values()))
-            done = fold(rows, todo.values())
-            changes = done.changes
-            await self._write_fold(
-                conn, [rows[w] for w in sorted(done.changed)], done.steps, changes
+            new, changes = await projection_io.apply_events(
+                conn, self._ns, self._channel, events, texts
             )
         if changes:
             self._changed(changes)  # this process at once; the others by NOTIFY
-        return len(todo)
-
-    async def _load_fold(
-        self, conn: asyncpg.Connection, events: list[Any]
-    ) -> dict[str, WorkflowRow]:
-        """What the fold of ``events`` reads: their workflows (without payload and
-        result) and the step executions they name."""
-        return await rows_io.load_fold(conn, self._ns, events)
-
-    async def _write_fold(
-        self,
-        conn: asyncpg.Connection,
-        rows: list[WorkflowRow],
-        steps: dict[tuple[str, int], StepRow],
-        changes: list[Change],
-    ) -> None:
-        """The changed rows, and the notification of what changed, in one statement."""
-        await rows_io.write_fold(conn, self._ns, self._channel, rows, steps, changes)
+        return new
 
     # -- coordinator ledger -------------------------------------------------------------
 
     async def claim_transitions(self, claims: Sequence[TransitionClaim]) -> list[ClaimResult]:
         """Record each claim once, in order (:func:`~hms_bus._ledger.plan_claims`), in one
-        transaction of three statements: lock, read, write."""
+        transaction of three statements: lock, read, write
+        (see :mod:`hms_bus.store._pg_ledger`)."""
         if not claims:
             return []
-        ns = self._ns
-        wids = sorted({c.workflow_id for c in claims})
         async with connection(self._p(), "claim_transitions") as conn, conn.transaction():
-            await conn.execute(LOCK_LEDGER, ns, wids)
-            published: dict[tuple[str, str], bool] = {}
-            messages: dict[tuple[str, str], bytes | None] = {}
-            closed: set[str] = set()
-            facts: dict[tuple[str, str], JsonValue] = {}
-            reads = reads_of(claims)
-            for r in await conn.fetch(
-                READ_LEDGER,
-                ns,
-                [c.workflow_id for c in claims],
-                [c.transition_id for c in claims],
-                wids,
-                [w for w, _ in reads],
-                [p for _, p in reads],
-            ):
-                kind = r["kind"]
-                if kind == 1:
-                    closed.add(r["workflow_id"])
-                elif kind == 2:
-                    value = r["messages"]
-                    facts[(r["workflow_id"], r["transition_id"])] = (
-                        None if value is None else orjson.loads(value)
-                    )
-                else:
-                    key = (r["workflow_id"], r["transition_id"])
-                    published[key] = r["published"]
-                    messages[key] = r["messages"]
-            plan = plan_claims(claims, published, lambda k: unpack(messages[k]), closed, facts)
-            if plan.new or plan.closing or plan.reopening:
-                timers = plan.timers
-                written = list(plan.facts.items())
-                await conn.execute(
-                    WRITE_LEDGER,
-                    ns,
-                    [c.workflow_id for c in plan.new],
-                    [c.transition_id for c in plan.new],
-                    [pack(c.messages) for c in plan.new],
-                    [t.timer_id for t in timers],
-                    [t.workflow_id for t in timers],
-                    [t.due_at for t in timers],
-                    [pack([t.message]) for t in timers],
-                    plan.closing,
-                    # Schedulers in other processes wake when this commits.
-                    encode_changes((), timers=True) if timers else [],
-                    self._channel,
-                    [w for (w, _), _ in written],
-                    [k for (_, k), _ in written],
-                    [None if v is None else orjson.dumps(v) for _, v in written],
-                    plan.reopening,
-                )
-                if timers:
-                    self._timer_added.set()  # and this process's at once
-        return plan.results
+            results, timers = await ledger_io.claim_transitions(
+                conn, self._ns, self._channel, claims
+            )
+            if timers:
+                self._timer_added.set()  # this process's scheduler at once
+        return results
 
     async def mark_published(self, keys: Sequence[tuple[str, str]]) -> None:
         """Mark claims published and drop their recorded messages."""
         if not keys:
             return
         async with connection(self._p(), "mark_published") as conn:
-            await conn.execute(
-                MARK_PUBLISHED,
-                self._ns,
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-            )
+            await ledger_io.mark_published(conn, self._ns, keys)
 
     # -- timers -------------------------------------------------------------------------
 
@@ -425,22 +315,14 @@ class PostgresStore:
         """Lease due timers (``FOR UPDATE SKIP LOCKED``) until ``now + lease``; without
         ``now``, by the server's clock, the one clock all schedulers share."""
         async with connection(self._p(), "claim_due_timers") as conn:
-            rows = await conn.fetch(CLAIM_TIMERS, self._ns, now, float(lease), owner, limit)
-        return [
-            Timer(r["timer_id"], r["workflow_id"], r["due_at"], unpack(r["message"])[0])
-            for r in sorted(rows, key=lambda r: (r["due_at"], r["timer_id"]))
-        ]
+            return await ledger_io.claim_due_timers(conn, self._ns, now, limit, lease, owner)
 
     async def delete_timers(self, timer_ids: Sequence[str]) -> None:
         """Forget fired timers."""
         if not timer_ids:
             return
         async with connection(self._p(), "delete_timers") as conn:
-            await conn.execute(
-                DELETE_TIMERS,
-                self._ns,
-                list(timer_ids),
-            )
+            await ledger_io.delete_timers(conn, self._ns, timer_ids)
 
     async def wait_for_timers(self, timeout: float) -> None:
         """Sleep until the earliest timer is available, one is added (in any process:
@@ -453,9 +335,9 @@ class PostgresStore:
         # Cleared before the query: a timer added while it runs still wakes this wait.
         self._timer_added.clear()
         async with connection(self._p(), "wait_for_timers") as conn:
-            first = await conn.fetchval(FIRST_TIMER, self._ns)  # seconds, server's clock
+            first = await ledger_io.first_timer(conn, self._ns)
         if first is not None:
-            timeout = min(timeout, max(0.0, float(first)))
+            timeout = min(timeout, max(0.0, first))
         if timeout <= 0:
             return
         with contextlib.suppress(TimeoutError):
@@ -493,28 +375,7 @@ class PostgresStore:
 
     async def list_workflows(self, query: ListQuery) -> WorkflowPage:
         """Newest first by (created_at, workflow_id), filtered, keyset-paged."""
-        where = ["namespace = $1"]
-        args: list[Any] = [self._ns]
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        if query.cursor:
-            created, wid = parse_cursor(query.cursor)
-            where.append(f"(created_at, workflow_id) < ({arg(created)}, {arg(wid)})")
-        if query.workflow is not None:
-            where.append(f"workflow = {arg(query.workflow)}")
-        if query.status is not None:
-            where.append(f"status = {arg(WorkflowState(query.status).value)}")
-        if query.since is not None:
-            where.append(f"created_at >= {arg(query.since)}")
-        if query.until is not None:
-            where.append(f"created_at < {arg(query.until)}")
-        sql = (
-            f"SELECT {WORKFLOW_COLUMNS} FROM hms_workflows WHERE {' AND '.join(where)}"
-            f" ORDER BY created_at DESC, workflow_id DESC LIMIT {arg(query.limit + 1)}"
-        )
+        sql, args = list_workflows_sql(self._ns, query)
         async with connection(self._c(), "list_workflows") as conn:
             found = await conn.fetch(sql, *args)
         rows = [workflow_row(r) for r in found]
@@ -530,41 +391,23 @@ class PostgresStore:
     ) -> list[int]:
         """Earlier starts of each command, counting those never counted (one statement)."""
         async with connection(self._p(), "take_over_starts") as conn:
-            rows = await conn.fetch(
-                TAKE_OVER_STARTS,
-                self._ns,
-                [tp[0] for tp in committed],
-                [tp[1] for tp in committed],
-                list(committed.values()),
-                [at[0] for at in commands],
-                [at[1] for at in commands],
-                [at[2] for at in commands],
-            )
-        return [r["starts"] for r in rows]
+            return await ops.take_over_starts(conn, self._ns, commands, committed)
 
     async def count_start(self, command: RecordAt) -> int:
         """One more start of ``command`` (one statement)."""
         async with connection(self._p(), "count_start") as conn:
-            n: int = await conn.fetchval(COUNT_START, self._ns, *command)
-        return n
+            return await ops.count_start(conn, self._ns, command)
 
     async def prune(self, before: datetime, *, limit: int, dry_run: bool = False) -> Pruned:
         """Delete one batch of finished workflows and all of theirs (see the Protocol),
-        in one statement and one short transaction: the rows it locks are finished
-        workflows, which no role writes any more."""
+        in one statement and one short transaction (:func:`~hms_bus.store._pg_ops.prune`)."""
         async with connection(self._p(), "prune") as conn:
-            if dry_run:
-                row = await conn.fetchrow(PRUNE_COUNT, self._ns, before)
-            else:
-                row = await conn.fetchrow(PRUNE, self._ns, before, limit)
-        assert row is not None
-        return Pruned(row["workflows"], row["events"])
+            return await ops.prune(conn, self._ns, before, limit, dry_run)
 
     async def schedule_ticks(self) -> dict[str, datetime]:
         """The last tick of each schedule of the namespace."""
         async with connection(self._p(), "schedule_ticks") as conn:
-            rows = await conn.fetch(SCHEDULE_TICKS, self._ns)
-        return {r["name"]: r["last_tick"] for r in rows}
+            return await ops.schedule_ticks(conn, self._ns)
 
     async def save_schedule_ticks(
         self, ticks: Mapping[str, datetime], *, if_absent: bool = False
@@ -573,21 +416,13 @@ class PostgresStore:
         statement that answers what is stored."""
         if not ticks:
             return {}
-        names = list(ticks)
         async with connection(self._p(), "save_schedule_ticks") as conn:
-            rows = await conn.fetch(
-                SAVE_SCHEDULE_TICKS, self._ns, names, [ticks[n] for n in names], if_absent
-            )
-        return {r["name"]: r["last_tick"] for r in rows}
+            return await ops.save_schedule_ticks(conn, self._ns, ticks, if_absent)
 
     async def save_health(self, report: dict[str, JsonValue]) -> None:
         """Replace the namespace's health report (one row, one statement)."""
         async with connection(self._p(), "save_health") as conn:
-            await conn.execute(
-                SAVE_HEALTH,
-                self._ns,
-                orjson.dumps(report).decode(),
-            )
+            await ops.save_health(conn, self._ns, report)
 
     async def ping(self) -> None:
         """``SELECT 1`` on the roles' pool, within ``command_timeout`` (at most 5 s)."""
@@ -601,11 +436,7 @@ class PostgresStore:
     async def load_health(self) -> dict[str, JsonValue] | None:
         """The namespace's last health report, or None."""
         async with connection(self._c(), "load_health") as conn:
-            try:
-                text = await conn.fetchval(LOAD_HEALTH, self._ns)
-            except asyncpg.UndefinedTableError:  # not migrated: no monitor has written
-                return None
-        return None if text is None else dict(orjson.loads(text))
+            return await ops.load_health(conn, self._ns)
 
     async def history(self, workflow_id: str) -> list[WorkflowEvent]:
         """The events applied for the workflow, in the order applied."""
