@@ -20,7 +20,7 @@ batch and all ending in another. Timestamps grow by 50 µs per event. The stream
 into batches of ``--batch B`` events: ``coordinator.batch_size``, 500 by default, which
 is what one projector fetch hands to the store. Each event's body, its JSON document as
 a worker or the coordinator puts it on the bus, is encoded once
-(``hms_bus._events.encode``) before the clock starts.
+(``hms_bus._codec.encode``) before the clock starts.
 
 - **hms_bus**: ``PostgresStore.apply_events(events, bodies)`` for each batch in turn, as
   the projector calls it, on a store opened with ``postgresql://…?schema=bench_<random>``
@@ -130,14 +130,14 @@ import asyncpg
 
 import hms_bus
 from hms_bus import _projection as projection
+from hms_bus._codec import encode
+from hms_bus._envelope import new_id
 from hms_bus._events import (
     StepCompleted,
     StepScheduled,
     StepStarted,
     WorkflowCompleted,
     WorkflowStarted,
-    encode,
-    new_id,
 )
 from hms_bus._projection import StepRow, WorkflowRow, apply_event
 from hms_bus.store import _pg_projection as fold_io

@@ -51,7 +51,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from postgres_projector import workflow_events  # noqa: E402
 
-from hms_bus._events import encode  # noqa: E402
+from hms_bus._codec import encode  # noqa: E402
 from hms_bus._retention import prune  # noqa: E402
 from hms_bus.store.postgres import PostgresStore  # noqa: E402
 

@@ -21,8 +21,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from ._backends import open_bus, open_store, redact
+from ._envelope import utcnow
 from ._errors import ConfigError, HmsBusError
-from ._events import utcnow
 from ._management import Management
 
 __all__ = [

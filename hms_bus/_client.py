@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind
 
+from ._codec import encode_line
 from ._definitions import Registry, WorkflowDefinition, check_name, validate_payload
+from ._envelope import new_id, utcnow
 from ._errors import ConfigError, HmsBusError, NotFoundError, StoreError, TransportError
 from ._events import (
     CancelRequested,
@@ -27,9 +29,6 @@ from ._events import (
     WorkflowEvent,
     WorkflowFailed,
     WorkflowStarted,
-    encode_line,
-    new_id,
-    utcnow,
 )
 from ._pii import Sealer
 from ._results import to_jsonable

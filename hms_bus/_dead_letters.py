@@ -1,11 +1,11 @@
 """Dead letters, for people: read ``hms.dead-letter``, and redrive what it holds.
 
 What fails for good goes to the dead-letter topic with its reason (see
-:class:`~hms_bus._events.DeadLetter`). Once the cause is fixed, an operator sends it
-back (``hms-bus dead-letters redrive``, or the console): the letter of a workflow that
-failed redrives that workflow (:meth:`~hms_bus.Management.redrive`, from the step the
-letter names); any other letter (a record no role could read: truncated, of an unknown
-step) is published again, as it was, to the topic it came from.
+:class:`~hms_bus._process_messages.DeadLetter`). Once the cause is fixed, an operator
+sends it back (``hms-bus dead-letters redrive``, or the console): the letter of a
+workflow that failed redrives that workflow (:meth:`~hms_bus.Management.redrive`, from
+the step the letter names); any other letter (a record no role could read: truncated,
+of an unknown step) is published again, as it was, to the topic it came from.
 
 A letter's id is ``<partition>:<offset>`` on the dead-letter topic.
 """
@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 
 from ._errors import ConfigError, HmsBusError
-from ._events import DeadLetter
 from ._management import Management
+from ._process_messages import DeadLetter
 from ._status import WorkflowState
 from .transport import Outgoing, Record
 

@@ -1,9 +1,9 @@
-"""Event envelopes and their orjson codec.
+"""The workflow events: the pydantic models of a workflow's commands and history.
 
-Every message hms-bus puts on the bus is one of these pydantic models, encoded as JSON
-by orjson. Each carries ``v`` (the envelope version; readers accept what they know),
-a unique ``event_id``, its ``type`` and a UTC timestamp ``ts``. Workflow events are
-keyed by ``workflow_id`` so one workflow's events keep their order in a partition.
+Every event is an :class:`~hms_bus._envelope.Envelope` (``v``, ``event_id``, ``ts``)
+with its ``type`` and the ``workflow_id`` it is keyed by, so one workflow's events keep
+their order in a partition. :mod:`hms_bus._codec` encodes and decodes them; what the
+processes say of themselves is in :mod:`hms_bus._process_messages`.
 
 Topics (see :mod:`hms_bus._topics`):
 
@@ -18,43 +18,27 @@ Topics (see :mod:`hms_bus._topics`):
   together with what it decided (``stepScheduled``, ``retryScheduled``, the workflow's
   end…); workers add the ``stepStarted`` of slow steps, the monitor its alerts. Read by
   the projector and the monitor.
-- ``hms.dead-letter``: :class:`DeadLetter` — what could not be processed, and why.
-- ``hms.heartbeats``: :class:`Heartbeat` and :class:`ProcessDown` (monitor).
-
-Records on ``hms.coordinator`` and ``hms.events`` hold one or more events of one
-workflow as JSON Lines: each event encoded by :func:`encode_line`, ending in a newline.
-A record without a final newline is a single event from a writer of the earlier event
-flow, in which every record held exactly one event (:func:`split_lines`).
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-from collections.abc import Container
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ._errors import SerializationError
+from ._envelope import Envelope
 
 __all__ = [
     "DECIDED",
-    "ENVELOPE_VERSION",
     "EVENT_TYPES",
     "CancelRequested",
-    "DeadLetter",
     "Directive",
     "ErrorInfo",
     "Branch",
     "ChildEnded",
     "ChildStarted",
-    "Heartbeat",
     "ParentRef",
-    "ProcessDown",
-    "ProcessFacts",
     "RedriveRequested",
     "RetryScheduled",
     "SignalSent",
@@ -73,45 +57,7 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowRedriven",
     "WorkflowStarted",
-    "decode_command",
-    "decode_event",
-    "encode",
-    "encode_line",
-    "is_legacy",
-    "new_id",
-    "pack_lines",
-    "split_lines",
-    "utcnow",
 ]
-
-ENVELOPE_VERSION = 1
-
-
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4)))
-
-
-def new_id() -> str:
-    """A fresh unique event id: 32 hex characters (the shape of ``uuid4().hex``).
-
-    64 random bits drawn once per process, then a 64-bit counter: unique across
-    processes without a system call per id (ids are made several times per step).
-    """
-    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)
-
-
-class _Envelope(BaseModel):
-    # Unknown fields from newer writers are ignored, so readers keep working.
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    v: int = ENVELOPE_VERSION
-    event_id: str = Field(default_factory=new_id)
-    ts: datetime = Field(default_factory=utcnow)
 
 
 class ErrorInfo(BaseModel):
@@ -132,7 +78,7 @@ class ErrorInfo(BaseModel):
     step: str | None = None
 
 
-class _WorkflowEnvelope(_Envelope):
+class _WorkflowEnvelope(Envelope):
     workflow_id: str
     workflow: str
 
@@ -515,185 +461,3 @@ DECIDED: frozenset[str] = frozenset(
     }
 )
 """The event types the coordinator decides a transition on (its inputs)."""
-
-
-class ProcessFacts(BaseModel):
-    """What a process says of itself in its heartbeats.
-
-    ``steps`` are the ``workflow.step`` names its worker serves, ``in_flight`` the
-    handlers running now, ``steps_done`` the attempts it has finished since it started,
-    and ``lag`` the records each of its roles has not fetched yet.
-    """
-
-    process_id: str
-    service: str
-    roles: list[str]
-    host: str
-    pid: int
-    steps: list[str] = Field(default_factory=list)
-    in_flight: int = 0
-    steps_done: int = 0
-    lag: dict[str, int] = Field(default_factory=dict)
-
-
-class Heartbeat(_Envelope, ProcessFacts):
-    """A process is alive: what it runs, how busy it is. Sent every ``interval`` seconds."""
-
-    type: Literal["heartbeat"] = "heartbeat"
-    interval: float
-    stopping: bool = False
-
-
-class ProcessDown(_Envelope):
-    """The monitor stopped hearing from a process."""
-
-    type: Literal["processDown"] = "processDown"
-    process_id: str
-    service: str
-    last_seen: datetime
-
-
-class DeadLetter(_Envelope):
-    """What could not be processed, with the reason, on ``hms.dead-letter``.
-
-    ``original`` holds the message as parsed JSON, or as text when it was not JSON.
-    """
-
-    type: Literal["deadLetter"] = "deadLetter"
-    reason: str
-    source_topic: str
-    source_partition: int | None = None
-    source_offset: int | None = None
-    workflow_id: str | None = None
-    workflow: str | None = None
-    step: str | None = None
-    error: ErrorInfo | None = None
-    original: Any = None
-
-
-_EVENT: TypeAdapter[Any] = TypeAdapter(WorkflowEvent)
-_HEARTBEAT: TypeAdapter[Any] = TypeAdapter(
-    Annotated[Heartbeat | ProcessDown, Field(discriminator="type")]
-)
-
-
-def encode(message: BaseModel) -> bytes:
-    """Encode an envelope as JSON bytes (orjson)."""
-    try:
-        return orjson.dumps(message.model_dump(), option=orjson.OPT_UTC_Z)
-    except TypeError as exc:
-        raise SerializationError(f"cannot encode {type(message).__name__}: {exc}") from exc
-
-
-def encode_line(message: BaseModel) -> bytes:
-    """Encode an envelope as one JSON line (with its final newline), for the records of
-    ``hms.coordinator`` and ``hms.events``; orjson never writes a newline inside."""
-    try:
-        return orjson.dumps(
-            message.model_dump(), option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
-        )
-    except TypeError as exc:
-        raise SerializationError(f"cannot encode {type(message).__name__}: {exc}") from exc
-
-
-def split_lines(value: bytes) -> list[bytes]:
-    """The events of one record, each as the bytes of its JSON document.
-
-    A record that ends in a newline is JSON Lines; one that does not is a single event
-    (written by the earlier event flow, or not by hms-bus at all).
-    """
-    if value.endswith(b"\n"):
-        return [line for line in value.split(b"\n") if line]
-    return [value]
-
-
-def is_legacy(value: bytes) -> bool:
-    """True for a record of the earlier event flow: one event, no final newline."""
-    return not value.endswith(b"\n")
-
-
-def pack_lines(lines: list[bytes], limit: int) -> list[bytes]:
-    """Join JSON lines (each without its newline) into as few records as fit ``limit``
-    bytes each, keeping their order. A line over the limit on its own goes alone (the
-    bus refuses it, which the caller reports)."""
-    out: list[bytes] = []
-    chunk: list[bytes] = []
-    size = 0
-    for line in lines:
-        n = len(line) + 1
-        if chunk and size + n > limit:
-            out.append(b"\n".join(chunk) + b"\n")
-            chunk, size = [], 0
-        chunk.append(line)
-        size += n
-    if chunk:
-        out.append(b"\n".join(chunk) + b"\n")
-    return out
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise SerializationError(f"message is not JSON: {exc}") from exc
-
-
-def _check_version(obj: Any) -> None:
-    if isinstance(obj, dict):
-        v = obj.get("v")
-        if isinstance(v, int) and v > ENVELOPE_VERSION:
-            raise SerializationError(
-                f"envelope version {v} is newer than this hms-bus understands ({ENVELOPE_VERSION})"
-            )
-
-
-def _validate(adapter: TypeAdapter[Any], obj: Any, what: str) -> Any:
-    _check_version(obj)
-    try:
-        return adapter.validate_python(obj)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise SerializationError(
-            f"not a valid {what}: {loc}: {first['msg']} ({exc.error_count()} error(s))"
-        ) from exc
-
-
-def decode_event(data: bytes, only: Container[str] | None = None) -> Any:
-    """Decode one event (one line of a record of ``hms.events`` or ``hms.coordinator``)
-    into its workflow event model.
-
-    With ``only``, an event whose ``type`` is not in it is returned as None without
-    being validated: roles that act on a few types skip the cost of the rest, and
-    ``only=EVENT_TYPES`` skips the types of a newer version.
-    """
-    obj = _loads(data)
-    if only is not None and isinstance(obj, dict) and obj.get("type") not in only:
-        return None
-    return _validate(_EVENT, obj, "workflow event")
-
-
-def decode_command(data: bytes) -> StepCommand:
-    """Decode bytes from a step topic into a :class:`StepCommand`."""
-    obj = _loads(data)
-    _check_version(obj)
-    try:
-        return StepCommand.model_validate(obj)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise SerializationError(f"not a valid step command: {loc}: {first['msg']}") from exc
-
-
-def decode_heartbeat(data: bytes) -> Heartbeat | ProcessDown:
-    """Decode bytes from ``hms.heartbeats``."""
-    result: Heartbeat | ProcessDown = _validate(_HEARTBEAT, _loads(data), "heartbeat")
-    return result
-
-
-def original_for_dead_letter(data: bytes) -> Any:
-    """The message as JSON if it parses, else as text (invalid UTF-8 replaced)."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return data.decode("utf-8", errors="replace")

@@ -23,7 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ._events import ProcessFacts, utcnow
+from ._envelope import utcnow
+from ._process_messages import ProcessFacts
 
 __all__ = ["BreachReport", "HealthReport", "OutageReport", "ProcessReport", "StuckReport"]
 

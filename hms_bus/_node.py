@@ -24,12 +24,13 @@ from opentelemetry import trace as otel_trace
 
 from . import _gc
 from ._backends import in_process, open_bus, open_store, private, redact, scheme_of
+from ._codec import encode
 from ._definitions import Registry, StepDefinition
 from ._errors import ConfigError, HmsBusError
-from ._events import Heartbeat, encode
 from ._otel_setup import configure_from_environment, prometheus_reader
 from ._outage import RECOVERY_PROBE, Outage, Recovery
 from ._pii import Sealer, sensitive_names
+from ._process_messages import Heartbeat
 from ._settings import Settings
 from ._telemetry import Attr, Telemetry
 from ._topics import Topics

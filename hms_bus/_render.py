@@ -26,7 +26,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ._events import utcnow
+from ._envelope import utcnow
 
 __all__ = [
     "Block",

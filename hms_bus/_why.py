@@ -23,8 +23,9 @@ from datetime import datetime
 from typing import Any
 
 from ._dead_letters import letters
+from ._envelope import utcnow
 from ._errors import NotFoundError
-from ._events import StepStarted, utcnow
+from ._events import StepStarted
 from ._health import HealthReport
 from ._management import Management
 from ._status import StepState, StepStatus, WorkflowState, WorkflowStatus

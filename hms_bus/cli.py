@@ -91,8 +91,8 @@ from ._cli_base import (
 from ._cli_roles import add_role_commands
 from ._dead_letters import letters, redrive_letter
 from ._diagram import mermaid
+from ._envelope import utcnow
 from ._errors import NotFoundError
-from ._events import utcnow
 from ._management import Management, init
 from ._render import (
     health_view,

@@ -16,7 +16,9 @@ from typing import Any
 from conftest import MakeMgmt, eventually, publish, read_topic, shape
 
 import hms_bus
-from hms_bus._events import StepCompleted, WorkflowStarted, encode, split_lines, utcnow
+from hms_bus._codec import encode, split_lines
+from hms_bus._envelope import utcnow
+from hms_bus._events import StepCompleted, WorkflowStarted
 
 
 def _app(mgmt: hms_bus.Management) -> None:

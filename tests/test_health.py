@@ -20,7 +20,7 @@ from conftest import MakeMgmt, eventually
 
 import hms_bus
 from hms_bus import cli
-from hms_bus._events import utcnow
+from hms_bus._envelope import utcnow
 from hms_bus._health import HealthReport, ProcessReport
 
 FAST = {"heartbeat_interval": 0.05, "missed_heartbeats": 3, "check_interval": 0.05}

@@ -29,7 +29,7 @@ from distributed_app import STEPS
 from kafka_broker import Broker
 
 import hms_bus
-from hms_bus._events import split_lines
+from hms_bus._codec import split_lines
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow, pytest.mark.serial]
 

@@ -10,7 +10,8 @@ import orjson
 from conftest import MakeMgmt, eventually, publish, read_topic
 
 import hms_bus
-from hms_bus._events import Heartbeat, encode
+from hms_bus._codec import encode
+from hms_bus._process_messages import Heartbeat
 
 FAST_HEARTBEATS = {"heartbeat_interval": 0.05, "check_interval": 0.05}
 

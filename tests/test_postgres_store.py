@@ -21,8 +21,8 @@ import pytest
 from contract.store import timer_claims
 
 import hms_bus
+from hms_bus._envelope import utcnow
 from hms_bus._errors import StoreError
-from hms_bus._events import utcnow
 from hms_bus.store import ClaimState, create_store
 from hms_bus.store.postgres import PostgresStore, migrate
 

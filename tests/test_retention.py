@@ -15,7 +15,7 @@ import pytest
 from conftest import MakeMgmt, eventually
 
 import hms_bus
-from hms_bus._events import utcnow
+from hms_bus._envelope import utcnow
 from hms_bus.cli import main
 
 

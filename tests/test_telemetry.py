@@ -27,7 +27,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import hms_bus
-from hms_bus._events import WorkflowStarted, encode_line
+from hms_bus._codec import encode_line
+from hms_bus._events import WorkflowStarted
 from hms_bus._otel_sdk import (
     SDK_INTERNALS_CHECKED,
     sdk_drops_unsampled_children,

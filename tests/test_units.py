@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 import hms_bus
 from hms_bus._backends import redact
+from hms_bus._codec import decode_event, encode
 from hms_bus._events import (
     ErrorInfo,
     RetryScheduled,
@@ -23,8 +24,6 @@ from hms_bus._events import (
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowStarted,
-    decode_event,
-    encode,
 )
 from hms_bus._offsets import OffsetTracker
 from hms_bus._projection import WorkflowRow, apply_event
@@ -444,7 +443,7 @@ def test_unknown_store_scheme_names_the_known_ones_without_the_password() -> Non
 
 
 def test_json_lines_split_and_pack_in_order_under_the_limit() -> None:
-    from hms_bus._events import is_legacy, pack_lines, split_lines
+    from hms_bus._codec import is_legacy, pack_lines, split_lines
 
     lines = [b'{"a":1}', b'{"b":' + b"2" * 50 + b"}", b'{"c":3}']
     assert pack_lines(lines, 1000) == [b"\n".join(lines) + b"\n"]

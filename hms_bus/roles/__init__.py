@@ -17,12 +17,14 @@ from typing import Protocol
 
 import orjson
 
+from .._codec import encode, original_for_dead_letter
 from .._consume import BatchLoop
 from .._definitions import Registry
 from .._errors import TransportError
-from .._events import DeadLetter, ErrorInfo, encode, original_for_dead_letter
+from .._events import ErrorInfo
 from .._outage import Outage, Recovery
 from .._pii import Sealer
+from .._process_messages import DeadLetter
 from .._settings import Settings
 from .._telemetry import Attr, Telemetry
 from .._topics import Topics

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from .._events import ENVELOPE_VERSION
+from .._envelope import ENVELOPE_VERSION
 
 __all__ = ["ENDED", "Seen", "seen"]
 

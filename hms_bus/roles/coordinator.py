@@ -42,7 +42,9 @@ from typing import Any
 import orjson
 from opentelemetry.trace import Span, SpanKind
 
+from .._codec import decode_event, encode, encode_line, pack_lines, split_lines
 from .._definitions import Registry
+from .._envelope import new_id, utcnow
 from .._errors import SerializationError
 from .._events import (
     DECIDED,
@@ -62,13 +64,6 @@ from .._events import (
     WorkflowFailed,
     WorkflowRedriven,
     WorkflowStarted,
-    decode_event,
-    encode,
-    encode_line,
-    new_id,
-    pack_lines,
-    split_lines,
-    utcnow,
 )
 from .._outage import retrying
 from .._routing import (

@@ -1,8 +1,9 @@
 """The monitor: process heartbeats, SLA deadlines, stuck steps and the health report.
 
-Every process that runs a role publishes a :class:`~hms_bus._events.Heartbeat` on
-``hms.heartbeats`` every ``monitor.heartbeat_interval`` seconds (and a last one, marked
-``stopping``, when it shuts down cleanly). The monitor keeps the live table; a process
+Every process that runs a role publishes a
+:class:`~hms_bus._process_messages.Heartbeat` on ``hms.heartbeats`` every
+``monitor.heartbeat_interval`` seconds (and a last one, marked ``stopping``, when it
+shuts down cleanly). The monitor keeps the live table; a process
 silent for ``missed_heartbeats`` intervals is reported down (a ``processDown`` record on
 ``hms.heartbeats``, a warning log line and the ``hms.processes`` metric) and forgotten
 ``forget_after`` seconds later.
@@ -39,20 +40,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .._codec import decode_heartbeat, encode, encode_line, split_lines
 from .._errors import SerializationError
-from .._events import (
-    Heartbeat,
-    ProcessDown,
-    ProcessFacts,
-    SlaBreached,
-    StepStuck,
-    decode_heartbeat,
-    encode,
-    encode_line,
-    split_lines,
-)
+from .._events import SlaBreached, StepStuck
 from .._health import BreachReport, HealthReport, OutageReport, ProcessReport, StuckReport
 from .._outage import Outage
+from .._process_messages import Heartbeat, ProcessDown, ProcessFacts
 from .._status import StepState, WorkflowState
 from .._telemetry import Attr
 from ..store import ListQuery

@@ -14,7 +14,7 @@ this version does not know (written by a newer one) is skipped, not lettered.
 Processes of the earlier event flow, in which clients and workers wrote their inputs
 to ``hms.events`` for a coordinator that read it, may run beside this version during
 an upgrade. Their records are single events without a final newline
-(:func:`~hms_bus._events.is_legacy`); the projector forwards those the coordinator
+(:func:`~hms_bus._codec.is_legacy`); the projector forwards those the coordinator
 decides on to ``hms.coordinator``, so that old clients and workers keep working with
 a new coordinator (see ``docs/upgrading.md``).
 """
@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .._codec import decode_event, is_legacy, split_lines
 from .._errors import SerializationError
-from .._events import DECIDED, EVENT_TYPES, decode_event, is_legacy, split_lines
+from .._events import DECIDED, EVENT_TYPES
 from ..transport import Outgoing, Record
 from . import BatchRole, Runtime
 

@@ -28,8 +28,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from .._client import launch
+from .._envelope import utcnow
 from .._errors import ConfigError
-from .._events import WorkflowStarted, utcnow
+from .._events import WorkflowStarted
 from .._outage import Outage, retrying
 from .._retention import prune
 from .._schedules import Schedule

@@ -24,19 +24,12 @@ from typing import Any, NoReturn
 
 from opentelemetry.trace import Span, SpanKind
 
+from .._codec import decode_command, encode_line
 from .._context import StepContext, StepLogger
 from .._definitions import StepDefinition, WorkflowDefinition, validate_payload
+from .._envelope import utcnow
 from .._errors import Fail, HmsBusError, PayloadValidationError, SerializationError
-from .._events import (
-    Directive,
-    ErrorInfo,
-    StepCommand,
-    StepCompleted,
-    StepStarted,
-    decode_command,
-    encode_line,
-    utcnow,
-)
+from .._events import Directive, ErrorInfo, StepCommand, StepCompleted, StepStarted
 from .._keyed_loop import CrashGuard, KeyedLoop
 from .._outage import retrying
 from .._pii import Sealer, mask_text

@@ -19,7 +19,8 @@ from typing import Any
 
 import asyncpg
 
-from .._events import WorkflowEvent, encode
+from .._codec import encode
+from .._events import WorkflowEvent
 from .._projection import StepRow, WorkflowRow, fold
 from .._status import WorkflowState
 from . import Change

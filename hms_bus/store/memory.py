@@ -23,8 +23,9 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import JsonValue
 
+from .._codec import decode_event, encode
 from .._errors import ConfigError, StoreError
-from .._events import WorkflowEvent, decode_event, encode
+from .._events import WorkflowEvent
 from .._ledger import plan_claims, reads_of
 from .._projection import WorkflowRow, fold
 from .._status import WorkflowPage, WorkflowStatus

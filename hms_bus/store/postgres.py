@@ -39,8 +39,9 @@ import asyncpg
 from pydantic import JsonValue
 
 from .._backends import redact
+from .._codec import decode_event
 from .._errors import StoreError
-from .._events import WorkflowEvent, decode_event
+from .._events import WorkflowEvent
 from .._outage import quiet
 from .._status import WorkflowPage, WorkflowStatus
 from ..transport import TopicPartition

@@ -45,8 +45,8 @@ from starlette.staticfiles import StaticFiles
 
 from .._dead_letters import letters, redrive_letter
 from .._diagram import mermaid
+from .._envelope import utcnow
 from .._errors import ConfigError, HmsBusError, NotFoundError
-from .._events import utcnow
 from .._health import HealthReport
 from .._http import StatusServer
 from .._management import Management

@@ -79,12 +79,12 @@ async def _effect(ctx: hms_bus.StepContext) -> None:
 def _inject_clock(path: Path) -> None:
     """Make hms-bus read the wall clock through ``path``'s offset (see module docs)."""
     import hms_bus._client
-    import hms_bus._events
+    import hms_bus._envelope
     import hms_bus.roles.coordinator
     import hms_bus.roles.scheduler
     import hms_bus.roles.worker
 
-    real = hms_bus._events.utcnow
+    real = hms_bus._envelope.utcnow
     read_at, offset = -1.0, 0.0
 
     def utcnow() -> datetime:
@@ -96,7 +96,7 @@ def _inject_clock(path: Path) -> None:
         return real() + timedelta(seconds=offset)
 
     for module in (
-        hms_bus._events,
+        hms_bus._envelope,
         hms_bus._client,
         hms_bus.roles.coordinator,
         hms_bus.roles.scheduler,

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import pytest
 from conftest import eventually
 
+from hms_bus._codec import encode
+from hms_bus._envelope import utcnow
 from hms_bus._events import (
     ErrorInfo,
     RetryScheduled,
@@ -28,8 +30,6 @@ from hms_bus._events import (
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowStarted,
-    encode,
-    utcnow,
 )
 from hms_bus._status import WorkflowState
 from hms_bus.store import (
