@@ -1,11 +1,12 @@
 """Where a workflow goes next: the coordinator's rules, as pure functions.
 
 :func:`decide` takes the workflow definitions and one input of the coordinator and
-returns a typed :data:`Decision`; :func:`follow_up` takes a decision and what the ledger
-holds of the workflow (its *facts*, see below) and returns the second transition some
-decisions lead to. Neither does I/O, reads a clock or keeps state, so every rule is
-testable without a bus: the coordinator turns decisions into events, commands, timers
-and facts, claims them in the ledger (each transition once) and publishes them.
+returns a typed decision (:mod:`hms_bus._decisions`);
+:func:`~hms_bus._follow_up.follow_up` takes a decision and what the ledger holds of the
+workflow (its *facts*) and returns the second transition some decisions lead to.
+Neither does I/O, reads a clock or keeps state, so every rule is testable without a
+bus: the coordinator turns decisions into events, commands, timers and facts, claims
+them in the ledger (each transition once) and publishes them.
 
 The rules:
 
@@ -35,21 +36,31 @@ The rules:
 - A redrive (``redrive:<n>``, the n-th of the workflow) opens a failed or cancelled
   workflow again and runs the step (or group) it names as a new execution.
 
-Facts are small JSON values the ledger keeps per workflow, written by a transition
-when it is first claimed and read back by later ones: ``join:<seq>:<index>`` (a
-branch's result), ``wait:<signal>`` (a parked wait), ``signal:<name>:<id>`` (a kept
-signal), ``child:<seq>`` (a running child) and ``parent`` (a child's parent). A fact
-set to None is gone.
+The facts these rules keep in the ledger, and the second transitions they lead to, are
+:mod:`hms_bus._follow_up`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
+from ._decisions import (
+    Abandon,
+    Cancel,
+    Contribute,
+    Decision,
+    Fail,
+    Finish,
+    Fork,
+    Input,
+    Keep,
+    Park,
+    Reopen,
+    Retry,
+    Schedule,
+    Spawn,
+)
 from ._definitions import Registry, WorkflowDefinition
 from ._events import (
     Branch,
@@ -65,213 +76,13 @@ from ._events import (
 )
 
 __all__ = [
-    "Abandon",
-    "Cancel",
-    "Contribute",
-    "Decision",
-    "Fail",
-    "Finish",
-    "Fork",
-    "Input",
-    "Keep",
-    "Park",
-    "Reopen",
-    "Retry",
-    "Schedule",
-    "Spawn",
     "child_id",
-    "closes",
     "decide",
-    "follow_up",
+    "definition_of",
+    "enter",
     "transition_of",
+    "unroutable",
 ]
-
-Input = (
-    WorkflowStarted
-    | StepCompleted
-    | CancelRequested
-    | SignalSent
-    | WaitExpired
-    | ChildEnded
-    | RedriveRequested
-)
-
-Facts = Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """Run ``step`` as execution ``seq`` (attempt 1), after ``delay`` seconds if set.
-
-    ``error`` is set when the step is an error path (why the earlier step failed, or
-    which signal timed out); ``signal`` when it follows a signal (its data); ``branch``
-    when it is one branch of a fork.
-    """
-
-    step: str
-    seq: int
-    payload: Any
-    error: ErrorInfo | None = None
-    delay: float | None = None
-    signal: Any = None
-    branch: Branch | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Fork:
-    """Run every one of ``runs`` at once (a parallel group's branches, or a fan-out's
-    items); the fork joins in ``join:<seq>`` once all have succeeded."""
-
-    runs: tuple[Schedule, ...]
-
-    @property
-    def seq(self) -> int:
-        """The fork's first execution, which names its join."""
-        return self.runs[0].seq
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """Run ``attempt`` of execution ``seq`` of ``step`` after ``delay`` seconds, because
-    the previous attempt failed with ``error``; ``cause`` and ``signal`` are the step
-    execution's own (why an error-path step runs, the signal that woke it)."""
-
-    step: str
-    seq: int
-    attempt: int
-    payload: Any
-    error: ErrorInfo
-    delay: float
-    branch: Branch | None = None
-    cause: ErrorInfo | None = None
-    signal: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """End the workflow ``completed`` with ``result``."""
-
-    result: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    """End the workflow ``failed`` with ``error``.
-
-    ``attempt`` is the failed attempt when a step failed for good: its command goes to
-    the dead-letter topic. Otherwise the input itself could not be routed (an unknown
-    workflow or step) and it is what is dead-lettered, unless ``letter`` is False (a
-    wait that timed out, a child that failed: nothing was malformed).
-    """
-
-    error: ErrorInfo
-    attempt: StepCompleted | None = None
-    letter: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    """End the workflow ``cancelled``."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Contribute:
-    """A fork's branch succeeded with ``data``: keep it, and join if it completes the
-    set (see :func:`follow_up`)."""
-
-    branch: Branch
-    step: str
-    data: Any
-    version: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Abandon:
-    """A fork's branch failed for good: the fork ends with ``outcome`` (its error path,
-    or the workflow fails), in the transition ``join:<seq>``."""
-
-    branch: Branch
-    outcome: Schedule | Fork | Fail
-    version: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Park:
-    """Step execution ``seq`` waits for the signal ``signal``: then ``then`` (a step or
-    group; None ends the workflow) runs as execution ``seq + 1`` with ``payload``. After
-    ``timeout`` seconds the wait expires: ``on_timeout`` runs, or the workflow fails."""
-
-    step: str
-    seq: int
-    signal: str
-    then: str | None
-    payload: Any
-    timeout: float | None = None
-    on_timeout: str | None = None
-    version: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Keep:
-    """A signal arrived: keep it until a wait for it takes it (see :func:`follow_up`)."""
-
-    signal: str
-    signal_id: str
-    data: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Spawn:
-    """Step execution ``seq`` starts the child workflow ``workflow`` as ``child_id`` with
-    ``payload``, and waits for it; ``parent`` is what the child reports its end to."""
-
-    step: str
-    seq: int
-    child_id: str
-    workflow: str
-    payload: Any
-    parent: ParentRef
-
-
-@dataclass(frozen=True, slots=True)
-class Reopen:
-    """Open the ended workflow again (its ``redrive``-th time) and run ``runs``."""
-
-    redrive: int
-    runs: Schedule | Fork
-
-
-Decision = (
-    Schedule
-    | Fork
-    | Retry
-    | Finish
-    | Fail
-    | Cancel
-    | Contribute
-    | Abandon
-    | Park
-    | Keep
-    | Spawn
-    | Reopen
-)
-"""What a transition does. :class:`Finish`, :class:`Fail` and :class:`Cancel` close the
-workflow: the ledger refuses every later transition of it."""
-
-
-@dataclass(frozen=True, slots=True)
-class FollowUp:
-    """A second transition a decision leads to, given the facts: claim ``decision`` as
-    ``transition_id``, writing ``facts``."""
-
-    transition_id: str
-    decision: Decision
-    facts: dict[str, Any] = field(default_factory=dict)
-    version: str | None = None
-    woke: tuple[str, int, str, str] | None = None
-    """For a wake by a signal: (waiting step, its seq, signal, signal_id)."""
 
 
 def transition_of(event: Input) -> str:
@@ -290,11 +101,6 @@ def transition_of(event: Input) -> str:
     return f"{event.step}:{event.seq}:{event.attempt}"
 
 
-def closes(decision: Decision) -> bool:
-    """True for the decisions that end the workflow."""
-    return isinstance(decision, (Finish, Fail, Cancel))
-
-
 def child_id(parent_id: str, step: str, seq: int) -> str:
     """The id of the child workflow started by step execution ``seq`` of ``parent_id``:
     the same for every retry and redelivery of it. Kept under 200 characters."""
@@ -305,7 +111,8 @@ def child_id(parent_id: str, step: str, seq: int) -> str:
     return f"{parent_id[:150]}/{digest}"
 
 
-def _unroutable(message: str, step: str | None) -> Fail:
+def unroutable(message: str, step: str | None) -> Fail:
+    """The failure of an input or a route the definitions cannot take (not retriable)."""
     return Fail(ErrorInfo(message=message, type="ConfigError", retriable=False, step=step))
 
 
@@ -331,26 +138,26 @@ def decide(registry: Registry, event: Input, *, max_fanout: int = 1000) -> Decis
         return Keep(event.signal, event.signal_id, event.data)
     if event.workflow not in registry.workflows:
         if isinstance(event, WorkflowStarted):
-            return _unroutable(f"unknown workflow {event.workflow!r}", None)
-        return _unroutable(
+            return unroutable(f"unknown workflow {event.workflow!r}", None)
+        return unroutable(
             f"unknown step {event.workflow}.{getattr(event, 'step', '?')}",
             getattr(event, "step", None),
         )
     wf = definition_of(registry, event.workflow, event.version)
     if isinstance(event, WorkflowStarted):
-        return _enter(wf, wf.first_step, 1, event.payload, max_fanout=max_fanout)
+        return enter(wf, wf.first_step, 1, event.payload, max_fanout=max_fanout)
     if isinstance(event, WaitExpired):
         return _expired(wf, event)
     if isinstance(event, ChildEnded):
         return _child_ended(wf, event)
     if isinstance(event, RedriveRequested):
         if not wf.has_target(event.step):
-            return _unroutable(f"redrive of unknown step {event.workflow}.{event.step}", None)
-        entered = _enter(wf, event.step, event.seq, event.payload)
+            return unroutable(f"redrive of unknown step {event.workflow}.{event.step}", None)
+        entered = enter(wf, event.step, event.seq, event.payload)
         assert isinstance(entered, (Schedule, Fork))
         return Reopen(event.redrive, entered)
     if event.step not in wf.steps:
-        return _unroutable(f"unknown step {event.workflow}.{event.step}", event.step)
+        return unroutable(f"unknown step {event.workflow}.{event.step}", event.step)
     if event.outcome == "succeeded":
         decision = _succeeded(wf, event, max_fanout)
         if isinstance(decision, Spawn) and decision.workflow not in registry.workflows:
@@ -366,7 +173,7 @@ def decide(registry: Registry, event: Input, *, max_fanout: int = 1000) -> Decis
     return _failed(wf, event)
 
 
-def _enter(
+def enter(
     wf: WorkflowDefinition,
     target: str | None,
     seq: int,
@@ -407,12 +214,12 @@ def _check_target(wf: WorkflowDefinition, source: str, target: str | None) -> Fa
     if target in wf.steps:
         group = wf.group_of(target)
         assert group is not None
-        return _unroutable(
+        return unroutable(
             f"step {source!r} routed to {target!r}, a branch of the parallel group "
             f"{group.name!r}: route to the group instead",
             source,
         )
-    return _unroutable(f"step {source!r} routed to unknown step {target!r}", source)
+    return unroutable(f"step {source!r} routed to unknown step {target!r}", source)
 
 
 def _succeeded(wf: WorkflowDefinition, ev: StepCompleted, max_fanout: int) -> Decision:
@@ -424,10 +231,10 @@ def _succeeded(wf: WorkflowDefinition, ev: StepCompleted, max_fanout: int) -> De
         return Contribute(ev.branch, ev.step, data, ev.version)
     seq = ev.seq + 1
     if d is None:  # passes its payload on to the next entry in order
-        return _enter(wf, wf.next_after(ev.step), seq, ev.payload, max_fanout=max_fanout)
+        return enter(wf, wf.next_after(ev.step), seq, ev.payload, max_fanout=max_fanout)
     kind = d.kind
     if kind == "default":  # the definition's own next entry: nothing to check
-        return _enter(wf, wf.next_after(ev.step), seq, d.data, max_fanout=max_fanout)
+        return enter(wf, wf.next_after(ev.step), seq, d.data, max_fanout=max_fanout)
     if kind == "complete":
         return Finish(d.data)
     target = d.step if d.step is not None else wf.next_after(ev.step)
@@ -468,7 +275,7 @@ def _succeeded(wf: WorkflowDefinition, ev: StepCompleted, max_fanout: int) -> De
             d.data,
             parent,
         )
-    return _enter(wf, target, seq, d.data, delay=d.delay, max_fanout=max_fanout)
+    return enter(wf, target, seq, d.data, delay=d.delay, max_fanout=max_fanout)
 
 
 def _branch_routes(step: str, kind: str) -> ErrorInfo:
@@ -524,7 +331,7 @@ def _each(
         )
     seq = ev.seq + 1
     if not items:  # nothing to fan out: the results are an empty list
-        return _enter(wf, then, seq, [])
+        return enter(wf, then, seq, [])
     size = len(items)
     return Fork(
         tuple(
@@ -560,7 +367,7 @@ def _failed(wf: WorkflowDefinition, ev: StepCompleted) -> Decision:
     seq = ev.seq + 1 if ev.branch is None else ev.branch.seq + ev.branch.size
     outcome: Schedule | Fork | Fail
     if route is not None:
-        entered = _enter(wf, route, seq, ev.payload, error=failed)
+        entered = enter(wf, route, seq, ev.payload, error=failed)
         assert not isinstance(entered, Finish)
         outcome = entered
     else:
@@ -579,7 +386,7 @@ def _expired(wf: WorkflowDefinition, ev: WaitExpired) -> Decision:
     )
     if ev.on_timeout is None:
         return Fail(error, letter=False)
-    entered = _enter(wf, ev.on_timeout, ev.seq + 1, ev.payload, error=error)
+    entered = enter(wf, ev.on_timeout, ev.seq + 1, ev.payload, error=error)
     return entered
 
 
@@ -587,7 +394,7 @@ def _child_ended(wf: WorkflowDefinition, ev: ChildEnded) -> Decision:
     seq = ev.seq + 1
     if ev.status == "completed":
         target = ev.then if ev.then is not None else wf.next_after(ev.step)
-        return _enter(wf, target, seq, ev.result)
+        return enter(wf, target, seq, ev.result)
     error = ErrorInfo(
         message=f"child workflow {ev.child_id!r} {ev.status}"
         + (f": {ev.error.message}" if ev.error is not None else ""),
@@ -598,137 +405,5 @@ def _child_ended(wf: WorkflowDefinition, ev: ChildEnded) -> Decision:
     route = wf.error_route(ev.step) if ev.step in wf.steps else None
     if route is None:
         return Fail(error, letter=False)
-    entered = _enter(wf, route, seq, ev.result, error=error)
+    entered = enter(wf, route, seq, ev.result, error=error)
     return entered
-
-
-# -- second transitions ------------------------------------------------------------------
-
-
-def follow_up(
-    registry: Registry, workflow: str, decision: Decision, facts: Facts
-) -> FollowUp | None:
-    """The transition ``decision`` leads to once claimed, given the workflow's facts
-    (the ones :func:`facts_read` asked for, after the claim's own writes), or None.
-
-    - :class:`Contribute`: when every branch's result is in, ``join:<seq>`` goes on
-      with them.
-    - :class:`Abandon`: ``join:<seq>`` ends the fork with its outcome.
-    - :class:`Park`: a signal kept before the wait wakes it at once (``wake:<seq>``).
-    - :class:`Keep`: a wait for the signal is woken by it (``wake:<seq>``).
-
-    Raises:
-        KeyError: (workflow, version) when the wait to wake runs by a version this
-            process does not define: a coordinator that does must wake it.
-    """
-    if isinstance(decision, Abandon):
-        return FollowUp(f"join:{decision.branch.seq}", decision.outcome, version=decision.version)
-    if isinstance(decision, Contribute):
-        b = decision.branch
-        results = [facts.get(_join_key(b.seq, i)) for i in range(b.size)]
-        if any(r is None for r in results):
-            return None
-        if b.each:
-            joined: Any = [r["data"] for r in results if r is not None]
-        else:
-            joined = {r["step"]: r["data"] for r in results if r is not None}
-        wf = registry.version(workflow, decision.version)
-        entered: Decision
-        if wf is None:
-            entered = _unroutable(
-                f"workflow {workflow!r} version {decision.version!r} is not defined here",
-                decision.step,
-            )
-        else:
-            entered = _enter(wf, b.then, b.seq + b.size, joined)
-        return FollowUp(f"join:{b.seq}", entered, version=decision.version)
-    if isinstance(decision, Park):
-        kept = _first_signal(facts, decision.signal)
-        if kept is None:
-            return None
-        return _wake(registry, workflow, _wait_fact(decision), kept)
-    if isinstance(decision, Keep):
-        wait = facts.get(f"wait:{decision.signal}")
-        if wait is None:
-            return None
-        kept = _first_signal(facts, decision.signal)
-        if kept is None:
-            return None
-        return _wake(registry, workflow, wait, kept)
-    return None
-
-
-def _join_key(seq: int, index: int) -> str:
-    return f"join:{seq}:{index}"
-
-
-def _first_signal(facts: Facts, signal: str) -> tuple[str, Any] | None:
-    """The kept signal of that name that arrived first: (signal_id, fact)."""
-    prefix = f"signal:{signal}:"
-    kept = [(v["at"], k[len(prefix) :], v) for k, v in facts.items() if k.startswith(prefix) and v]
-    if not kept:
-        return None
-    _, sid, fact = min(kept, key=lambda x: (x[0], x[1]))
-    return sid, fact
-
-
-def _wait_fact(park: Park) -> dict[str, Any]:
-    return {
-        "step": park.step,
-        "seq": park.seq,
-        "signal": park.signal,
-        "then": park.then,
-        "payload": park.payload,
-        "version": park.version,
-    }
-
-
-def _wake(
-    registry: Registry, workflow: str, wait: Mapping[str, Any], kept: tuple[str, Any]
-) -> FollowUp:
-    sid, fact = kept
-    wf = registry.version(workflow, wait.get("version"))
-    seq = int(wait["seq"])
-    if wf is None:  # a coordinator that defines the wait's version wakes it
-        raise KeyError((workflow, wait.get("version")))
-    decision = _enter(wf, wait.get("then"), seq + 1, wait.get("payload"), signal=fact["data"])
-    return FollowUp(
-        f"wake:{seq}",
-        decision,
-        {f"wait:{wait['signal']}": None, f"signal:{wait['signal']}:{sid}": None},
-        version=wait.get("version"),
-        woke=(str(wait.get("step")), seq, str(wait["signal"]), sid),
-    )
-
-
-def facts_written(decision: Decision, *, at: datetime) -> dict[str, Any]:
-    """The facts a first claim of ``decision`` writes (``at``: when the input was made,
-    which orders kept signals)."""
-    if isinstance(decision, (Schedule, Finish, Retry)):  # the straight line: none
-        return {}
-    if isinstance(decision, Contribute):
-        b = decision.branch
-        return {_join_key(b.seq, b.index): {"step": decision.step, "data": decision.data}}
-    if isinstance(decision, Park):
-        return {f"wait:{decision.signal}": _wait_fact(decision)}
-    if isinstance(decision, Keep):
-        key = f"signal:{decision.signal}:{decision.signal_id}"
-        return {key: {"data": decision.data, "at": at.isoformat()}}
-    if isinstance(decision, Spawn):
-        return {f"child:{decision.seq}": {"id": decision.child_id, "workflow": decision.workflow}}
-    return {}
-
-
-def facts_read(decision: Decision) -> tuple[str, ...]:
-    """The fact prefixes :func:`follow_up` needs after a claim of ``decision``."""
-    if isinstance(decision, (Schedule, Retry)):  # the straight line: none
-        return ()
-    if isinstance(decision, Contribute):
-        return (f"join:{decision.branch.seq}:",)
-    if isinstance(decision, Park):
-        return (f"signal:{decision.signal}:",)
-    if isinstance(decision, Keep):
-        return (f"wait:{decision.signal}", f"signal:{decision.signal}:")
-    if closes(decision):
-        return ("parent", "child:")
-    return ()

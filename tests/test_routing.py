@@ -1,9 +1,9 @@
 """The coordinator's rules (``hms_bus._routing``), pure: no bus, no store, no clock.
 
 Joins, waits and children are two transitions, the second depending on the facts the
-first wrote: these tests play the facts by hand, in every order, and check that the
-second transition is named the same whichever way it is reached (so the ledger makes
-it happen once).
+first wrote (``hms_bus._follow_up``): these tests play the facts by hand, in every
+order, and check that the second transition is named the same whichever way it is
+reached (so the ledger makes it happen once).
 """
 
 from __future__ import annotations
@@ -14,6 +14,18 @@ from typing import Any
 import pytest
 
 from hms_bus import parallel
+from hms_bus._decisions import (
+    Abandon,
+    Contribute,
+    Fail,
+    Finish,
+    Fork,
+    Keep,
+    Park,
+    Retry,
+    Schedule,
+    Spawn,
+)
 from hms_bus._definitions import Registry
 from hms_bus._events import (
     Branch,
@@ -25,25 +37,9 @@ from hms_bus._events import (
     WaitExpired,
     WorkflowStarted,
 )
+from hms_bus._follow_up import facts_read, facts_written, follow_up
 from hms_bus._retry import RetryPolicy
-from hms_bus._routing import (
-    Abandon,
-    Contribute,
-    Fail,
-    Finish,
-    Fork,
-    Keep,
-    Park,
-    Retry,
-    Schedule,
-    Spawn,
-    child_id,
-    decide,
-    facts_read,
-    facts_written,
-    follow_up,
-    transition_of,
-)
+from hms_bus._routing import child_id, decide, transition_of
 
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
 

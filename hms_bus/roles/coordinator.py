@@ -3,10 +3,11 @@
 It consumes ``hms.coordinator``, its own input topic: ``workflowStarted`` from clients
 (and from parents, for a child), ``completeStep`` from workers, ``cancelRequested``,
 ``signalSent``, ``waitExpired`` (from timers) and ``childEnded``. The rules are
-:mod:`hms_bus._routing`'s. Each decision is a :class:`~hms_bus.store.TransitionClaim`
-keyed by (workflow_id, transition): the store records it once, so a redelivered or
-duplicated event never advances a workflow twice, and a workflow that has ended refuses
-every later transition.
+:mod:`hms_bus._routing`'s and :mod:`hms_bus._follow_up`'s. Each decision is a
+:class:`~hms_bus.store.TransitionClaim` (built by :mod:`hms_bus.roles._claims`) keyed by
+(workflow_id, transition): the store records it once, so a redelivered or duplicated
+event never advances a workflow twice, and a workflow that has ended refuses every later
+transition.
 
 Some decisions lead to a second transition that depends on what the ledger holds of
 the workflow (its facts): a fork's branch that completes the set joins it, a wait meets
@@ -33,74 +34,31 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
-from collections.abc import Mapping
-from datetime import timedelta
-from typing import Any
 
 import orjson
 from opentelemetry.trace import Span, SpanKind
 
-from .._codec import decode_event, encode, encode_line, pack_lines, split_lines
+from .._codec import decode_event, encode_line, pack_lines, split_lines
+from .._decisions import Decision, Input
 from .._definitions import Registry
-from .._envelope import new_id, utcnow
 from .._errors import SerializationError
-from .._events import (
-    DECIDED,
-    CancelRequested,
-    ChildEnded,
-    ChildStarted,
-    ErrorInfo,
-    ParentRef,
-    RetryScheduled,
-    StepCommand,
-    StepScheduled,
-    StepWaiting,
-    WaitEnded,
-    WaitExpired,
-    WorkflowCancelled,
-    WorkflowCompleted,
-    WorkflowFailed,
-    WorkflowRedriven,
-    WorkflowStarted,
-)
+from .._events import DECIDED, WaitEnded
+from .._follow_up import follow_up
 from .._outage import retrying
-from .._routing import (
-    Abandon,
-    Cancel,
-    Contribute,
-    Decision,
-    Fail,
-    Finish,
-    Fork,
-    Input,
-    Keep,
-    Park,
-    Reopen,
-    Retry,
-    Schedule,
-    Spawn,
-    closes,
-    decide,
-    facts_read,
-    facts_written,
-    follow_up,
-    transition_of,
-)
+from .._routing import decide, transition_of
 from .._telemetry import Attr, Headers, end_span
 from .._topics import Topics
-from ..store import ClaimResult, ClaimState, Timer, TransitionClaim
+from ..store import ClaimResult, ClaimState, TransitionClaim
 from ..transport import Outgoing, Record, record_size
 from . import BatchRole, Runtime
+from ._claims import claim_of, notices, operation_of
 
 __all__ = ["Coordinator", "inboxes"]
 
 _NONE: frozenset[tuple[str, str]] = frozenset()
 
 log = logging.getLogger("hms_bus.coordinator")
-
-_COMMAND_FIELDS = {"workflow_id", "workflow", "step", "seq", "attempt", "payload"}
 
 
 class Coordinator(BatchRole):
@@ -207,8 +165,8 @@ class Coordinator(BatchRole):
                         span.end()
                     continue
                 lines.append(line)
-                claim = self._claim(event, transition_of(event), decision, headers)
-                what = _operation(decision, event, rt.topics)
+                claim = claim_of(rt, event, transition_of(event), decision, headers)
+                what = operation_of(decision, event, rt.topics)
                 if span is not None and span.is_recording():
                     operation, destination, *_ = what
                     span.update_name(f"{operation} {destination}")
@@ -280,7 +238,9 @@ class Coordinator(BatchRole):
                         state = ClaimState.DONE  # we published it; the mark is on its way
                     if state in (ClaimState.NEW, ClaimState.UNPUBLISHED) and key not in keys:
                         history.extend(self._split(result.messages, out))
-                        out.extend(self._notices(st))
+                        out.extend(
+                            notices(rt.topics, st.event, st.decision, result.facts, st.headers)
+                        )
                         keys[key] = None
                         if result.state is ClaimState.NEW:
                             self._log_failure(claim)
@@ -341,7 +301,8 @@ class Coordinator(BatchRole):
             )
             topic, key = self._rt.topics.events, ev.workflow_id.encode()
             extra.append(Outgoing(topic, encode_line(ended), key=key, headers=st.headers))
-        claim = self._claim(
+        claim = claim_of(
+            self._rt,
             ev,
             nxt.transition_id,
             nxt.decision,
@@ -350,62 +311,8 @@ class Coordinator(BatchRole):
             version=nxt.version,
             extra=extra,
         )
-        what = _operation(nxt.decision, ev, self._rt.topics)
+        what = operation_of(nxt.decision, ev, self._rt.topics)
         return _Step(ev, nxt.decision, claim, None, what, st.headers)
-
-    def _notices(self, st: _Step) -> list[Outgoing]:
-        """What a transition that ends a workflow tells others, from its facts: a child's
-        end to its parent, a cancellation to the children still running. Made again
-        whenever the transition is published (they are not recorded with it), the same
-        each time."""
-        assert st.result is not None
-        if not closes(st.decision) or not st.result.facts:
-            return []
-        ev, facts, topics = st.event, st.result.facts, self._rt.topics
-        out: list[Outgoing] = []
-        parent = facts.get("parent")
-        if isinstance(parent, Mapping):
-            ref = ParentRef.model_validate(parent)
-            status, result, error = _ending(st.decision)
-            ended = ChildEnded(
-                event_id=_derived_id("childEnded", ev.workflow_id),
-                workflow_id=ref.workflow_id,
-                workflow=ref.workflow,
-                step=ref.step,
-                seq=ref.seq,
-                child_id=ev.workflow_id,
-                status=status,
-                result=result,
-                error=error,
-                then=ref.then,
-                version=ref.version,
-            )
-            out.append(
-                Outgoing(
-                    topics.coordinator,
-                    encode_line(ended),
-                    key=ref.workflow_id.encode(),
-                    headers=st.headers,
-                )
-            )
-        if isinstance(st.decision, Cancel):
-            for fact, child in facts.items():
-                if fact.startswith("child:") and isinstance(child, Mapping):
-                    cancel = CancelRequested(
-                        event_id=_derived_id("cancel", str(child["id"])),
-                        workflow_id=str(child["id"]),
-                        workflow=str(child["workflow"]),
-                        reason=f"its parent {ev.workflow_id!r} was cancelled",
-                    )
-                    out.append(
-                        Outgoing(
-                            topics.coordinator,
-                            encode_line(cancel),
-                            key=cancel.workflow_id.encode(),
-                            headers=st.headers,
-                        )
-                    )
-        return out
 
     def _forward(self, record: Record, line: bytes, event: Input) -> Outgoing:
         """The input, for the coordinators that define its workflow's version."""
@@ -471,214 +378,6 @@ class Coordinator(BatchRole):
                 )
                 self._rt.count_dead_letter(letter["source_topic"])
 
-    # -- from a decision to what it publishes ---------------------------------------------
-
-    def _claim(
-        self,
-        ev: Input,
-        tid: str,
-        decision: Decision,
-        headers: Headers,
-        *,
-        facts: Mapping[str, Any] | None = None,
-        version: str | None = None,
-        extra: list[Outgoing] | None = None,
-    ) -> TransitionClaim:
-        """The claim of ``decision``: its history events, commands, timers, letters and
-        facts (``extra`` messages first)."""
-        topics = self._rt.topics
-        wid = ev.workflow_id
-        key = wid.encode()
-        version = version or _version(ev, self._rt)
-        written = facts_written(decision, at=ev.ts)
-        if facts:
-            written = {**facts, **written}
-        if isinstance(ev, ChildEnded):
-            written[f"child:{ev.seq}"] = None  # no longer running
-        elif isinstance(ev, WorkflowStarted) and ev.parent is not None:
-            written["parent"] = ev.parent.model_dump(mode="json")
-
-        def event(e: Any) -> Outgoing:
-            return Outgoing(topics.events, encode_line(e), key=key, headers=headers)
-
-        def command(run: Schedule | Retry, attempt: int) -> Outgoing:
-            cmd = StepCommand(
-                workflow_id=wid,
-                workflow=ev.workflow,
-                step=run.step,
-                seq=run.seq,
-                attempt=attempt,
-                payload=run.payload,
-                error=run.error if isinstance(run, Schedule) else run.cause,
-                version=version,
-                branch=run.branch,
-                signal=run.signal,
-            )
-            return Outgoing(
-                topics.step(ev.workflow, run.step), encode(cmd), key=key, headers=headers
-            )
-
-        ids = {"workflow_id": wid, "workflow": ev.workflow}
-        messages: list[Outgoing] = list(extra or ())
-        timers: list[Timer] = []
-
-        def schedule(run: Schedule) -> None:
-            due = utcnow() + timedelta(seconds=run.delay) if run.delay else None
-            group = run.branch.group if run.branch is not None else None
-            messages.append(
-                event(StepScheduled(**ids, step=run.step, seq=run.seq, due_at=due, group=group))
-            )
-            cmd = command(run, 1)
-            if due is None:
-                messages.append(cmd)
-            else:
-                timers.append(Timer(new_id(), wid, due, cmd))
-
-        if isinstance(ev, WaitExpired) and tid == transition_of(ev):
-            ended = WaitEnded(**ids, step=ev.step, seq=ev.seq, signal=ev.signal, timed_out=True)
-            messages.append(event(ended))
-        closing = closes(decision)
-        if isinstance(decision, Abandon):
-            decision_now: Decision | None = None  # the fork's outcome is the join's
-        elif isinstance(decision, Reopen):
-            entry = decision.runs.runs[0] if isinstance(decision.runs, Fork) else decision.runs
-            redriven = WorkflowRedriven(
-                **ids, redrive=decision.redrive, step=entry.step, seq=entry.seq
-            )
-            messages.append(event(redriven))
-            decision_now = decision.runs
-        else:
-            decision_now = decision
-        if isinstance(decision_now, Schedule):
-            schedule(decision_now)
-        elif isinstance(decision_now, Fork):
-            for run in decision_now.runs:
-                schedule(run)
-        elif isinstance(decision_now, Retry):
-            due = utcnow() + timedelta(seconds=decision_now.delay)
-            messages.append(
-                event(
-                    RetryScheduled(
-                        **ids,
-                        step=decision_now.step,
-                        seq=decision_now.seq,
-                        attempt=decision_now.attempt,
-                        due_at=due,
-                        error=decision_now.error,
-                    )
-                )
-            )
-            cmd = command(decision_now, decision_now.attempt)
-            if decision_now.delay > 0:
-                timers.append(Timer(new_id(), wid, due, cmd))
-            else:
-                messages.append(cmd)
-        elif isinstance(decision_now, Park):
-            timeout_at = (
-                utcnow() + timedelta(seconds=decision_now.timeout) if decision_now.timeout else None
-            )
-            messages.append(
-                event(
-                    StepWaiting(
-                        **ids,
-                        step=decision_now.step,
-                        seq=decision_now.seq,
-                        signal=decision_now.signal,
-                        timeout_at=timeout_at,
-                    )
-                )
-            )
-            if timeout_at is not None:
-                expired = WaitExpired(
-                    **ids,
-                    step=decision_now.step,
-                    seq=decision_now.seq,
-                    signal=decision_now.signal,
-                    payload=decision_now.payload,
-                    on_timeout=decision_now.on_timeout,
-                    version=version,
-                )
-                body = encode_line(expired)
-                timers.append(
-                    Timer(
-                        new_id(), wid, timeout_at, Outgoing(topics.coordinator, body, key, headers)
-                    )
-                )
-        elif isinstance(decision_now, Spawn):
-            messages.append(
-                event(
-                    ChildStarted(
-                        **ids,
-                        step=decision_now.step,
-                        seq=decision_now.seq,
-                        child_id=decision_now.child_id,
-                        child_workflow=decision_now.workflow,
-                    )
-                )
-            )
-            child_wf = self._rt.registry.workflows[decision_now.workflow]
-            started = WorkflowStarted(
-                event_id=_derived_id("start", decision_now.child_id),
-                workflow_id=decision_now.child_id,
-                workflow=decision_now.workflow,
-                payload=decision_now.payload,
-                service=self._rt.settings.service_name,
-                version=child_wf.version,
-                parent=decision_now.parent,
-            )
-            messages.append(
-                Outgoing(
-                    topics.coordinator,
-                    encode_line(started),
-                    key=decision_now.child_id.encode(),
-                    headers=headers,
-                )
-            )
-        elif isinstance(decision_now, Finish):
-            messages.append(event(WorkflowCompleted(**ids, result=decision_now.result)))
-        elif isinstance(decision_now, Cancel):
-            messages.append(event(WorkflowCancelled(**ids, reason=decision_now.reason)))
-        elif isinstance(decision_now, Fail):
-            messages.append(event(WorkflowFailed(**ids, error=decision_now.error)))
-            if decision_now.letter:
-                messages.append(self._letter(ev, decision_now, headers))
-        # Contribute and Keep publish nothing themselves: their second transition may.
-        return TransitionClaim(
-            wid,
-            tid,
-            tuple(messages),
-            tuple(timers),
-            closes=closing,
-            facts=tuple(written.items()) if written else (),
-            reads=facts_read(decision),
-            reopens=isinstance(decision, Reopen),
-        )
-
-    def _letter(self, ev: Input, decision: Fail, headers: Headers) -> Outgoing:
-        """The dead letter of a failed workflow: the failed attempt's command, as the
-        worker received it, or the input that could not be routed."""
-        error, attempt = decision.error, decision.attempt
-        if attempt is not None:
-            command = StepCommand.model_validate(attempt.model_dump(include=_COMMAND_FIELDS))
-            source = self._rt.topics.step(attempt.workflow, attempt.step)
-            body: Any = command.model_dump(mode="json")
-        else:
-            source, body = self._rt.topics.coordinator, ev.model_dump(mode="json")
-        step = error.step
-        reason = f"workflow failed at step {step!r}: {error.message}" if step else error.message
-        return self._rt.dead_letter(
-            None,
-            reason,
-            log_it=False,
-            source_topic=source,
-            original=body,
-            workflow_id=ev.workflow_id,
-            workflow=ev.workflow,
-            step=step,
-            error=error,
-            headers=headers,
-        )
-
 
 _ONCE = frozenset({"signalSent", "waitExpired", "childEnded", "redriveRequested"})
 """Inputs whose line goes to the history only when their transition is new."""
@@ -715,59 +414,6 @@ def inboxes(registry: Registry, topics: Topics) -> list[str]:
     return [topics.inbox(wf.name, wf.version) for wf in registry.definitions()]
 
 
-def _version(ev: Input, rt: Runtime) -> str | None:
-    """The definition version the input's workflow runs by."""
-    version = getattr(ev, "version", None)
-    if version:
-        return str(version)
-    wf = rt.registry.workflows.get(ev.workflow)
-    return wf.version if wf is not None else None
-
-
-def _derived_id(kind: str, of: str) -> str:
-    """An event id made from what the event is, so that each time it is made again (a
-    redelivery) it is the same event."""
-    return hashlib.sha256(f"{kind}:{of}".encode()).hexdigest()[:32]
-
-
 def _drop_line(history: list[bytes], event_id: str) -> None:
     needle = f'"event_id":"{event_id}"'.encode()
     history[:] = [line for line in history if needle not in line]
-
-
-def _ending(decision: Decision) -> tuple[Any, Any, ErrorInfo | None]:
-    """How a workflow ended, for its parent: (status, result, error)."""
-    if isinstance(decision, Finish):
-        return "completed", decision.result, None
-    if isinstance(decision, Fail):
-        return "failed", None, decision.error
-    assert isinstance(decision, Cancel)
-    return "cancelled", None, ErrorInfo(message=decision.reason, type="Cancelled", retriable=False)
-
-
-def _operation(decision: Decision, ev: Input, topics: Topics) -> tuple[str, str, str | None, str]:
-    """What a decision does, for its span and metrics: (operation, destination, step,
-    workflow)."""
-    wf = ev.workflow
-    if isinstance(decision, (Schedule, Retry)):
-        kind = "schedule" if isinstance(decision, Schedule) else "retry"
-        return kind, topics.step(wf, decision.step), decision.step, wf
-    if isinstance(decision, Fork):
-        step = decision.runs[0].step
-        return "fork", topics.step(wf, step), step, wf
-    if isinstance(decision, Finish):
-        return "complete", wf, None, wf
-    if isinstance(decision, Cancel):
-        return "cancel", wf, None, wf
-    if isinstance(decision, Fail):
-        return "fail", wf, decision.error.step, wf
-    if isinstance(decision, Park):
-        return "wait", wf, decision.step, wf
-    if isinstance(decision, Spawn):
-        return "start", decision.workflow, decision.step, wf
-    if isinstance(decision, (Contribute, Abandon)):
-        return "join", wf, decision.branch.group, wf
-    if isinstance(decision, Reopen):
-        return "redrive", wf, None, wf
-    assert isinstance(decision, Keep)
-    return "signal", wf, None, wf
