@@ -1,4 +1,5 @@
-"""How an ``hms-bus`` command is declared, parsed and run (the commands are in ``cli``).
+"""How an ``hms-bus`` command is declared, parsed and run (the commands are in ``cli`` and
+the ``_cli_*`` modules it adds to its root group).
 
 :func:`command` turns an async function into a click command whose parsed command line
 becomes a :class:`Job`; :func:`run` parses ``argv`` and runs the job, mapping what can go
@@ -18,15 +19,15 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
+from ._admin import load_app
+from ._backends import in_process
 from ._errors import ConfigError, HmsBusError, NotFoundError, WaitTimeoutError
+from ._management import Management, init
 from ._render import Screen
-
-if TYPE_CHECKING:
-    from ._management import Management
 
 __all__ = [
     "EXIT_BACKEND",
@@ -43,9 +44,13 @@ __all__ = [
     "Job",
     "UsageError",
     "app_argument",
+    "app_option",
+    "client",
     "command",
     "configure",
     "err",
+    "json_option",
+    "memory_note",
     "option",
     "parse",
     "run",
@@ -280,6 +285,9 @@ def run(group: click.Group, argv: Sequence[str] | None = None) -> int:
         _fail(str(exc), EXIT_BACKEND)
 
 
+# -- apps and options the commands share ----------------------------------------------
+
+
 def app_argument() -> click.Argument:
     """The ``APP`` argument of the commands that need an app."""
     return click.Argument(["app"], help="module:attribute of the app")
@@ -289,3 +297,31 @@ def configure(mgmt: Management, c: Common, **settings: Any) -> Management:
     """Apply the common options (``--bus``, ``--store``, ``--namespace``) and ``settings``."""
     mgmt.configure(bus=c.bus, store=c.store, namespace=c.namespace, **settings)
     return mgmt
+
+
+def app_option(
+    text: str = "module:attribute (default: bus/store from the environment)",
+) -> click.Option:
+    """The ``--app`` option of the commands that can do without an app."""
+    return option("--app", help=text)
+
+
+def json_option(text: str = "print JSON") -> click.Option:
+    """The ``--json`` flag (``as_json``) of the commands that print a result."""
+    return option("--json", "as_json", is_flag=True, help=text)
+
+
+def client(c: Common, app: str | None) -> Management:
+    """The app (or, without one, a bare client of the environment's bus and store)."""
+    return configure(load_app(app) if app else init(roles=()), c, roles=())
+
+
+def memory_note(mgmt: Management, what: str) -> None:
+    """Warn on standard error when the store is in-process: ``what`` sees only this
+    process's workflows."""
+    url = mgmt.settings.store_url
+    if in_process(url):
+        err(
+            f"note: the store is {url} (inside this process only), so {what} sees "
+            "only this process's workflows; set HMS_STORE_URL or --store to a shared store"
+        )
