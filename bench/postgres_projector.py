@@ -28,15 +28,18 @@ a worker or the coordinator puts it on the bus, is encoded once
 - **baseline**: the store's writes alone, without its reads and its Python, on a fresh
   schema created by the same migrations (``hms_bus.store.postgres.migrate``). The rows
   that the store writes for each batch are computed beforehand by the projection itself:
-  ``apply_event`` over ``WorkflowRow`` objects, batch by batch, keeping the rows each
-  batch changes with their values at the end of the batch. The store's fold reads
-  neither ``payload`` nor ``result`` (its upsert keeps them), so each batch folds its
-  workflows with both unset, as the store does. Then, per batch, one transaction runs
-  the store's own write statements, imported from ``hms_bus.store._sql``:
-  ``INSERT_EVENTS`` for the batch's events (the same bodies; the statement also takes
-  the workflows' advisory locks) and ``WRITE_FOLD`` for the rows the batch changes, with
-  the store's channel and an empty list of notifications. Every argument is built
-  before the clock. Nothing is read, folded or encoded inside it.
+  ``fold`` over ``WorkflowRow`` objects, batch by batch, which names the rows each batch
+  changes, with their values at the end of the batch. The store's fold reads neither
+  ``payload`` nor ``result`` (its upsert keeps them), so each batch folds its workflows
+  with both unset, as the store does. The arguments are built by the store's own
+  functions (``hms_bus.store._pg_projection``), each given a stand-in connection that
+  records what it sends: ``apply_events`` up to its first statement, ``INSERT_EVENTS``
+  for the batch's events (the same bodies; the statement also takes the workflows'
+  advisory locks), and ``write_fold`` for the rows the batch changes, with no
+  notifications. Then, per batch, one transaction sends these two statements,
+  imported from ``hms_bus.store._sql``. Every argument is built before the clock.
+  Nothing is read, folded or encoded inside it. The warm-up round checks, batch by
+  batch, that the rows the store hands ``write_fold`` make the baseline's arguments.
 
 hms_bus sends the same two statements with the same arguments, except the
 notifications. On top of them it runs the fold's two SELECTs (``SELECT_FOLD_WORKFLOWS``,
@@ -48,12 +51,16 @@ and the notifications.
 
 Every schema starts alike, before the clock:
 
-- ``--history H`` finished workflows (2000 by default) are loaded with COPY, and
-  ``hms_workflows`` and ``hms_steps`` are analyzed. A store in service has history
-  and statistics. ``--history 0`` measures fresh tables without statistics.
-- Every workflow of the stream is registered with the row ``register_start`` writes,
-  as ``Management.start`` does before it publishes ``workflowStarted``. So the
-  projector updates rows that exist, as it does in a deployment.
+- ``--history H`` finished workflows (2000 by default) are in it, and ``hms_workflows``
+  and ``hms_steps`` are analyzed. A store in service has history and statistics.
+  ``--history 0`` measures fresh tables without statistics. The history runs through
+  the store once, before the rounds, into a schema of its own (``register_start`` for
+  each workflow, then ``apply_events`` batch by batch); each schema gets a copy of its
+  rows (``INSERT … SELECT`` on the server).
+- Every workflow of the stream is registered by the store's ``register_starts`` (what
+  ``register_start`` sends), as ``Management.start`` does before it publishes
+  ``workflowStarted``. So the projector updates rows that exist, as it does in a
+  deployment.
 
 All three systems (hms_bus, the baseline, hms_bus.phases below) run in the same round,
 each on its own schema, **interleaved batch by batch**: batch 1 for each, then batch 2
@@ -120,7 +127,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -139,15 +146,17 @@ from hms_bus._events import (
     WorkflowCompleted,
     WorkflowStarted,
 )
-from hms_bus._projection import StepRow, WorkflowRow, apply_event
+from hms_bus._projection import StepRow, WorkflowRow, fold
 from hms_bus.store import _pg_projection as fold_io
+from hms_bus.store import _pg_rows as rows_io
 from hms_bus.store._notify import channel_name
+from hms_bus.store._pg_conn import connection
+from hms_bus.store._pg_rows import Start
 from hms_bus.store._sql import (
     INSERT_EVENTS,
     SELECT_FOLD_STEPS,
     SELECT_FOLD_WORKFLOWS,
     WRITE_FOLD,
-    json_text,
 )
 from hms_bus.store.postgres import PostgresStore, migrate
 
@@ -235,209 +244,174 @@ def event_stream(workflows: int, in_flight: int, seed: int, t0: datetime) -> lis
     return out
 
 
-COLUMNS = {  # in the order of INSERT_EVENTS' and WRITE_FOLD's parameters
-    "hms_events": ["namespace", "event_id", "workflow_id", "type", "ts", "body"],
-    "hms_workflows": [
-        "namespace",
-        "workflow_id",
-        "workflow",
-        "status",
-        "payload",
-        "result",
-        "error",
-        "created_at",
-        "updated_at",
-        "finished_at",
-        "sla_breached",
-        "start_event_id",
-        "confirmed",
-    ],
-    "hms_steps": [
-        "namespace",
-        "workflow_id",
-        "seq",
-        "step",
-        "status",
-        "attempts",
-        "scheduled_at",
-        "due_at",
-        "started_at",
-        "finished_at",
-        "error",
-        "sla_breached",
-    ],
-}
+# -- the store's writes, computed ahead ---------------------------------------------------
+
+# WRITE_FOLD's channel in the baseline's arguments: it sends no notifications on it.
+BASELINE_CHANNEL = channel_name("bench", NAMESPACE)
 
 
-def _columns(rows: list[tuple[Any, ...]], table: str) -> list[list[Any]]:
-    """``rows`` of ``table`` as one list per column, but the namespace."""
-    columns = [list(c) for c in zip(*rows, strict=True)] or [[] for _ in COLUMNS[table]]
-    return columns[1:]
+class _Recorded(Exception):
+    """Ends a call of the store's function once its first query is recorded."""
+
+
+class _Recorder:
+    """Stands in for a connection: records the statements that the store's functions
+    (``hms_bus.store._pg_projection``) send, with their arguments, and sends nothing.
+    A query that would answer rows (``fetchrow``) ends the call with ``_Recorded``."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        self.sent.append((sql, args))
+        raise _Recorded
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        self.sent.append((sql, args))
+        return ""
+
+    def only(self, statement: str) -> tuple[Any, ...]:
+        """The arguments of the one statement recorded, which must be ``statement``."""
+        if [sql for sql, _ in self.sent] != [statement]:
+            raise RuntimeError(
+                "the store's projection sends other statements than the benchmark expects"
+            )
+        return self.sent[0][1]
+
+
+async def insert_args(events: list[Any], bodies: list[bytes]) -> tuple[Any, ...]:
+    """``INSERT_EVENTS``' arguments for ``events``, as the store's ``apply_events`` builds
+    them for its first statement (recorded; the call ends there)."""
+    rec = _Recorder()
+    with contextlib.suppress(_Recorded):
+        await fold_io.apply_events(
+            rec, NAMESPACE, BASELINE_CHANNEL, events, fold_io.texts_of(events, bodies)
+        )
+    return rec.only(INSERT_EVENTS)
+
+
+async def fold_args(
+    rows: list[WorkflowRow],
+    steps: dict[tuple[str, int], StepRow],
+    write_fold: Callable[..., Awaitable[None]],
+) -> tuple[Any, ...]:
+    """``WRITE_FOLD``'s arguments for the changed ``rows`` and ``steps``, as the store's
+    ``write_fold`` builds them, without notifications (recorded)."""
+    rec = _Recorder()
+    await write_fold(rec, NAMESPACE, BASELINE_CHANNEL, rows, steps, [])
+    return rec.only(WRITE_FOLD)
 
 
 @dataclass
 class Batch:
-    """One batch of events with their bodies, and the rows the store writes for it."""
+    """One batch of events with their bodies, and the store's writes for it."""
 
     events: list[Any]
     bodies: list[bytes]  # each event's JSON document, as on the bus
-    workflow_rows: list[tuple[Any, ...]]  # COLUMNS order
-    step_rows: list[tuple[Any, ...]]
-    event_rows: list[tuple[Any, ...]] = field(init=False)
-    insert_args: tuple[Any, ...] = field(init=False)  # INSERT_EVENTS' arguments
-    fold_args: tuple[Any, ...] = field(init=False)  # WRITE_FOLD's, but $25 and $26
+    insert_args: tuple[Any, ...]  # INSERT_EVENTS' arguments
+    fold_args: tuple[Any, ...]  # WRITE_FOLD's, with no notifications
 
-    def __post_init__(self) -> None:
-        self.event_rows = [
-            (NAMESPACE, e.event_id, e.workflow_id, e.type, e.ts, b.decode())
-            for e, b in zip(self.events, self.bodies, strict=True)
-        ]
-        self.insert_args = (NAMESPACE, *_columns(self.event_rows, "hms_events"))
-        self.fold_args = (
-            NAMESPACE,
-            *_columns(self.workflow_rows, "hms_workflows"),
-            *_columns(self.step_rows, "hms_steps"),
-        )
+
+def starts_of(events: list[Any]) -> list[Start]:
+    return [
+        (e.workflow_id, e.workflow, e.payload, e.event_id, e.ts)
+        for e in events
+        if isinstance(e, WorkflowStarted)
+    ]
 
 
 @dataclass
 class Workload:
     events: list[Any]
     batches: list[Batch]
-    starts: list[tuple[str, str, Any, str, datetime]]  # register_start arguments
+    starts: list[Start]  # the stream's workflows, registered before the clock
     workflows: int
-    history: Batch | None = None  # rows already in the store when the clock starts
-    history_workflows: int = 0
+    batch: int
+    history: list[Any]  # the events of the workflows in the store before the clock
+    history_workflows: int
+    template: str | None = None  # the schema that holds them (make_template)
 
 
-def workflow_values(r: WorkflowRow) -> tuple[Any, ...]:
-    return (
-        NAMESPACE,
-        r.workflow_id,
-        r.workflow,
-        r.status.value,
-        json_text(r.payload),
-        json_text(r.result),
-        r.error,
-        r.created_at,
-        r.updated_at,
-        r.finished_at,
-        r.sla_breached,
-        r.start_event_id,
-        r.confirmed,
-    )
-
-
-def step_values(wid: str, s: StepRow) -> tuple[Any, ...]:
-    return (
-        NAMESPACE,
-        wid,
-        s.seq,
-        s.step,
-        s.status.value,
-        s.attempts,
-        s.scheduled_at,
-        s.due_at,
-        s.started_at,
-        s.finished_at,
-        s.error,
-        s.sla_breached,
-    )
-
-
-def project(events: list[Any], batch: int) -> tuple[list[Batch], dict[str, WorkflowRow]]:
-    """Fold ``events`` batch by batch as ``PostgresStore.apply_events`` does, starting
-    from the rows ``register_start`` leaves: each batch with the rows it changes (their
-    values at its end, as the store writes them), and the final rows.
+async def project(events: list[Any], size: int) -> list[Batch]:
+    """``events`` in batches of ``size``, each with the store's writes for it, computed
+    as ``PostgresStore.apply_events`` computes them from the rows ``register_start``
+    leaves: the batch's workflows folded by the projection (``fold``), then the
+    arguments built by the store's own functions (:func:`insert_args`, :func:`fold_args`).
 
     The store's fold reads neither ``payload`` nor ``result``, and ``WRITE_FOLD`` keeps
     what the row holds (``COALESCE``). So here too each batch folds its workflows with
-    both unset, and what the row holds is restored after the batch."""
+    both unset, and what the row holds is restored after the batch. The warm-up round
+    checks that the store writes these rows (:func:`checked_writes`)."""
     rows = {
-        e.workflow_id: WorkflowRow(
-            workflow_id=e.workflow_id,
-            workflow=e.workflow,
-            created_at=e.ts,
-            updated_at=e.ts,
-            payload=e.payload,
-            start_event_id=e.event_id,
+        wid: WorkflowRow(
+            workflow_id=wid,
+            workflow=name,
+            created_at=ts,
+            updated_at=ts,
+            payload=payload,
+            start_event_id=eid,
         )
-        for e in events
-        if isinstance(e, WorkflowStarted)
+        for wid, name, payload, eid, ts in starts_of(events)
     }
     batches = []
-    for k in range(0, len(events), batch):
-        chunk = events[k : k + batch]
+    for k in range(0, len(events), size):
+        chunk = events[k : k + size]
+        bodies = [encode(e) for e in chunk]
         kept: dict[str, tuple[Any, Any]] = {}  # (payload, result) stored before the batch
-        changed: set[str] = set()
-        steps: dict[tuple[str, int], StepRow] = {}
         for ev in chunk:
             row = rows[ev.workflow_id]
             if ev.workflow_id not in kept:
                 kept[ev.workflow_id] = (row.payload, row.result)
                 row.payload = row.result = None
-            if apply_event(row, ev):
-                changed.add(ev.workflow_id)
-                seq = getattr(ev, "seq", None)
-                if seq is not None and seq in row.steps:
-                    steps[(ev.workflow_id, seq)] = row.steps[seq]
+        done = fold(rows, chunk)
+        changed = [rows[w] for w in sorted(done.changed)]
         batches.append(
             Batch(
-                events=chunk,
-                bodies=[encode(e) for e in chunk],
-                workflow_rows=[workflow_values(rows[w]) for w in sorted(changed)],
-                step_rows=[step_values(w, steps[(w, q)]) for w, q in sorted(steps)],
+                chunk,
+                bodies,
+                await insert_args(chunk, bodies),
+                await fold_args(changed, done.steps, fold_io.write_fold),
             )
         )
         for wid, (payload, result) in kept.items():  # COALESCE, as WRITE_FOLD does
             row = rows[wid]
             row.payload = row.payload if payload is None else payload
             row.result = result if row.result is None else row.result
-    return batches, rows
+    return batches
 
 
-def build_workload(workflows: int, in_flight: int, batch: int, history: int) -> Workload:
-    """The measured stream, its batches with their bodies and the rows the store writes
-    for each (computed ahead, by the same projection), and ``history`` finished
-    workflows' rows, which every run loads before the clock starts."""
+async def build_workload(workflows: int, in_flight: int, batch: int, history: int) -> Workload:
+    """The measured stream, its batches with their bodies and the store's writes for
+    each (computed ahead), and ``history`` finished workflows' events, which every run
+    holds before the clock starts."""
     events = event_stream(workflows, in_flight, seed=0, t0=T0)
-    batches, _ = project(events, batch)
-    starts = [
-        (e.workflow_id, e.workflow, e.payload, e.event_id, e.ts)
-        for e in events
-        if isinstance(e, WorkflowStarted)
-    ]
-    work = Workload(events, batches, starts, workflows)
-    if history:
-        old = event_stream(history, in_flight, seed=1, t0=T0 - timedelta(days=1))
-        _, rows = project(old, len(old))
-        work.history_workflows = history
-        work.history = Batch(
-            events=old,
-            bodies=[encode(e) for e in old],
-            workflow_rows=[workflow_values(r) for _, r in sorted(rows.items())],
-            step_rows=[
-                step_values(w, r.steps[q]) for w, r in sorted(rows.items()) for q in sorted(r.steps)
-            ],
-        )
-    return work
+    old = event_stream(history, in_flight, seed=1, t0=T0 - timedelta(days=1)) if history else []
+    return Workload(
+        events=events,
+        batches=await project(events, batch),
+        starts=starts_of(events),
+        workflows=workflows,
+        batch=batch,
+        history=old,
+        history_workflows=history,
+    )
 
 
-async def load_history(conn: asyncpg.Connection, schema: str, work: Workload) -> None:
-    """COPY the history into ``schema`` and ANALYZE the tables ``apply_events`` reads,
-    so that the planner has the statistics of a store in service (see ``--history``)."""
-    h = work.history
-    if h is None:
+HISTORY_TABLES = ("hms_events", "hms_workflows", "hms_steps")  # what apply_events writes
+
+
+async def make_template(url: str, work: Workload) -> None:
+    """Run the history through the store once, into a schema of its own: each workflow
+    registered (``register_start``), then ``apply_events`` batch by batch, as in service.
+    Every system's schema gets a copy of it (:func:`prepare`)."""
+    if not work.history:
         return
-    for table, rows in (
-        ("hms_events", h.event_rows),
-        ("hms_workflows", h.workflow_rows),
-        ("hms_steps", h.step_rows),
-    ):
-        await conn.copy_records_to_table(
-            table, records=rows, columns=COLUMNS[table], schema_name=schema
-        )
-    await conn.execute(f'ANALYZE "{schema}".hms_workflows, "{schema}".hms_steps')
+    work.template = fresh_schema("history")
+    async with PostgresStore(Target(url, work.template).store_url, namespace=NAMESPACE) as store:
+        await asyncio.gather(*(store.register_start(*s) for s in starts_of(work.history)))
+        for k in range(0, len(work.history), work.batch):
+            chunk = work.history[k : k + work.batch]
+            await store.apply_events(chunk, [encode(e) for e in chunk])
 
 
 # -- measuring --------------------------------------------------------------------------
@@ -530,21 +504,24 @@ def fresh_schema(tag: str) -> str:
     return f"bench_{tag}_{uuid.uuid4().hex[:10]}"
 
 
-REGISTER = (
-    'INSERT INTO "{schema}".hms_workflows (namespace, workflow_id, workflow, status, payload,'
-    " created_at, updated_at, start_event_id)"
-    " VALUES ($1, $2, $3, 'running', $4::jsonb, $5, $5, $6)"
-)
-
-
-async def prepare(admin: asyncpg.Connection, schema: str, work: Workload) -> None:
-    """Before the clock: load the history (and ANALYZE), then register every workflow
-    of the stream, writing the row ``register_start`` writes."""
-    await load_history(admin, schema, work)
-    await admin.executemany(
-        REGISTER.format(schema=schema),
-        [(NAMESPACE, w, wf, json_text(p), ts, eid) for w, wf, p, eid, ts in work.starts],
-    )
+async def prepare(admin: asyncpg.Connection, target: Target, work: Workload) -> None:
+    """Before the clock: a copy of the history's rows (:func:`make_template`), then
+    ANALYZE, so that the planner has the statistics of a store in service (see
+    ``--history``); then every workflow of the stream registered, by the store's
+    ``register_starts`` (what ``register_start`` sends)."""
+    schema = target.schema
+    if work.template is not None:
+        for table in HISTORY_TABLES:  # new ids in hms_events, in the same order
+            await admin.execute(
+                f'INSERT INTO "{schema}".{table} OVERRIDING USER VALUE'
+                f' SELECT * FROM "{work.template}".{table} ORDER BY 1'
+            )
+        await admin.execute(f'ANALYZE "{schema}".hms_workflows, "{schema}".hms_steps')
+    conn = await asyncpg.connect(target.url, server_settings={"search_path": schema})
+    try:
+        await rows_io.register_starts(conn, NAMESPACE, work.starts)
+    finally:
+        await conn.close()
 
 
 class System:
@@ -572,17 +549,18 @@ class System:
 class StoreSystem(System):
     """``PostgresStore.apply_events(events, bodies)`` (or the phases' subclass)."""
 
-    def __init__(self, name: str, store_cls: type[PostgresStore]) -> None:
+    def __init__(self, name: str, store_cls: type[PostgresStore], check: bool = False) -> None:
         super().__init__(name)
         self.store_cls = store_cls
         self.store: PostgresStore | None = None
+        self.check = check  # that the store writes what the baseline does (checked_writes)
 
     async def open(self, target: Target) -> int | None:
         store = self.store = self.store_cls(target.store_url, namespace=NAMESPACE)
         await store.__aenter__()  # creates the schema, with the store's migrations
         # The pool keeps one connection and hands out connected ones first, so that
         # is the one apply_events uses. (A bench-only peek at the store's pool.)
-        async with store._p().acquire() as conn:
+        async with connection(store._p(), "bench") as conn:
             pid = await conn.fetchval("SELECT pg_backend_pid()")
         if isinstance(store, PhasedStore):
             self.phases = store.phases
@@ -591,7 +569,10 @@ class StoreSystem(System):
 
     async def apply(self, batch: Batch) -> int:
         assert self.store is not None
-        return await self.store.apply_events(batch.events, batch.bodies)
+        if not self.check:
+            return await self.store.apply_events(batch.events, batch.bodies)
+        with checked_writes(batch):
+            return await self.store.apply_events(batch.events, batch.bodies)
 
     async def close(self) -> None:
         store, self.store = self.store, None
@@ -602,9 +583,30 @@ class StoreSystem(System):
 # -- baseline: the store's writes alone -------------------------------------------------------
 
 
+@contextlib.contextmanager
+def checked_writes(batch: Batch) -> Iterator[None]:
+    """While the store applies ``batch``: fail unless the rows its ``write_fold`` is
+    given make the baseline's ``WRITE_FOLD`` arguments (:func:`project`), notifications
+    aside. Its ``INSERT_EVENTS`` arguments are the baseline's by construction."""
+    write = fold_io.write_fold
+
+    async def checked(
+        conn: Any, ns: str, channel: str, rows: Any, steps: Any, changes: Any
+    ) -> None:
+        if await fold_args(rows, steps, write) != batch.fold_args:
+            raise RuntimeError("the store writes other rows than the baseline for a batch")
+        await write(conn, ns, channel, rows, steps, changes)
+
+    fold_io.write_fold = checked
+    try:
+        yield
+    finally:
+        fold_io.write_fold = write
+
+
 class BaselineSystem(System):
     """Per batch, one transaction of the store's ``INSERT_EVENTS`` and ``WRITE_FOLD``,
-    with the arguments computed before the clock (:class:`Batch`)."""
+    with the arguments computed before the clock by the store's functions (:class:`Batch`)."""
 
     conn: asyncpg.Connection | None = None
 
@@ -613,7 +615,6 @@ class BaselineSystem(System):
             target.url, server_settings={"search_path": target.schema}
         )
         await migrate(self.conn, target.schema)
-        self.channel = channel_name(target.schema, NAMESPACE)  # the store's channel
         self.timed = _TimedConn(self.conn, self.phases)  # the phases, as for hms_bus
         return local_backend(await self.conn.fetchval("SELECT pg_backend_pid()"))
 
@@ -622,7 +623,7 @@ class BaselineSystem(System):
         t0 = time.perf_counter()
         async with conn.transaction():
             got = await conn.fetchrow(INSERT_EVENTS, *batch.insert_args)
-            await conn.execute(WRITE_FOLD, *batch.fold_args, self.channel, [])
+            await conn.execute(WRITE_FOLD, *batch.fold_args)
         self.phases["total"] += time.perf_counter() - t0
         return int(got["n"])
 
@@ -693,19 +694,27 @@ class _TimedConn:
 
 
 class _TimedPool:
+    """The pool as the store uses it (``hms_bus.store._pg_conn.connection``):
+    ``await acquire()``, then ``await release(conn)``, each timed."""
+
     def __init__(self, pool: asyncpg.Pool, phases: dict[str, float]) -> None:
         self._pool, self._phases = pool, phases
 
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[_TimedConn]:
+    def __getattr__(self, name: str) -> Any:  # what apply_events does not use: untimed
+        return getattr(self._pool, name)
+
+    async def acquire(self) -> _TimedConn:
         t0 = time.perf_counter()
-        conn = await self._pool.acquire()
-        self._phases["pool acquire+release"] += time.perf_counter() - t0
         try:
-            yield _TimedConn(conn, self._phases)
+            return _TimedConn(await self._pool.acquire(), self._phases)
         finally:
-            t0 = time.perf_counter()
-            await self._pool.release(conn)
+            self._phases["pool acquire+release"] += time.perf_counter() - t0
+
+    async def release(self, conn: _TimedConn) -> None:
+        t0 = time.perf_counter()
+        try:
+            await self._pool.release(conn._conn)
+        finally:
             self._phases["pool acquire+release"] += time.perf_counter() - t0
 
 
@@ -819,8 +828,7 @@ async def fingerprint(admin: asyncpg.Connection, schema: str, work: Workload) ->
         f" (SELECT count(*) FROM \"{schema}\".hms_steps WHERE status = 'succeeded')"
     )
     n = work.workflows + work.history_workflows
-    old = 0 if work.history is None else len(work.history.events)
-    want = (len(work.events) + old, n, n * len(STEPS))
+    want = (len(work.events) + len(work.history), n, n * len(STEPS))
     got = (out[0][1], *done)
     if got != want:
         raise RuntimeError(f"{schema}: (events, completed, succeeded steps) {got} != {want}")
@@ -830,26 +838,27 @@ async def fingerprint(admin: asyncpg.Connection, schema: str, work: Workload) ->
 # -- driver ------------------------------------------------------------------------------------
 
 
-def make_systems() -> list[System]:
+def make_systems(check: bool) -> list[System]:
     return [
-        StoreSystem("hms_bus", PostgresStore),
+        StoreSystem("hms_bus", PostgresStore, check=check),
         BaselineSystem("baseline"),
         StoreSystem("hms_bus.phases", PhasedStore),
     ]
 
 
 async def run_round(
-    work: Workload, url: str, admin: asyncpg.Connection, tag: str
+    work: Workload, url: str, admin: asyncpg.Connection, tag: str, check: bool = False
 ) -> dict[str, RunResult]:
     """One run of every system, each on a fresh schema, interleaved batch by batch;
-    then compare what they wrote, and drop the schemas."""
-    systems = make_systems()
+    then compare what they wrote, and drop the schemas. ``check``: that the store's
+    writes are the baseline's, batch by batch (:func:`checked_writes`)."""
+    systems = make_systems(check)
     targets = {s.name: Target(url, fresh_schema(tag)) for s in systems}
     meters: dict[str, Meter] = {}
     try:
         for s in systems:
             pid = await s.open(targets[s.name])
-            await prepare(admin, targets[s.name].schema, work)
+            await prepare(admin, targets[s.name], work)
             meters[s.name] = Meter(pid)
         GC.begin()  # one collection now; then GC time is counted inside sections only
         GC.on = False
@@ -913,6 +922,7 @@ def median_of(runs: list[RunResult]) -> dict[str, Any]:
 
 async def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     admin = await asyncpg.connect(args.store)
+    loads: list[Workload] = []
     try:
         server = await admin.fetchval("SHOW server_version")
         settings = {
@@ -921,15 +931,23 @@ async def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
         }
         t0 = time.perf_counter()
         warm_w = min(args.workflows, 200)
-        warm = build_workload(
+        warm = await build_workload(
             warm_w, min(args.in_flight, warm_w), args.batch, min(args.history, 200)
         )
-        work = build_workload(args.workflows, args.in_flight, args.batch, args.history)
+        work = await build_workload(args.workflows, args.in_flight, args.batch, args.history)
         log(
             f"built {len(work.events):,} events in {len(work.batches)} batches "
-            f"({time.perf_counter() - t0:.1f} s); warm-up ({warm_w} workflows each)"
+            f"({time.perf_counter() - t0:.1f} s)"
         )
-        await run_round(warm, args.store, admin, "warm")
+        t0 = time.perf_counter()
+        for w in (warm, work):
+            loads.append(w)
+            await make_template(args.store, w)
+        log(
+            f"history ({args.history} workflows) run through the store "
+            f"({time.perf_counter() - t0:.1f} s); warm-up ({warm_w} workflows each, checked)"
+        )
+        await run_round(warm, args.store, admin, "warm", check=True)
         runs: dict[str, list[RunResult]] = defaultdict(list)
         for r in range(args.repeat):
             got = await run_round(work, args.store, admin, f"r{r}")
@@ -940,6 +958,9 @@ async def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
                     f"  wall {res.wall_s:6.3f} s"
                 )
     finally:
+        for w in loads:
+            if w.template is not None:
+                await admin.execute(f'DROP SCHEMA IF EXISTS "{w.template}" CASCADE')
         await admin.close()
     med = {name: median_of(rs) for name, rs in runs.items()}
     # Per round first (its systems ran interleaved, under the same conditions), then
