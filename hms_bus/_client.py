@@ -1,10 +1,11 @@
-"""The client API: start workflows, query them, wait for them, cancel them.
+"""The client API: start workflows, query them, wait for them, cancel, signal and redrive them.
 
 A :class:`Client` needs a bus and a store that a node opened (:mod:`hms_bus._node`),
 the definitions (to validate a start), and the sealer (to seal what a start puts on
 the bus and to mask what people read). It runs no role: a process whose roles run
 elsewhere is a node without roles and a client. Every answer it gives has sensitive
-values masked.
+values masked. A start is registered and published by :mod:`hms_bus._launch`; where a
+redrive resumes is decided by :mod:`hms_bus._redrive`.
 """
 
 from __future__ import annotations
@@ -15,35 +16,31 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import SpanKind
-
-from ._codec import encode_line
-from ._definitions import Registry, WorkflowDefinition, check_name, validate_payload
-from ._envelope import new_id, utcnow
-from ._errors import ConfigError, HmsBusError, NotFoundError, StoreError, TransportError
+from ._definitions import Registry, check_name, validate_payload
+from ._envelope import new_id
+from ._errors import ConfigError, NotFoundError, StoreError, TransportError
 from ._events import (
     CancelRequested,
     RedriveRequested,
     SignalSent,
-    StepCompleted,
     WorkflowEvent,
-    WorkflowFailed,
     WorkflowStarted,
 )
+from ._launch import ambiguous, coordinator_record, launch
 from ._pii import Sealer
+from ._redrive import redrive_request
 from ._results import to_jsonable
 from ._settings import Settings
-from ._status import StepState, WorkflowPage, WorkflowState, WorkflowStatus
-from ._telemetry import Attr, Telemetry, end_span
+from ._status import WorkflowPage, WorkflowState, WorkflowStatus
 from ._topics import Topics
 from ._waiting import Waiters
-from .store import ListQuery, StartResult, StateStore
+from .store import ListQuery, StateStore
 from .transport import Outgoing, Transport, oversized
 
 if TYPE_CHECKING:
     from ._node import Node
 
-__all__ = ["Client", "Started", "launch"]
+__all__ = ["Client", "Started"]
 
 _MAX_ID = 200
 
@@ -185,14 +182,14 @@ class Client:
         except (StoreError, TransportError) as exc:
             if not exc.retriable:
                 raise
-            raise _ambiguous(exc, workflow, workflow_id) from (exc.__cause__ or exc)
+            raise ambiguous(exc, workflow, workflow_id) from (exc.__cause__ or exc)
         return Started(workflow_id, workflow, result.created, self)
 
     def _record(
         self, event: WorkflowStarted | CancelRequested | SignalSent | RedriveRequested
     ) -> Outgoing:
         """A record for the coordinator's input topic."""
-        return _coordinator_record(self._topics, event)
+        return coordinator_record(self._topics, event)
 
     # -- queries ------------------------------------------------------------------------
 
@@ -329,16 +326,7 @@ class Client:
         if wf is None:
             wf = self._registry.workflow(status.workflow)
         history = await store.history(workflow_id)
-        entry, payload = _resume_point(wf, status, history, from_step)
-        event = RedriveRequested(
-            workflow_id=workflow_id,
-            workflow=status.workflow,
-            redrive=1 + sum(1 for e in history if e.type == "workflowRedriven"),
-            step=entry,
-            seq=1 + max((s.seq for s in status.steps), default=0),
-            payload=payload,
-            version=status.version,
-        )
+        event = redrive_request(wf, status, history, from_step)
         await transport.publish([self._record(event)])
         waiters = await self._waiting()
         await waiters.wait(workflow_id, timeout=timeout, until_running=True)
@@ -383,159 +371,3 @@ class Client:
             )
         await transport.publish([record])
         return True
-
-
-def _resume_point(
-    wf: WorkflowDefinition,
-    status: WorkflowStatus,
-    history: list[WorkflowEvent],
-    from_step: str | None,
-) -> tuple[str, Any]:
-    """Where a redrive of ``status`` resumes: (step or group name, payload on record)."""
-    wid = status.workflow_id
-    if from_step is None:
-        # The step its failure names (a step may fail without its own row failing: its
-        # child failed, its signal never came); else the last failed or unfinished one.
-        ended = [e for e in history if isinstance(e, WorkflowFailed) and e.error.step]
-        failed = [s.step for s in status.steps if s.status is StepState.FAILED]
-        unfinished = [s.step for s in status.steps if s.status is not StepState.SUCCEEDED]
-        candidates = [e.error.step for e in ended[-1:] if e.error.step] or failed or unfinished
-        if not candidates:
-            raise ConfigError(
-                f"workflow {wid!r} has no failed or unfinished step to resume: name one "
-                "with from_step="
-            )
-        from_step = candidates[-1]
-    if from_step not in wf.steps and from_step not in wf.groups:
-        raise ConfigError(
-            f"workflow {status.workflow!r} has no step {from_step!r} "
-            f"(its steps: {', '.join(wf.steps)})"
-        )
-    steps = wf.groups[from_step].branches if from_step in wf.groups else (from_step,)
-    group = wf.group_of(steps[0])
-    executions = [s for s in status.steps if s.step in steps]
-    if any(s.group == steps[0] for s in executions):
-        raise ConfigError(
-            f"step {from_step!r} ran as the items of a fan-out (Each) in workflow {wid!r}: "
-            "redrive from the step that fanned out"
-        )
-    # The payload its latest execution ran with, from its completeStep.
-    entry = group.name if group is not None else from_step
-    seqs = {s.seq for s in executions}
-    ran = [e for e in history if isinstance(e, StepCompleted) and e.seq in seqs]
-    if ran:
-        return entry, ran[-1].payload
-    # Never finished an attempt: what it was given, by the start or by the step before.
-    latest = max(seqs, default=0)
-    if latest == 1 or (not seqs and wf.first_step == entry):
-        started = [e for e in history if isinstance(e, WorkflowStarted)]
-        if started:
-            return entry, started[0].payload
-    before = [
-        e
-        for e in history
-        if isinstance(e, StepCompleted) and e.seq == latest - 1 and e.outcome == "succeeded"
-    ]
-    if latest > 1 and before:
-        given = before[-1]
-        directive = given.directive
-        return entry, given.payload if directive is None else directive.data
-    raise ConfigError(
-        f"step {from_step!r} has no payload on record in workflow {wid!r} (it never ran): "
-        "redrive from a step that did"
-    )
-
-
-def _coordinator_record(
-    topics: Topics, event: WorkflowStarted | CancelRequested | SignalSent | RedriveRequested
-) -> Outgoing:
-    """A record for the coordinator's input topic."""
-    return Outgoing(topics.coordinator, encode_line(event), key=event.workflow_id.encode())
-
-
-async def launch(
-    transport: Transport,
-    store: StateStore,
-    topics: Topics,
-    telemetry: Telemetry | None,
-    event: WorkflowStarted,
-    record: Outgoing | None = None,
-) -> StartResult:
-    """Register ``event``'s workflow in the store, then publish its start (the second
-    half of :meth:`Client.start`, also how the scheduler starts a schedule's tick).
-
-    A workflow id is registered once: a repeat finds it (``created`` False) and publishes
-    nothing, unless the first call stopped between the two, when it publishes the start
-    on record again (the coordinator decides it once). ``record`` is ``event`` already
-    encoded for the coordinator's topic, if the caller has it.
-
-    Raises:
-        ConfigError: the id belongs to a workflow of another name.
-        StoreError, TransportError: as the store and the bus raise them.
-    """
-    result = await store.register_start(
-        event.workflow_id, event.workflow, event.payload, event.event_id, utcnow()
-    )
-    if not result.created and result.workflow != event.workflow:
-        raise ConfigError(
-            f"workflow_id {event.workflow_id!r} already belongs to a {result.workflow!r} workflow"
-        )
-    if result.created or not result.confirmed:
-        if not result.created:
-            event = event.model_copy(
-                update={"event_id": result.start_event_id, "payload": result.payload}
-            )
-            record = None
-        if record is None:
-            record = _coordinator_record(topics, event)
-        await _publish_start(transport, telemetry, event, record)
-    return result
-
-
-async def _publish_start(
-    transport: Transport, tel: Telemetry | None, event: WorkflowStarted, record: Outgoing
-) -> None:
-    """Publish ``workflowStarted`` to the coordinator, under the span that opens the
-    workflow's trace."""
-    if tel is None or not tel.tracing:
-        await transport.publish([record])
-        return
-    # A trace of its own per workflow, linked to the caller's span (if any).
-    span = tel.span(
-        f"start {event.workflow}",
-        kind=SpanKind.PRODUCER,
-        parent=None,
-        links=tel.caller_links(),
-        attributes={
-            Attr.MESSAGING_SYSTEM: tel.system,
-            Attr.MESSAGING_OPERATION_TYPE: Attr.SEND,
-            Attr.MESSAGING_DESTINATION_NAME: record.topic,
-            Attr.HMS_WORKFLOW_ID: event.workflow_id,
-        },
-    )
-    try:
-        await transport.publish(
-            [Outgoing(record.topic, record.value, key=record.key, headers=tel.inject(span))]
-        )
-    except BaseException as exc:
-        end_span(span, error=exc)
-        raise
-    span.end()
-
-
-def _ambiguous(exc: StoreError | TransportError, workflow: str, workflow_id: str) -> HmsBusError:
-    """A retriable failure of ``start``, saying how to repeat it safely.
-
-    The workflow may or may not be registered (a connection can break after the store
-    committed and before it answered), but a start is keyed by its ``workflow_id``: the
-    store registers an id once, and a repeated start of a registered but unconfirmed
-    workflow publishes its original start event again, which the ledger decides once.
-    """
-    error = type(exc)(
-        f"starting {workflow!r} {workflow_id!r} failed, and may or may not have taken "
-        f"effect: {exc.message}. Calling start({workflow!r}, ..., "
-        f"workflow_id={workflow_id!r}) again is safe: it starts the workflow at most once",
-        retriable=True,
-    )
-    error.workflow_id = workflow_id
-    return error

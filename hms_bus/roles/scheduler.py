@@ -27,10 +27,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
-from .._client import launch
 from .._envelope import utcnow
 from .._errors import ConfigError
 from .._events import WorkflowStarted
+from .._launch import launch
 from .._outage import Outage, retrying
 from .._retention import prune
 from .._schedules import Schedule

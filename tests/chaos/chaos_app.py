@@ -80,6 +80,7 @@ def _inject_clock(path: Path) -> None:
     """Make hms-bus read the wall clock through ``path``'s offset (see module docs)."""
     import hms_bus._client
     import hms_bus._envelope
+    import hms_bus._launch
     import hms_bus.roles._claims
     import hms_bus.roles.scheduler
     import hms_bus.roles.worker
@@ -98,6 +99,7 @@ def _inject_clock(path: Path) -> None:
     for module in (
         hms_bus._envelope,
         hms_bus._client,
+        hms_bus._launch,
         hms_bus.roles._claims,
         hms_bus.roles.scheduler,
         hms_bus.roles.worker,
