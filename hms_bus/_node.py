@@ -1,20 +1,18 @@
 """The node: what runs in a process once a Management is entered.
 
 A :class:`Node` opens the bus and the store, creates the topics, starts this process's
-roles and supervises them, sends the process's heartbeats, reports its health
-(``/healthz``) and serves ``/metrics``, and stops everything gracefully. It knows the
-roles only through the :class:`~hms_bus.roles.Role` Protocol (readiness, lag, stats).
-The client API (:mod:`hms_bus._client`) runs on the bus and store a node opened; a
-process that only starts and queries workflows runs a node with no roles.
+roles and supervises them, sends the process's heartbeats and probes its backends
+(:mod:`hms_bus._heartbeats`), reports its health (``/healthz``) and serves
+``/metrics``, and stops everything gracefully. It knows the roles only through the
+:class:`~hms_bus.roles.Role` Protocol (readiness, lag, stats). The client API
+(:mod:`hms_bus._client`) runs on the bus and store a node opened; a process that only
+starts and queries workflows runs a node with no roles.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +22,12 @@ from opentelemetry import trace as otel_trace
 
 from . import _gc
 from ._backends import in_process, open_bus, open_store, private, redact, scheme_of
-from ._codec import encode
 from ._definitions import Registry, StepDefinition
 from ._errors import ConfigError, HmsBusError
+from ._heartbeats import HOUSEKEEPING_TASKS, Housekeeping
 from ._otel_setup import configure_from_environment, prometheus_reader
-from ._outage import RECOVERY_PROBE, Outage, Recovery
+from ._outage import Outage, Recovery
 from ._pii import Sealer, sensitive_names
-from ._process_messages import Heartbeat
 from ._settings import Settings
 from ._telemetry import Attr, Telemetry
 from ._topics import Topics
@@ -41,17 +38,11 @@ from .roles.projector import Projector
 from .roles.scheduler import Scheduler
 from .roles.worker import Worker
 from .store import StateStore
-from .transport import Outgoing, Transport
+from .transport import Transport
 
 __all__ = ["Node"]
 
 log = logging.getLogger("hms_bus")
-
-_HOUSEKEEPING = frozenset({"hms-heartbeat", "hms-probe"})  # tasks that hold no work
-
-PROBE_INTERVAL = 5.0
-"""Seconds between a node's pings of its bus and store (``monitor.heartbeat_interval``
-when that is set, but at least 1 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +87,7 @@ class Node:
         self.recovery = Recovery()
         """Wakes the roles' retrying loops when the probe sees an outage end."""
         self.on_failure: Callable[[BaseException], None] | None = None
+        self._housekeeping = Housekeeping(self, self._stop)
 
     def connected_transport(self) -> Transport:
         """The open bus; :class:`HmsBusError` while not connected."""
@@ -164,10 +156,8 @@ class Node:
             if s.telemetry.http_port is not None:
                 await self._serve_http()
             await self._until_ready()
-            if self.roles and s.monitor.heartbeat_interval > 0:
-                self._tasks.append(asyncio.create_task(self._heartbeats(), name="hms-heartbeat"))
             if self.roles:
-                self._tasks.append(asyncio.create_task(self._probe(), name="hms-probe"))
+                self._tasks.extend(self._housekeeping.start())
         except BaseException:
             await self.close()
             raise
@@ -196,7 +186,7 @@ class Node:
         for role in self.roles.values():
             role.stop()
         clean = True
-        tasks = [t for t in self._tasks if t.get_name() not in _HOUSEKEEPING]
+        tasks = [t for t in self._tasks if t.get_name() not in HOUSEKEEPING_TASKS]
         chores = [t for t in self._tasks if t not in tasks]
         for t in chores:
             t.cancel()  # a heartbeat in flight to a lost broker would hold up closing
@@ -225,10 +215,8 @@ class Node:
                 "%d record(s) were left uncommitted at shutdown; they will be delivered again",
                 left,
             )
-        if self.roles and s.monitor.heartbeat_interval > 0 and not self.outages["bus"].attempts:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(s.transport.close_timeout):
-                    await transport.publish([self._heartbeat(stopping=True)])
+        if self.roles:
+            await self._housekeeping.farewell(transport)
         self.clean = clean
         self._tasks.clear()
         self.roles.clear()
@@ -460,89 +448,3 @@ class Node:
 
         task.add_done_callback(crashed)
         return task
-
-    def _heartbeat(self, *, stopping: bool = False) -> Outgoing:
-        stats = self.worker_stats()
-        hb = Heartbeat(
-            process_id=self.process_id,
-            service=self.settings.service_name,
-            roles=list(self.roles),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            steps=list(stats.steps),
-            in_flight=stats.in_flight,
-            steps_done=stats.done,
-            lag={role: sum(t.values()) for role, t in self.lag().items()},
-            interval=self.settings.monitor.heartbeat_interval,
-            stopping=stopping,
-        )
-        return Outgoing(self.topics.heartbeats, encode(hb), key=self.process_id.encode())
-
-    async def _probe(self) -> None:
-        """Ping the bus and the store every interval, so an outage is seen (and logged
-        once, and shown by ``/healthz``) even while no role has work to fail on.
-
-        While a role's loop is failing, or a ping is, the pings come every
-        :data:`~hms_bus._outage.RECOVERY_PROBE` seconds instead, and the first round in
-        which a failed ping answers again wakes the loops backing off
-        (:class:`~hms_bus._outage.Recovery`): they resume within about a second of the
-        backend's return, however long their backoff had grown.
-        """
-        # Not faster than once a second: a probe is a round trip to each backend.
-        interval = max(1.0, self.settings.monitor.heartbeat_interval or PROBE_INTERVAL)
-        recovery = self.recovery
-        while not self._stop.is_set():
-            transport, store = self.transport, self.store
-            if transport is None or store is None:
-                return
-            names, pings = ("bus", "store"), (transport.ping(), store.ping())
-            was_down = any(self.outages[name].attempts for name in names)
-            answers = await asyncio.gather(*pings, return_exceptions=True)
-            for name, answer in zip(names, answers, strict=True):
-                if isinstance(answer, BaseException):
-                    if not isinstance(answer, Exception):
-                        raise answer
-                    self.outages[name].failed(answer)
-                else:
-                    self.outages[name].ok()
-            down = any(self.outages[name].attempts for name in names)
-            if not down:
-                if was_down:
-                    recovery.recovered()
-                recovery.failing.clear()
-            fast = down or recovery.failing.is_set()
-            await self._probe_pause(RECOVERY_PROBE if fast else interval)
-
-    async def _probe_pause(self, seconds: float) -> None:
-        """Wait ``seconds``, or until stopping, or until a loop starts failing (then
-        only :data:`~hms_bus._outage.RECOVERY_PROBE`): the next ping should see it."""
-        failing = None if self.recovery.failing.is_set() else self.recovery.failing
-        waits = [asyncio.ensure_future(self._stop.wait())]
-        if failing is not None:
-            waits.append(asyncio.ensure_future(failing.wait()))
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await w
-        if failing is not None and failing.is_set() and not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), RECOVERY_PROBE)
-
-    async def _heartbeats(self) -> None:
-        interval = self.settings.monitor.heartbeat_interval
-        outage = Outage("heartbeat", log)
-        while not self._stop.is_set():
-            transport = self.transport
-            if transport is None:
-                return
-            try:
-                await transport.publish([self._heartbeat()])
-            except Exception as exc:
-                outage.failed(exc)
-            else:
-                outage.ok()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), interval)
