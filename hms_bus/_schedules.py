@@ -23,14 +23,18 @@ import math
 import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from croniter import CroniterError, croniter
 
-from ._definitions import check_name
+from ._definitions import check_name, validate_payload
 from ._errors import ConfigError
+from ._results import to_jsonable
 
-__all__ = ["CATCHUP", "MAX_CATCHUP", "Schedule", "make_schedule"]
+if TYPE_CHECKING:
+    from ._definitions import Registry
+
+__all__ = ["CATCHUP", "MAX_CATCHUP", "Schedule", "add_schedule", "make_schedule"]
 
 Catchup = Literal["latest", "all", "skip"]
 CATCHUP: tuple[Catchup, ...] = ("latest", "all", "skip")
@@ -159,3 +163,39 @@ def make_schedule(
             f"schedule {name!r}: catchup must be one of {', '.join(CATCHUP)}, got {catchup!r}"
         )
     return Schedule(name, workflow, cron, seconds, payload, timezone, catchup)
+
+
+def add_schedule(
+    registry: Registry,
+    name: str,
+    workflow: str,
+    *,
+    cron: str | None,
+    every: timedelta | float | None,
+    payload: Any,
+    timezone: str,
+    catchup: str,
+) -> Schedule:
+    """Check a schedule against ``registry`` (its workflow defined, its name new, its
+    payload the workflow's input), build it and add it (see :meth:`Management.schedule`).
+
+    Raises:
+        ConfigError: as :func:`make_schedule`, or for an unknown workflow or a name used
+            twice.
+        PayloadValidationError: the payload does not match the workflow's input.
+    """
+    wf = registry.workflow(workflow)
+    if name in registry.schedules:
+        raise ConfigError(f"schedule {name!r} is already defined")
+    validated = validate_payload(wf.start_model(), payload, f"schedule {name!r}")
+    made = make_schedule(
+        name,
+        workflow,
+        cron=cron,
+        every=every,
+        payload=to_jsonable(validated),
+        timezone=timezone,
+        catchup=catchup,
+    )
+    registry.schedules[name] = made
+    return made
