@@ -3,9 +3,8 @@ by :func:`seen` from the fields the monitor acts on."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -29,13 +28,14 @@ _STEP_EVENTS = frozenset({"stepScheduled", "stepStarted", "completeStep"})
 ENDED = frozenset({"workflowCompleted", "workflowFailed", "workflowCancelled"})
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
+class Seen(NamedTuple):
     """What the monitor needs of a history event: the envelope and the step facts of
     :class:`~hms_bus._events.StepScheduled`, ``StepStarted``, ``StepCompleted`` and the
     workflow events. The monitor reads every event of the history; validating the whole
     event model (payloads, results, directives) for each would cost it about as much
-    again as the projector, so :func:`seen` reads these fields alone, checking each."""
+    again as the projector, so :func:`seen` reads these fields alone, checking each.
+    A named tuple: the monitor makes one per history event, and a tuple is made in a
+    fraction of the time of a frozen dataclass."""
 
     type: str
     workflow_id: str
