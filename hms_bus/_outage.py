@@ -180,7 +180,7 @@ async def retrying(
     outage (see :class:`~hms_bus._outage.Recovery`). Returns False if ``stopping`` was
     set before ``op`` succeeded.
     """
-    outage = Outage(what, log)
+    outage: Outage | None = None  # made at the first failure: most calls succeed at once
     backed_off = 0  # failures since the last recovery: the backoff's exponent
     while True:
         try:
@@ -190,9 +190,12 @@ async def retrying(
         except Exception as exc:
             backed_off += 1
             delay = (backoff or OUTAGE).delay(backed_off)
+            if outage is None:
+                outage = Outage(what, log)
             outage.failed(exc, retry_in=delay)
         else:
-            outage.ok()
+            if outage is not None:
+                outage.ok()
             return True
         if stopping.is_set():
             return False

@@ -52,8 +52,13 @@ class Worker:
         self._rt = rt
         cfg = rt.settings.worker
         self._steps = {rt.topics.step(s.workflow, s.name): s for s in steps}
+        # Each step's handler logger, looked up once rather than per attempt.
+        self._step_logs = {
+            s.qualname: logging.getLogger(f"hms_bus.step.{s.qualname}") for s in steps
+        }
         self._semaphore = asyncio.Semaphore(cfg.concurrency)
         self._stopping = asyncio.Event()
+        self._never = asyncio.Event()  # what a publish that must not give up stops on
         self.running = 0
         self._loop = KeyedLoop(
             rt.transport,
@@ -119,11 +124,10 @@ class Worker:
         # Never give up on a publish that acknowledges work: retry until the bus is back.
         # If stopping cuts this short the offset stays uncommitted and the command is
         # delivered again, which the coordinator's ledger makes harmless.
-        never = asyncio.Event()
         await retrying(
             f"worker: publish {what}",
             lambda: self._rt.publish(messages),
-            never,
+            self._never,
             recovery=self._rt.recovery,
         )
 
@@ -302,7 +306,7 @@ class Worker:
                 error=cmd.error,
                 signal=sealer.open(cmd.signal, opened) if cmd.signal is not None else None,
                 log=StepLogger(
-                    logging.getLogger(f"hms_bus.step.{step.qualname}"),
+                    self._step_logs[step.qualname],
                     {
                         "workflow_id": cmd.workflow_id,
                         "step": cmd.step,
