@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit browser chaos soak bench bench-e2e bench-peers bench-postgres bench-prune bench-telemetry clean
+.PHONY: demo test lint typecheck unit browser chaos soak bench bench-e2e bench-peers bench-postgres bench-prune bench-telemetry bench-instructions bench-breakdown clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,14 @@ bench-prune: $(VENV)/.dev
 # What tracing and metrics cost on the memory benchmark (off vs metrics vs traces).
 bench-telemetry: $(VENV)/.dev
 	$(BIN)/python bench/telemetry_cost.py
+
+# Instructions per workflow on memory:// under valgrind (steady to ±0.3%, unlike time).
+bench-instructions: $(VENV)/.dev
+	$(BIN)/python bench/instructions.py
+
+# Where a light-load step's time goes on Kafka (Tansu) + Postgres.
+bench-breakdown: $(VENV)/.dev
+	$(BIN)/python bench/light_breakdown.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
