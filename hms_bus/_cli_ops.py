@@ -31,6 +31,7 @@ from ._cli_base import (
     option,
 )
 from ._dead_letters import letters, redrive_letter
+from ._durations import seconds_of
 from ._envelope import utcnow
 from ._errors import NotFoundError
 from ._render import letters_view, why_view
@@ -72,9 +73,9 @@ def _since(text: str | None) -> datetime | None:
     """``--since``: an ISO time, or a duration back from now (``30m``, ``2h``, ``7d``)."""
     if text is None:
         return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        return utcnow() - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    back = seconds_of(text)
+    if back is not None:
+        return utcnow() - timedelta(seconds=back)
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
@@ -144,10 +145,9 @@ async def cmd_ui(c: Common, *, app: str, port: int | None, host: str | None) -> 
 
 def _duration(text: str, what: str) -> float:
     """A duration such as ``30d``, ``12h``, ``90m`` or ``45s``, in seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number = text[:-1]
-    if text[-1:] in units and number.replace(".", "", 1).isdigit() and float(number) > 0:
-        return float(number) * units[text[-1]]
+    seconds = seconds_of(text)
+    if seconds is not None and seconds > 0:
+        return seconds
     raise UsageError(f"{what} {text!r} is not a duration such as 30d, 12h, 90m or 45s")
 
 

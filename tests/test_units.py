@@ -13,6 +13,7 @@ from pydantic import BaseModel
 import hms_bus
 from hms_bus._backends import redact
 from hms_bus._codec import decode_event, encode
+from hms_bus._durations import seconds_of
 from hms_bus._events import (
     ErrorInfo,
     RetryScheduled,
@@ -454,3 +455,16 @@ def test_json_lines_split_and_pack_in_order_under_the_limit() -> None:
     assert split_lines(b'{"legacy":true}') == [b'{"legacy":true}']
     assert is_legacy(b'{"legacy":true}') and not is_legacy(b'{"a":1}\n')
     assert split_lines(b"\n") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("45s", 45.0), ("90m", 5400.0), ("1.5h", 5400.0), ("30d", 2592000.0), ("0m", 0.0)],
+)
+def test_a_duration_is_a_number_then_a_unit(text: str, seconds: float) -> None:
+    assert seconds_of(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "d", "30", "30w", "-5m", "1..2m", "m30", "1e3s"])
+def test_anything_else_is_not_a_duration(text: str) -> None:
+    assert seconds_of(text) is None

@@ -45,6 +45,7 @@ from starlette.staticfiles import StaticFiles
 
 from .._dead_letters import letters, redrive_letter
 from .._diagram import mermaid
+from .._durations import seconds_of
 from .._envelope import utcnow
 from .._errors import ConfigError, HmsBusError, NotFoundError
 from .._health import HealthReport
@@ -77,11 +78,10 @@ class _Headers(BaseHTTPMiddleware):
 
 
 def _since(text: str | None) -> datetime | None:
-    """``30m``, ``2h``, ``7d`` back from now; None for anything else."""
-    units = {"m": 60, "h": 3600, "d": 86400}
-    if text and text[-1:] in units and text[:-1].isdigit():
-        return utcnow() - timedelta(seconds=int(text[:-1]) * units[text[-1]])
-    return None
+    """``30m``, ``2h``, ``7d`` back from now (:func:`~hms_bus._durations.seconds_of`); None
+    for anything else."""
+    back = seconds_of(text) if text else None
+    return None if back is None else utcnow() - timedelta(seconds=back)
 
 
 def _when(value: datetime | str | None) -> str:
