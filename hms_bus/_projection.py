@@ -35,7 +35,16 @@ from ._events import (
 )
 from ._status import StepState, StepStatus, WorkflowState, WorkflowStatus
 
-__all__ = ["ANY_CHANGE", "Fold", "StepRow", "WorkflowRow", "apply_event", "fold", "phase"]
+__all__ = [
+    "ANY_CHANGE",
+    "Fold",
+    "StepRow",
+    "WorkflowRow",
+    "apply_event",
+    "fold",
+    "phase",
+    "seq_of",
+]
 
 ANY_CHANGE: tuple[str, None] = ("*", None)
 """The change that ends the changes of every projected batch that changed any row: what
@@ -223,6 +232,16 @@ def apply_event(row: WorkflowRow, event: Any) -> bool:
     return changed
 
 
+def seq_of(event: Any) -> int | None:
+    """The step execution ``event`` is about, or None for a workflow's own event.
+
+    Read from the model's fields (its ``__dict__``): ``getattr(event, "seq", None)``
+    costs two AttributeErrors inside pydantic for every event without a ``seq``.
+    """
+    seq: int | None = event.__dict__.get("seq")
+    return seq
+
+
 @dataclass(slots=True)
 class Fold:
     """What :func:`fold` did to the rows it was given.
@@ -266,7 +285,7 @@ def fold(rows: MutableMapping[str, WorkflowRow], events: Iterable[Any]) -> Fold:
             out.changed.add(wid)
         if apply_event(row, ev):
             out.changed.add(wid)
-            seq = getattr(ev, "seq", None)
+            seq = seq_of(ev)
             if seq is not None and seq in row.steps:
                 out.steps[(wid, seq)] = row.steps[seq]
             if ev.type == "completeStep" and ev.outcome == "succeeded":

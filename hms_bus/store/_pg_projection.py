@@ -21,7 +21,7 @@ import asyncpg
 
 from .._codec import encode
 from .._events import WorkflowEvent
-from .._projection import StepRow, WorkflowRow, fold
+from .._projection import StepRow, WorkflowRow, fold, seq_of
 from .._status import WorkflowState
 from . import Change
 from ._notify import encode_changes
@@ -99,7 +99,7 @@ async def load_fold(conn: asyncpg.Connection, ns: str, events: list[Any]) -> dic
         )
         for r in await conn.fetch(SELECT_FOLD_WORKFLOWS, ns, wids)
     }
-    keys = sorted({(e.workflow_id, e.seq) for e in events if getattr(e, "seq", None) is not None})
+    keys = sorted({(e.workflow_id, e.seq) for e in events if seq_of(e) is not None})
     if keys:
         for r in await conn.fetch(
             SELECT_FOLD_STEPS, ns, [k[0] for k in keys], [k[1] for k in keys]
