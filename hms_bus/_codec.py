@@ -42,10 +42,17 @@ _HEARTBEAT: TypeAdapter[Any] = TypeAdapter(
 )
 
 
+def _dump(message: BaseModel) -> dict[str, Any]:
+    # ``model_dump()`` itself, by the model's serializer, without the keyword arguments
+    # ``model_dump`` passes on (all at their defaults); every event is encoded once.
+    dumped: dict[str, Any] = message.__pydantic_serializer__.to_python(message)
+    return dumped
+
+
 def encode(message: BaseModel) -> bytes:
     """Encode an envelope as JSON bytes (orjson)."""
     try:
-        return orjson.dumps(message.model_dump(), option=orjson.OPT_UTC_Z)
+        return orjson.dumps(_dump(message), option=orjson.OPT_UTC_Z)
     except TypeError as exc:
         raise SerializationError(f"cannot encode {type(message).__name__}: {exc}") from exc
 
@@ -54,9 +61,7 @@ def encode_line(message: BaseModel) -> bytes:
     """Encode an envelope as one JSON line (with its final newline), for the records of
     ``hms.coordinator`` and ``hms.events``; orjson never writes a newline inside."""
     try:
-        return orjson.dumps(
-            message.model_dump(), option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
-        )
+        return orjson.dumps(_dump(message), option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE)
     except TypeError as exc:
         raise SerializationError(f"cannot encode {type(message).__name__}: {exc}") from exc
 
@@ -146,7 +151,9 @@ def decode_command(data: bytes) -> StepCommand:
     obj = _loads(data)
     _check_version(obj)
     try:
-        return StepCommand.model_validate(obj)
+        # The model's validator itself, as in :func:`_validate`.
+        command: StepCommand = StepCommand.__pydantic_validator__.validate_python(obj)
+        return command
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "<root>"
