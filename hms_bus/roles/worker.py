@@ -318,11 +318,17 @@ class Worker:
             )
             # The handler's own spans (HTTP calls, queries) nest under the step's span.
             token = attach(span) if span is not None else None
+            scope: asyncio.Timeout | None = None
             try:
-                async with asyncio.timeout(step.timeout) as scope:
+                if step.timeout is None:
+                    # No deadline, no scope: entering asyncio.timeout(None) costs a few
+                    # microseconds a step and can never expire.
                     value = await step.handler(ctx)
+                else:
+                    async with asyncio.timeout(step.timeout) as scope:
+                        value = await step.handler(ctx)
             except TimeoutError:
-                if scope.expired():
+                if scope is not None and scope.expired():
                     raise _StepTimeout(f"timed out after {step.timeout:g}s") from None
                 raise
             finally:
