@@ -1,6 +1,6 @@
 """A node's housekeeping: its heartbeats, and its probe of the bus and the store.
 
-A node that runs roles sends a :class:`~hms_bus._events.Heartbeat` every
+A node that runs roles sends a :class:`~hms_bus._process_messages.Heartbeat` every
 ``monitor.heartbeat_interval`` (the monitor reports a process down when they stop, and a
 last one with ``stopping`` when it closes), and pings its bus and its store, so an
 outage is seen, logged once and shown by ``/healthz`` even while no role has work to
