@@ -22,7 +22,6 @@ import asyncpg
 from .._codec import encode
 from .._events import WorkflowEvent
 from .._projection import StepRow, WorkflowRow, fold, seq_of
-from .._status import WorkflowState
 from . import Change
 from ._notify import encode_changes
 from ._sql import (
@@ -32,6 +31,7 @@ from ._sql import (
     WRITE_FOLD,
     json_text,
     step_row,
+    workflow_row,
 )
 
 __all__ = ["apply_events", "load_fold", "texts_of", "write_fold"]
@@ -83,21 +83,7 @@ async def load_fold(conn: asyncpg.Connection, ns: str, events: list[Any]) -> dic
     result) and the step executions they name."""
     wids = sorted({e.workflow_id for e in events})
     rows = {
-        r["workflow_id"]: WorkflowRow(
-            workflow_id=r["workflow_id"],
-            workflow=r["workflow"],
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
-            status=WorkflowState(r["status"]),
-            error=r["error"],
-            finished_at=r["finished_at"],
-            sla_breached=r["sla_breached"],
-            start_event_id=r["start_event_id"],
-            confirmed=r["confirmed"],
-            version=r["version"],
-            parent_id=r["parent_id"],
-        )
-        for r in await conn.fetch(SELECT_FOLD_WORKFLOWS, ns, wids)
+        r["workflow_id"]: workflow_row(r) for r in await conn.fetch(SELECT_FOLD_WORKFLOWS, ns, wids)
     }
     keys = sorted({(e.workflow_id, e.seq) for e in events if seq_of(e) is not None})
     if keys:

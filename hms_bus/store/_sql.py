@@ -241,14 +241,15 @@ WRITE_LEDGER = (
 
 
 def workflow_row(r: asyncpg.Record) -> WorkflowRow:
+    """A workflow's row as read; the fold's narrow read has no payload or result (None)."""
     return WorkflowRow(
         workflow_id=r["workflow_id"],
         workflow=r["workflow"],
         created_at=r["created_at"],
         updated_at=r["updated_at"],
         status=WorkflowState(r["status"]),
-        payload=loads_text(r["payload"]),
-        result=loads_text(r["result"]),
+        payload=loads_text(r.get("payload")),
+        result=loads_text(r.get("result")),
         error=r["error"],
         finished_at=r["finished_at"],
         sla_breached=r["sla_breached"],
